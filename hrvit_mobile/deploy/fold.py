@@ -1,0 +1,79 @@
+"""Exact re-parameterisations used by the deploy form: each returns new modules that compute the
+same function as the training-form modules they replace (up to float rounding)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hrvit_mobile.models.mlp import DES, MixConv2d
+
+
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Per-channel (scale, shift) with ``bn(x) == x * scale + shift`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
+    """conv -> BN as one conv with bias."""
+    scale, shift = bn_scale_shift(bn)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+    )
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(bias * scale + shift)
+    return fused
+
+
+def fold_bn_into_linear(
+    linear: nn.Linear | nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm
+) -> nn.Linear:
+    """linear (or 1x1 conv) -> BN over features as one linear on channel-last tokens."""
+    scale, shift = bn_scale_shift(bn)
+    weight = linear.weight.flatten(1)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
+    fused.weight.copy_(weight * scale[:, None])
+    fused.bias.copy_(linear.bias * scale + shift)
+    return fused
+
+
+def fold_affine_into_linear(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[nn.LayerNorm, nn.Linear]:
+    """LayerNorm(affine) -> linear as LayerNorm(no affine) -> linear: one elementwise pass fewer."""
+    plain = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True)
+    fused.weight.copy_(linear.weight * norm.weight[None, :])
+    fused.bias.copy_(linear.weight @ norm.bias + linear.bias)
+    return plain, fused
+
+
+def merge_mixconv(mix: MixConv2d) -> nn.Conv2d:
+    """MixConv's 3x3 (first half) and 5x5 (second half) depthwise convs as one 5x5 depthwise conv."""
+    k3, k5 = mix.conv_3.kernel_size[0], mix.conv_5.kernel_size[0]
+    channels = mix.conv_3.out_channels + mix.conv_5.out_channels
+    merged = nn.Conv2d(channels, channels, k5, padding=k5 // 2, groups=channels, bias=True)
+    grow = (k5 - k3) // 2  # zero ring that centres the small kernel in the large one
+    merged.weight.copy_(torch.cat([F.pad(mix.conv_3.weight, (grow,) * 4), mix.conv_5.weight]))
+    merged.bias.copy_(torch.cat([mix.conv_3.bias, mix.conv_5.bias]))
+    return merged
+
+
+def des_as_dense(des: DES) -> tuple[nn.Linear, nn.Linear]:
+    """DES's two Kronecker factors as dense channel linears (right, left) with GELU between.
+
+    The token's channels c = i * p + j form a (k, p) matrix; ``proj_right`` acts on j for every i
+    (I_k (x) R) and ``proj_left`` on i for every j (L (x) I_p). Dense maps need no reshapes or
+    transposes at run time, which phone runtimes prefer to a few saved MACs.
+    """
+    eye_k = torch.eye(des.k_in, dtype=des.proj_right.weight.dtype)
+    eye_p = torch.eye(des.p, dtype=des.proj_right.weight.dtype)
+    right = nn.Linear(des.k_in * des.p, des.k_in * des.p)
+    right.weight.copy_(torch.kron(eye_k, des.proj_right.weight))
+    right.bias.copy_(des.proj_right.bias.repeat(des.k_in))
+    left = nn.Linear(des.k_in * des.p, des.k_out * des.p)
+    left.weight.copy_(torch.kron(des.proj_left.weight, eye_p))
+    left.bias.copy_(des.proj_left.bias.repeat_interleave(des.p))
+    return right, left

@@ -1,0 +1,1 @@
+"""Quantization recipes (PTQ/QAT) per backend; installed as ``hrvit_mobile.quant``."""

@@ -1,0 +1,123 @@
+"""The deploy form: numerically the training form, static, folded, exportable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hrvit_mobile
+from hrvit_mobile.models.attention import MaskedSoftmax
+from hrvit_mobile.models.mlp import MixConv2d
+
+GOLDEN_SIZES = ["224x224", "256x256", "512x512", "384x640"]
+
+
+@pytest.mark.parametrize("size", GOLDEN_SIZES)
+def test_deploy_matches_training_form_on_golden_inputs(b1_reference, golden, size: str) -> None:
+    x = torch.from_numpy(golden[f"input_{size}"])
+    deployed = hrvit_mobile.deploy(b1_reference, img_size=size)
+    with torch.no_grad():
+        reference, out = b1_reference(x), deployed(x)
+    assert out.shape == reference.shape == deployed.output_shape
+    assert (out - reference).abs().max().item() <= 1e-4
+    if f"argmax_{size}" in golden:
+        assert (out[0].argmax(0).numpy() == golden[f"argmax_{size}"]).mean() >= 0.9999
+
+
+def test_deploy_is_folded_and_merged(b1_reference) -> None:
+    deployed = hrvit_mobile.deploy(b1_reference, img_size=(224, 224))
+    kinds = {type(m) for m in deployed.modules()}
+    assert not any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in kinds)
+    assert MixConv2d not in kinds
+    ffn_convs = [m.ffn_conv for m in deployed.modules() if hasattr(m, "ffn_conv")]
+    assert ffn_convs and all(c.kernel_size == (5, 5) and c.groups == c.in_channels for c in ffn_convs)
+    # the training form is left as it was
+    assert any(isinstance(m, nn.BatchNorm2d) for m in b1_reference.modules())
+
+
+def test_deploy_leaves_training_form_untouched(nano_model) -> None:
+    before = {k: v.clone() for k, v in nano_model.state_dict().items()}
+    hrvit_mobile.deploy(nano_model)
+    after = nano_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64), (64, 64), (224, 160)])
+def test_nano_deploy_matches_with_padded_stripes(nano_model, size) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        assert (hrvit_mobile.deploy(nano_model, img_size=size)(x) - nano_model(x)).abs().max() <= 1e-4
+
+
+def test_deploy_batch_size_two(nano_model) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 64, 96)
+    deployed = hrvit_mobile.deploy(nano_model, batch_size=2)
+    with torch.no_grad():
+        assert (deployed(x) - nano_model(x)).abs().max() <= 1e-4
+
+
+def test_key_mask_is_load_bearing(nano_model) -> None:
+    """Dropping the padded-key mask changes the output: the mask buffers do real work."""
+    x = torch.randn(1, 3, 64, 96)
+    deployed = hrvit_mobile.deploy(nano_model)
+    masks = [m for m in deployed.modules() if isinstance(m, MaskedSoftmax) and m.key_mask is not None]
+    assert masks
+    with torch.no_grad():
+        reference = deployed(x)
+        for m in masks:
+            m.key_mask = None
+        assert (deployed(x) - reference).abs().max() > 1e-3
+
+
+def _exported_graph_facts(model: nn.Module, size: tuple[int, int]) -> tuple[set[str], int, list]:
+    x = torch.randn(1, 3, *size)
+    program = torch.export.export(model, (x,), strict=True)
+    np.testing.assert_allclose(program.module()(x).detach().numpy(), model(x).numpy(), atol=1e-5)
+    calls = [n for n in program.graph.nodes if n.op == "call_function"]
+    ops = {str(n.target) for n in calls}
+    max_rank = max(len(n.meta["val"].shape) for n in calls if hasattr(n.meta.get("val"), "shape"))
+    symbolic = [
+        n for n in calls if hasattr(n.meta.get("val"), "shape")
+        and not all(isinstance(d, int) for d in n.meta["val"].shape)
+    ]
+    return ops, max_rank, symbolic
+
+
+def test_nano_deploy_exports_strict_static_rank4(nano_model) -> None:
+    ops, max_rank, symbolic = _exported_graph_facts(hrvit_mobile.deploy(nano_model), (64, 96))
+    assert max_rank <= 4
+    assert not symbolic
+    assert not any("batch_norm" in op for op in ops)
+    assert "aten.pad.default" in ops  # stripes are padded with static amounts at this size
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.parametrize("size", [(512, 512), (384, 640)])
+def test_b1_deploy_exports_strict(b1_reference, size) -> None:
+    ops, max_rank, symbolic = _exported_graph_facts(hrvit_mobile.deploy(b1_reference, img_size=size), size)
+    assert max_rank <= 4 and not symbolic
+    assert not any("batch_norm" in op for op in ops)
+
+
+@pytest.mark.parametrize(
+    ("size", "nearest"),
+    [((500, 512), "480x512, 512x512"), ((512, 650), "512x640, 512x672"), ((20, 20), "32x32")],
+)
+def test_invalid_size_names_nearest_valid_sizes(nano_model, size, nearest: str) -> None:
+    with pytest.raises(hrvit_mobile.InvalidImageSizeError) as info:
+        hrvit_mobile.deploy(nano_model, img_size=size)
+    message = str(info.value)
+    assert f"{size[0]}x{size[1]}" in message and "multiples of 32" in message
+    assert nearest in message
+
+
+def test_create_model_rejects_bad_size_and_name() -> None:
+    with pytest.raises(hrvit_mobile.InvalidImageSizeError, match="nearest valid sizes"):
+        hrvit_mobile.create_model("hrvit_b1", img_size="513x512")
+    with pytest.raises(ValueError, match="available: hrvit_b1, hrvit_b2, hrvit_b3"):
+        hrvit_mobile.create_model("hrvit_b9")
