@@ -31,6 +31,93 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_model(args: argparse.Namespace):
+    """Training form from --model/--checkpoint, or the embedded default (recipe weights)."""
+    import hrvit_mobile
+    from hrvit_mobile.sizes import parse_img_size
+    from hrvit_mobile.weights import load_recipe_weights
+
+    size = parse_img_size(args.img_size)
+    model = hrvit_mobile.create_model(args.model, num_classes=args.num_classes, img_size=size)
+    if args.checkpoint:
+        hrvit_mobile.load_checkpoint(model, args.checkpoint)
+    else:
+        _log().warning(
+            "no --checkpoint: using the embedded default %s with deterministic untrained weights "
+            "(parity figures are meaningful, predictions are not)", args.model,
+        )
+        load_recipe_weights(model)
+    return model.eval(), size
+
+
+def _log():
+    import logging
+
+    return logging.getLogger("hrvit_mobile")
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("hrvit_mobile")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hrvit_mobile.deploy import deploy
+    from hrvit_mobile.exporters import (
+        ExportSpec,
+        ParityThresholds,
+        check_dependencies,
+        export,
+        export_all,
+        load_calibration_images,
+        resolve,
+    )
+
+    _setup_logging(args.verbose)
+    thresholds = None
+    if any(v is not None for v in (args.max_abs_err, args.min_cosine, args.min_argmax)):
+        thresholds = ParityThresholds(args.max_abs_err, args.min_cosine, args.min_argmax)
+    spec = ExportSpec(
+        target=args.target if args.target != "all" else "executorch",
+        bits=args.bits,
+        activations=args.activations,
+        img_size=_size(args.img_size),
+        num_classes=args.num_classes,
+        out_dir=args.out,
+        model_name=args.model,
+        min_ios=args.min_ios,
+        argmax_output=args.argmax_output,
+        bundled_program=args.bundled_program,
+        etrecord=args.etrecord,
+        thresholds=thresholds,
+        run_parity=not args.no_parity,
+    )
+    if args.target != "all":  # refuse a bad pair or a missing package before building anything
+        resolve(spec)
+        check_dependencies(spec.target)
+    model, size = _build_model(args)
+    calib = load_calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
+    deployed = deploy(model, img_size=size)
+    reports = export_all(deployed, spec, calib) if args.target == "all" else [export(deployed, spec, calib)]
+    for report in reports:
+        print(report.summary())
+    if not reports:
+        raise HRViTMobileError(f"no target supports --bits {args.bits} with these activations")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _size(text: str) -> tuple[int, int]:
+    from hrvit_mobile.sizes import parse_img_size, validate_img_size
+
+    return validate_img_size(parse_img_size(text))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrvit-mobile",
@@ -51,6 +138,35 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--no-export", action="store_true", help="skip timing torch.export")
     profile.add_argument("--json", action="store_true", help="print JSON instead of text")
     profile.set_defaults(func=_cmd_profile)
+
+    export = commands.add_parser(
+        "export",
+        help="export to ExecuTorch / Core ML / LiteRT and check parity in the artifact's runtime",
+        description="Exports the deploy form of a model and proves the artifact: parity against "
+        "the float PyTorch model in the artifact's own runtime, written beside it as JSON.",
+    )
+    export.add_argument("--target", required=True, choices=["executorch", "coreml", "tflite", "all"])
+    export.add_argument("--bits", type=int, default=32, choices=[32, 16, 8, 6, 4])
+    export.add_argument("--activations", choices=["float", "8"], default=None,
+                        help="int8 activations (static, calibrated) or float; default per target")
+    export.add_argument("--model", default="hrvit_b1")
+    export.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
+    export.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
+    export.add_argument("--num-classes", type=int, default=150)
+    export.add_argument("--calib", help="folder of images for int8 calibration (default: synthetic)")
+    export.add_argument("--calib-samples", type=int, default=32)
+    export.add_argument("--out", default="exports", help="output folder")
+    export.add_argument("--min-ios", type=int, default=17, help="Core ML deployment target")
+    export.add_argument("--argmax-output", action="store_true", help="Core ML: add a class-map output")
+    export.add_argument("--bundled-program", action="store_true",
+                        help="ExecuTorch: embed a test input and expected output in the .pte")
+    export.add_argument("--etrecord", action="store_true", help="ExecuTorch: write an ETRecord")
+    export.add_argument("--max-abs-err", type=float, help="parity threshold override")
+    export.add_argument("--min-cosine", type=float, help="parity threshold override")
+    export.add_argument("--min-argmax", type=float, help="parity threshold override (0..1)")
+    export.add_argument("--no-parity", action="store_true", help="skip the parity run")
+    export.add_argument("-v", "--verbose", action="store_true")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -8,12 +8,3 @@ class HRViTMobileError(ValueError):
 
     The message is one line naming what is wrong and what is allowed.
     """
-
-
-class MissingDependencyError(HRViTMobileError, ImportError):
-    """An optional package a command needs is not installed."""
-
-    def __init__(self, package: str, purpose: str, extra: str | None = None) -> None:
-        install = f'pip install "hrvit-mobile[{extra}]"' if extra else f"pip install {package}"
-        super().__init__(f"{purpose} needs the optional package {package!r}; install it with: {install}")
-        self.package = package

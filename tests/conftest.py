@@ -1,10 +1,8 @@
-"""Shared fixtures: the reference data of the official implementation and its weight recipe."""
+"""Shared fixtures: the reference data of the official implementation, under its weight recipe."""
 
 from __future__ import annotations
 
 import json
-import math
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,29 +10,14 @@ import pytest
 import torch
 
 import hrvit_mobile
+from hrvit_mobile import weights
 
 DATA = Path(__file__).parent / "data"
 
 
-def recipe_tensor(key: str, shape: list[int]) -> torch.Tensor:
-    """The reference weight recipe (shared/reference/README.md), implemented independently."""
-    generator = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-    shape = tuple(shape)
-    if key.endswith("num_batches_tracked"):
-        return torch.zeros(shape, dtype=torch.int64)
-    if key.endswith("running_mean"):
-        return 0.1 * torch.randn(shape, generator=generator)
-    if key.endswith("running_var"):
-        return 0.5 + torch.rand(shape, generator=generator)
-    if key.endswith("bias"):
-        return 0.05 * torch.randn(shape, generator=generator)
-    if len(shape) == 1:
-        return 1 + 0.1 * torch.randn(shape, generator=generator)
-    return torch.randn(shape, generator=generator) / math.sqrt(math.prod(shape[1:]))
-
-
-def recipe_state_dict(layout: dict[str, list]) -> dict[str, torch.Tensor]:
-    return {key: recipe_tensor(key, shape) for key, (shape, _dtype) in layout.items()}
+def recipe_state_dict(manifest: dict[str, list]) -> dict[str, torch.Tensor]:
+    """The reference recipe's weights for an official ``{key: [shape, dtype]}`` manifest."""
+    return weights.recipe_state_dict({key: tuple(shape) for key, (shape, _dtype) in manifest.items()})
 
 
 def load_manifest(variant: str) -> dict[str, list]:
@@ -58,8 +41,5 @@ def b1_reference() -> hrvit_mobile.HRViTSegmentor:
 @pytest.fixture(scope="session")
 def nano_model() -> hrvit_mobile.HRViTSegmentor:
     """The tiny test configuration with non-degenerate weights (the recipe over its own layout)."""
-    torch.manual_seed(0)
     model = hrvit_mobile.create_model("hrvit_nano", num_classes=7, img_size=(64, 96)).eval()
-    layout = {k: [list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()}
-    model.load_state_dict(recipe_state_dict(layout))
-    return model
+    return weights.load_recipe_weights(model)

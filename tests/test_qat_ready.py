@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import hrvit_mobile
 from hrvit_mobile.models.float_islands import float_module_types
-from tests.conftest import recipe_state_dict
+from hrvit_mobile.weights import load_recipe_weights
 
 xnnpack_quantizer = pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
 quantize_pt2e = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
@@ -20,7 +20,7 @@ def _qat_convert(softmax_float: bool):
     model = hrvit_mobile.create_model("hrvit_nano", num_classes=5, img_size=(64, 64))
     # recipe weights: the official init zeroes attn_bn's scale, which QAT's simulated BN fold
     # divides by; trained checkpoints have non-zero scales
-    model.load_state_dict(recipe_state_dict({k: [list(v.shape), ""] for k, v in model.state_dict().items()}))
+    load_recipe_weights(model)
     model.train()
     torch.manual_seed(0)
     x, target = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 16, 16))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_mobile.models.mlp import DES, MixConv2d
+from hrvit_mobile.models.norm import DelegableLayerNorm
 
 
 def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
@@ -41,13 +42,26 @@ def fold_bn_into_linear(
     return fused
 
 
-def fold_affine_into_linear(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[nn.LayerNorm, nn.Linear]:
+def fold_affine_into_linear(
+    norm: nn.LayerNorm, linear: nn.Linear
+) -> tuple[DelegableLayerNorm, nn.Linear]:
     """LayerNorm(affine) -> linear as LayerNorm(no affine) -> linear: one elementwise pass fewer."""
-    plain = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
+    plain = DelegableLayerNorm.from_layer_norm(norm, affine=False)
     fused = nn.Linear(linear.in_features, linear.out_features, bias=True)
     fused.weight.copy_(linear.weight * norm.weight[None, :])
     fused.bias.copy_(linear.weight @ norm.bias + linear.bias)
     return plain, fused
+
+
+def nearest_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
+    """Nearest-neighbour upsampling by an integer factor as a depthwise transposed conv of ones.
+
+    Exact (each input pixel fills its factor x factor block) and delegated by XNNPACK, which has
+    no nearest-resize op.
+    """
+    up = nn.ConvTranspose2d(channels, channels, factor, stride=factor, groups=channels, bias=False)
+    up.weight.fill_(1.0)
+    return up
 
 
 def merge_mixconv(mix: MixConv2d) -> nn.Conv2d:

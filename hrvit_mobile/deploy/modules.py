@@ -19,6 +19,7 @@ from hrvit_mobile.deploy.fold import (
     fold_bn_into_conv,
     fold_bn_into_linear,
     merge_mixconv,
+    nearest_upsampler,
 )
 from hrvit_mobile.deploy.layout import to_channels_first, to_channels_last
 from hrvit_mobile.models.attention import (
@@ -31,6 +32,7 @@ from hrvit_mobile.models.attention import (
 from hrvit_mobile.models.hrvit import HRViTBlock, HRViTStage
 from hrvit_mobile.models.mlp import MixCFN
 from hrvit_mobile.models.multiscale import HRViTFusionBlock, HRViTPatchEmbed, HRViTStem
+from hrvit_mobile.models.norm import DelegableLayerNorm
 from hrvit_mobile.models.segformer_head import SegformerHead
 
 
@@ -61,24 +63,30 @@ class StripeAttention(nn.Module):
             valid = (stripe_width - self.pad_rows) * cols
             per_image = self.stripes // batch_size
             mask[per_image - 1 :: per_image, :, valid:] = PADDED_KEY_LOGIT
-            if self.heads > 1:
-                mask = mask.unsqueeze(1)  # (stripes, 1, 1, tokens) broadcasts over heads
+            mask = mask.repeat_interleave(self.heads, dim=0)  # heads sit next to their stripe
         self.attend = MaskedSoftmax(mask)
+        # zero rows appended by concatenation, not F.pad: XNNPACK refuses a quantized constant-pad
+        # node, and a zero is exact in any int8 scale, so cat shares its input's qparams cleanly
+        self.register_buffer(
+            "pad_zeros",
+            torch.zeros(batch_size, self.pad_rows, cols, channels) if self.pad_rows else None,
+            persistent=False,
+        )
 
     def _split(self, x: Tensor) -> Tensor:
-        """(B, rows, cols, C) -> (stripes, tokens, C) or (stripes, heads, tokens, head_dim)."""
+        """(B, rows, cols, C) -> (stripes * heads, tokens, head_dim) for a rank-3 bmm."""
         if not self.horizontal:
             x = x.transpose(1, 2)
-        if self.pad_rows:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.pad_rows))
+        if self.pad_zeros is not None:
+            x = torch.cat([x, self.pad_zeros], dim=1)
         if self.heads == 1:
             return x.reshape(self.stripes, self.tokens, self.channels)
-        x = x.reshape(self.stripes, self.tokens, self.heads, self.head_dim)
-        return x.transpose(1, 2)
+        x = x.reshape(self.stripes, self.tokens, self.heads, self.head_dim).transpose(1, 2)
+        return x.reshape(self.stripes * self.heads, self.tokens, self.head_dim)
 
     def _merge(self, x: Tensor, batch: int) -> Tensor:
         if self.heads > 1:
-            x = x.transpose(1, 2)
+            x = x.reshape(self.stripes, self.heads, self.tokens, self.head_dim).transpose(1, 2)
         x = x.reshape(batch, self.rows + self.pad_rows, self.cols, self.channels)
         if self.pad_rows:
             x = x[:, : self.rows]
@@ -88,8 +96,9 @@ class StripeAttention(nn.Module):
         """q (pre-scaled) and v: (B, H, W, C) -> (B, H, W, C)."""
         batch = q.shape[0]
         qs, vs = self._split(q), self._split(v)
-        logits = qs.matmul(vs.transpose(-2, -1))
-        return self._merge(self.attend(logits).matmul(vs), batch)
+        # rank-3 bmm: XNNPACK takes it whole, a rank-4 matmul leaves expand copies outside
+        logits = torch.bmm(qs, vs.transpose(1, 2))
+        return self._merge(torch.bmm(self.attend(logits), vs), batch)
 
 
 class DeployAttentionBlock(nn.Module):
@@ -149,11 +158,11 @@ class DeployBranch(nn.Module):
     ) -> None:
         super().__init__()
         self.embed_proj = nn.Sequential(*embed.proj)
-        self.embed_norm = embed.norm
+        self.embed_norm = DelegableLayerNorm.from_layer_norm(embed.norm)
         self.blocks = nn.Sequential(
             *(DeployAttentionBlock(b, height, width, batch_size) for b in blocks)
         )
-        self.norm = norm
+        self.norm = DelegableLayerNorm.from_layer_norm(norm)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C, H, W)
         t = self.embed_norm(to_channels_last(self.embed_proj(x)))
@@ -175,7 +184,8 @@ class DeployStage(nn.Module):
 
 
 def _fold_path(path: nn.Module) -> nn.Module:
-    """A fusion path with its BNs folded into the convs before them."""
+    """A fusion path with its BNs folded into the convs before them and nearest upsampling
+    as a transposed conv."""
     if isinstance(path, nn.Identity):
         return path
     layers = list(path)
@@ -187,6 +197,10 @@ def _fold_path(path: nn.Module) -> nn.Module:
         if isinstance(layer, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
             folded.append(fold_bn_into_conv(layer, nxt))
             i += 2
+        elif isinstance(layer, nn.Upsample):
+            channels = folded[-1].out_channels
+            folded.append(nearest_upsampler(channels, int(layer.scale_factor)))
+            i += 1
         else:
             folded.append(layer)
             i += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from hrvit_mobile.models.attention import MaskedSoftmax
+from hrvit_mobile.models.norm import DelegableLayerNorm
 
 
 def float_module_types(softmax: bool = True, layernorm: bool = True) -> tuple[type[nn.Module], ...]:
@@ -20,5 +21,5 @@ def float_module_types(softmax: bool = True, layernorm: bool = True) -> tuple[ty
     if softmax:
         types.append(MaskedSoftmax)
     if layernorm:
-        types.append(nn.LayerNorm)
+        types.extend((nn.LayerNorm, DelegableLayerNorm))
     return tuple(types)

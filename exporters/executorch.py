@@ -1,0 +1,268 @@
+"""ExecuTorch (.pte) with the XNNPACK delegate: fp32, fp16 and static int8 (PT2E, per-channel weights).
+
+``convert`` lowers with ``to_edge_transform_and_lower`` and counts the compute nodes XNNPACK did not
+take (they run on ExecuTorch's portable kernels, which are far slower); ``validate`` runs the file in
+``executorch.runtime.Runtime`` — the real runtime, with no project code between the file and the output.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .contract import (
+    ArtifactResult,
+    Built,
+    ExportSpec,
+    Normalization,
+    ParityResult,
+    ParityThresholds,
+    compare,
+    default_thresholds,
+    input_description,
+    log,
+    logits_description,
+    read_sidecar,
+    run_build,
+    step,
+    to_tensors,
+)
+from .support import conversion_inputs
+
+TARGET = "executorch"
+RUNTIME = "executorch.runtime (XNNPACK, host CPU)"
+
+
+class _Float16Graph(torch.nn.Module):
+    """Runs the model in half precision behind float32 input/output, the app's contract."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).half().eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image.to(torch.float16)).to(torch.float32)
+
+
+def quantize_pt2e(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    quantizer: Any,
+    calib: Sequence[torch.Tensor],
+    strict: bool,
+    target: str,
+) -> torch.fx.GraphModule:
+    """PT2E post-training quantization: capture, insert observers, calibrate, convert."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with step(target, "capture for quantization"):
+        gm = torch.export.export(model, (example,), strict=strict).module()
+    with step(target, "prepare (annotate, insert observers)"):
+        prepared = prepare_pt2e(gm, quantizer)
+    with step(target, f"calibrate on {len(calib)} inputs"), torch.no_grad():
+        for x in tqdm(calib, desc=f"[{target}] calibrate", disable=None, leave=False):
+            prepared(x)
+    return convert_pt2e(prepared)
+
+
+def xnnpack_int8_quantizer() -> Any:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def non_delegated_ops(edge_program: Any) -> Counter[str]:
+    """Operators left outside every delegate, by name (structural nodes such as getitem excluded)."""
+    out: Counter[str] = Counter()
+    for node in edge_program.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if "executorch_call_delegate" in name:
+            continue
+        # EdgeOpOverload prints as "<EdgeOpOverload: aten.gelu.default>: schema = ..."
+        out[str(node.target).split(": schema")[0].removeprefix("<EdgeOpOverload: ").rstrip(">")] += 1
+    return out
+
+
+def convert(
+    model: torch.nn.Module,
+    spec: ExportSpec,
+    calib: Iterable[torch.Tensor] | np.ndarray | None = None,
+) -> ArtifactResult:
+    """Lower ``model`` (deploy form, fp32, eval) to a .pte in ``spec.out_dir``; writes the sidecar too."""
+    inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
+    spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
+    model = model.eval()
+
+    def build(stage: Path) -> Built:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        with torch.no_grad():
+            if variant == "fp32":
+                with step(TARGET, "torch.export"):
+                    ep = torch.export.export(model, (example,), strict=spec.strict_export)
+            elif variant == "fp16":
+                with step(TARGET, "torch.export (fp16)"):
+                    ep = torch.export.export(_Float16Graph(model), (example,), strict=spec.strict_export)
+            else:
+                q = quantize_pt2e(
+                    model, example, xnnpack_int8_quantizer(), calib_t, spec.strict_export, TARGET
+                )
+                with step(TARGET, "torch.export (quantized)"):
+                    ep = torch.export.export(q, (example,), strict=spec.strict_export)
+        with step(TARGET, "lower to XNNPACK"):
+            edge = to_edge_transform_and_lower(
+                ep, partitioner=[XnnpackPartitioner()], generate_etrecord=spec.etrecord
+            )
+        outside = non_delegated_ops(edge.exported_program())
+        n_delegates = sum(
+            1 for n in edge.exported_program().graph.nodes if "executorch_call_delegate" in str(n.target)
+        )
+        if outside:
+            top = ", ".join(f"{k} x{v}" for k, v in outside.most_common(6))
+            log.warning(
+                "[%s] %d compute nodes left outside XNNPACK (portable kernels): %s",
+                TARGET,
+                sum(outside.values()),
+                top,
+            )
+        with step(TARGET, "emit ExecuTorch program"):
+            et_program = edge.to_executorch()
+        pte = stage / f"{spec.name}.pte"
+        pte.write_bytes(et_program.buffer)
+        extras: list[Path] = []
+        details: dict[str, Any] = {
+            "delegate": "XnnpackBackend",
+            "delegate_calls": n_delegates,
+            "non_delegated_compute_nodes": sum(outside.values()),
+            "non_delegated_ops": dict(outside),
+            "quantization": (
+                {
+                    "scheme": "PT2E XNNPACKQuantizer: int8 per-channel weights, static int8 activations",
+                    "calibration_samples": len(calib_t),
+                }
+                if variant == "int8"
+                else None
+            ),
+            "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
+        }
+        if spec.bundled_program:
+            extras.append(_bundle(et_program, example, stage / f"{spec.name}.bpte"))
+            details["bundled_program"] = extras[-1].name
+        if spec.etrecord:
+            etr = stage / f"{spec.name}.etrecord"
+            et_program.get_etrecord().save(str(etr))
+            extras.append(etr)
+            details["etrecord"] = etr.name
+        return Built(
+            main=pte,
+            extras=extras,
+            input=input_description(spec, "image (method input 0)"),
+            outputs=[logits_description(spec, "logits (method output 0)")],
+            details=details,
+        )
+
+    return run_build(spec, variant, ".pte", build)
+
+
+def _bundle(et_program: Any, example: torch.Tensor, path: Path) -> Path:
+    """A BundledProgram: the program plus one test input and its expected output, for on-device checks.
+
+    The expected output is what the host ExecuTorch runtime computes for this very program, so a
+    device that disagrees points at the device's kernels, not at quantization error.
+    """
+    from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
+    from executorch.devtools.bundled_program.core import BundledProgram
+    from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(et_program.buffer).load_method("forward")
+    expected = method.execute([example])[0].clone()
+    suite = MethodTestSuite(
+        method_name="forward",
+        test_cases=[MethodTestCase(inputs=(example,), expected_outputs=(expected,))],
+    )
+    path.write_bytes(serialize_from_bundled_program_to_flatbuffer(BundledProgram(et_program, [suite])))
+    return path
+
+
+def verify_bundled(path: Path, rtol: float = 1e-3, atol: float = 1e-4) -> bool:
+    """Run a .bpte's bundled test case in the runtime and compare with its bundled expected output."""
+    from executorch.extension.pybindings import portable_lib
+
+    bundle = portable_lib._load_bundled_program_from_buffer(Path(path).read_bytes())
+    try:
+        bundle.verify_result_with_bundled_expected_output("forward", 0, rtol, atol)
+    except RuntimeError:
+        return False
+    return True
+
+
+def validate(
+    artifact: Path,
+    images: np.ndarray,
+    references: Sequence[np.ndarray],
+    thresholds: ParityThresholds | None = None,
+) -> ParityResult:
+    """Run ``artifact`` (.pte) in the ExecuTorch runtime on uint8 RGB ``images``; compare with ``references``.
+
+    Normalization, bits and activations come from the artifact's sidecar, as an app would read them.
+    """
+    import time
+
+    from executorch.runtime import Runtime
+
+    artifact = Path(artifact)
+    meta = read_sidecar(artifact)
+    norm = Normalization(
+        mean=tuple(meta["input"]["normalization"]["mean"]), std=tuple(meta["input"]["normalization"]["std"])
+    )
+    thresholds = thresholds or default_thresholds(meta["bits"], meta["activations"])
+    t0 = time.perf_counter()
+    runtime = Runtime.get()
+    try:
+        program = runtime.load_program(artifact)
+        method = program.load_method("forward")
+        outputs = [method.execute([x])[0].numpy().copy() for x in to_tensors(norm.apply(images))]
+    except RuntimeError as e:
+        # The artifact exists but the runtime rejects it (e.g. a delegate fails to init): a parity
+        # failure to report, not a crash of the export. The runtime's own log names the failing node.
+        return ParityResult(
+            runtime=RUNTIME,
+            ran=True,
+            passed=False,
+            thresholds=thresholds,
+            reason=f"runtime error: {e}",
+            seconds=time.perf_counter() - t0,
+        )
+    result = compare(outputs, references, thresholds, RUNTIME)
+    result.seconds = time.perf_counter() - t0
+    mm = method.metadata
+    result.structural = {
+        "backends_registered": sorted(runtime.backend_registry.registered_backend_names),
+        "method_inputs": mm.num_inputs(),
+        "method_outputs": mm.num_outputs(),
+        "non_delegated_compute_nodes": meta["details"].get("non_delegated_compute_nodes"),
+        "output_shape": list(outputs[0].shape),
+    }
+    bpte = artifact.with_suffix(".bpte")
+    if bpte.exists():
+        ok = verify_bundled(bpte)
+        result.structural["bundled_program_verified"] = ok
+        if not ok:
+            result.passed = False
+            result.reason = (result.reason + "; " if result.reason else "") + "bundled test case mismatch"
+    return result

@@ -1,0 +1,235 @@
+"""LiteRT / TFLite (.tflite) via litert-torch: fp32, fp16 weights, dynamic-range int8, full int8 static.
+
+The float model is converted once with ``litert_torch.convert``; the quantized variants are made from that
+float .tflite with ``ai_edge_quantizer`` (installed with litert-torch), which quantizes the TFLite graph
+itself and so sees exactly the ops the runtime will run. For full int8 the graph input and output are
+excluded from quantization: the model then takes the float32 normalized image and returns float32
+logits (one QUANTIZE after the input, one DEQUANTIZE before the output), which is the app contract.
+``validate`` runs the file in ``ai_edge_litert.interpreter.Interpreter``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .contract import (
+    ArtifactResult,
+    Built,
+    ExportSpec,
+    Normalization,
+    ParityResult,
+    ParityThresholds,
+    compare,
+    default_thresholds,
+    input_description,
+    logits_description,
+    read_sidecar,
+    run_build,
+    step,
+)
+from .support import conversion_inputs
+
+TARGET = "tflite"
+RUNTIME = "ai_edge_litert.interpreter (host CPU)"
+SIGNATURE = "serving_default"
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+class _NamedIO(torch.nn.Module):
+    """Gives the TFLite signature readable names: input ``image``, output ``logits``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {OUTPUT_NAME: self.model(image)}
+
+
+def _quantize(
+    float_model: bytes, variant: str, calib: Sequence[torch.Tensor]
+) -> tuple[bytes, dict[str, Any]]:
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    q = quantizer.Quantizer(bytearray(float_model))
+    if variant == "fp16":
+        q.add_weight_only_config(
+            regex=".*",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=AlgorithmName.FLOAT_CASTING,
+        )
+        info = {"scheme": "ai_edge_quantizer float_casting: fp16 weights, fp32 compute"}
+    elif variant == "int8dr":
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        info = {
+            "scheme": "ai_edge_quantizer dynamic_wi8_afp32: int8 per-channel weights, "
+            "activations quantized at run time"
+        }
+    elif variant == "int8":
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        # Keep the graph's input and output float32: the converter then puts QUANTIZE/DEQUANTIZE
+        # at the boundary instead of making the app feed int8.
+        for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+            q.update_quantization_recipe(
+                regex=".*", operation_name=io, algorithm_key=AlgorithmName.NO_QUANTIZE
+            )
+        info = {
+            "scheme": "ai_edge_quantizer static_wi8_ai8: int8 per-channel weights, int8 activations "
+            "(per-tensor, calibrated); float32 graph input/output",
+            "calibration_samples": len(calib),
+        }
+    else:
+        raise AssertionError(variant)
+    calibration = None
+    if q.need_calibration:
+        with step(TARGET, f"calibrate on {len(calib)} inputs"):
+            data = {SIGNATURE: [{INPUT_NAME: x.numpy()} for x in calib]}
+            calibration = q.calibrate(data, num_threads=os.cpu_count() or 1)
+    with step(TARGET, f"quantize ({variant})"):
+        result = q.quantize(calibration, enable_progress_report=False)
+    return bytes(result.quantized_model), info
+
+
+def compact_tensor_names(model: bytes) -> bytes:
+    """Shorten internal tensor names to their last scope component.
+
+    litert-torch names every tensor by its full module path (``_NamedIO/...DeployStage_7/.../attn_v;2``),
+    up to ~1 kB each: 0.4 MB of a 1.9 MB tiny model, and it does not shrink with quantization, so it would
+    spoil the int8 size ratio. The signature (``image`` -> ``logits``) refers to tensors by index and graph
+    input/output names are kept, so nothing an app or the runtime reads changes.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    for sg in obj.subgraphs:
+        keep = {*sg.inputs, *sg.outputs}
+        for i, t in enumerate(sg.tensors):
+            if i in keep or not t.name:
+                continue
+            name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+            t.name = name.rsplit("/", 1)[-1][-64:].encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _graph_facts(model_path: Path) -> dict[str, Any]:
+    """Op histogram and I/O dtypes, read by the runtime's own interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(model_path))
+    facts: dict[str, Any] = {
+        "inputs": [
+            {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "shape": d["shape"].tolist()}
+            for d in it.get_input_details()
+        ],
+        "outputs": [
+            {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "shape": d["shape"].tolist()}
+            for d in it.get_output_details()
+        ],
+        "signatures": it.get_signature_list(),
+    }
+    try:  # the op list is a private accessor of the interpreter; a missing one only costs the histogram
+        ops = it._get_ops_details()
+        facts["op_counts"] = dict(Counter(op["op_name"] for op in ops))
+        tensors = {t["index"]: t for t in it.get_tensor_details()}
+        dtypes: Counter[str] = Counter()
+        for op in ops:
+            for i in op["outputs"]:
+                if i in tensors:
+                    dtypes[np.dtype(tensors[i]["dtype"]).name] += 1
+        facts["activation_dtypes"] = dict(dtypes)
+    except AttributeError:
+        pass
+    return facts
+
+
+def convert(
+    model: torch.nn.Module,
+    spec: ExportSpec,
+    calib: Iterable[torch.Tensor] | np.ndarray | None = None,
+) -> ArtifactResult:
+    """Convert ``model`` (deploy form, fp32, eval) to a .tflite in ``spec.out_dir``, with its sidecar."""
+    inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
+    spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
+    model = model.eval()
+
+    def build(stage: Path) -> Built:
+        import litert_torch
+
+        with step(TARGET, "litert_torch.convert"), torch.no_grad():
+            edge = litert_torch.convert(
+                _NamedIO(model).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export
+            )
+        float_path = stage / "float.tflite"
+        edge.export(str(float_path))
+        details: dict[str, Any] = {"quantization": None}
+        out = stage / f"{spec.name}.tflite"
+        data = float_path.read_bytes()
+        if variant != "fp32":
+            data, details["quantization"] = _quantize(data, variant, calib_t)
+        compact = compact_tensor_names(data)
+        details["tensor_names"] = f"shortened to the last scope component (-{len(data) - len(compact)} bytes)"
+        out.write_bytes(compact)
+        details.update(_graph_facts(out))
+        return Built(
+            main=out,
+            input=input_description(spec, INPUT_NAME),
+            outputs=[logits_description(spec, OUTPUT_NAME)],
+            details=details,
+        )
+
+    return run_build(spec, variant, ".tflite", build)
+
+
+def validate(
+    artifact: Path,
+    images: np.ndarray,
+    references: Sequence[np.ndarray],
+    thresholds: ParityThresholds | None = None,
+    num_threads: int | None = None,
+) -> ParityResult:
+    """Run ``artifact`` (.tflite) in the LiteRT Interpreter on uint8 RGB ``images`` vs ``references``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    artifact = Path(artifact)
+    meta = read_sidecar(artifact)
+    norm_meta = meta["input"]["normalization"]
+    norm = Normalization(mean=tuple(norm_meta["mean"]), std=tuple(norm_meta["std"]))
+    thresholds = thresholds or default_thresholds(meta["bits"], meta["activations"])
+    t0 = time.perf_counter()
+    try:
+        it = Interpreter(model_path=str(artifact), num_threads=num_threads or os.cpu_count() or 1)
+        runner = it.get_signature_runner(SIGNATURE)
+        inputs = norm.apply(images)
+        outputs = [runner(**{INPUT_NAME: inputs[i : i + 1]})[OUTPUT_NAME] for i in range(inputs.shape[0])]
+    except (RuntimeError, ValueError) as e:
+        # the interpreter rejects the file: report it as a failed parity, keep the artifact for inspection
+        return ParityResult(
+            runtime=RUNTIME,
+            ran=True,
+            passed=False,
+            thresholds=thresholds,
+            reason=f"runtime error: {e}",
+            seconds=time.perf_counter() - t0,
+        )
+    result = compare(outputs, references, thresholds, RUNTIME)
+    result.seconds = time.perf_counter() - t0
+    in_d, out_d = it.get_input_details()[0], it.get_output_details()[0]
+    result.structural = {
+        "input_dtype": np.dtype(in_d["dtype"]).name,
+        "output_dtype": np.dtype(out_d["dtype"]).name,
+        "input_shape": in_d["shape"].tolist(),
+        "output_shape": out_d["shape"].tolist(),
+        "signature": it.get_signature_list().get(SIGNATURE),
+    }
+    return result

@@ -1,0 +1,217 @@
+"""The shared export contract: the supported table, one-line errors, atomic files, parity metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hrvit_mobile.exporters import (
+    SUPPORTED,
+    ExportSpec,
+    MissingDependencyError,
+    UnsupportedExportError,
+    export,
+    resolve,
+)
+from hrvit_mobile.exporters import contract as c
+from hrvit_mobile.exporters import coreml as coreml_exporter
+from hrvit_mobile.exporters.testing import TinySegmenter
+
+
+def test_supported_table_has_every_issue_pair() -> None:
+    want = {
+        ("executorch", 32, "float"),
+        ("executorch", 16, "float"),
+        ("executorch", 8, "int8"),
+        ("coreml", 32, "float"),
+        ("coreml", 16, "float"),
+        ("coreml", 8, "float"),
+        ("coreml", 8, "int8"),
+        ("coreml", 6, "float"),
+        ("coreml", 4, "float"),
+        ("tflite", 32, "float"),
+        ("tflite", 16, "float"),
+        ("tflite", 8, "float"),
+        ("tflite", 8, "int8"),
+    }
+    assert set(SUPPORTED) == want
+
+
+@pytest.mark.parametrize(
+    ("target", "bits", "activations", "variant"),
+    [
+        ("executorch", 8, None, "int8"),  # XNNPACK 8-bit means static W8A8
+        ("coreml", 8, None, "w8"),  # weight-only by default
+        ("coreml", 8, 8, "w8a8"),
+        ("tflite", 8, None, "int8dr"),
+        ("tflite", 8, "int8", "int8"),
+        ("litert", 32, None, "fp32"),  # alias
+    ],
+)
+def test_resolve_defaults(target: str, bits: int, activations: object, variant: str) -> None:
+    spec, v = resolve(ExportSpec(target=target, bits=bits, activations=activations, img_size=(64, 64)))
+    assert v == variant
+    assert spec.name == f"model_64x64_{spec.target}_{variant}"
+
+
+@pytest.mark.parametrize(
+    ("target", "bits", "activations", "fragment"),
+    [
+        (
+            "tflite",
+            4,
+            None,
+            "--target tflite --bits 4 is not supported; supported: tflite: 32, 16, 8, 8 --activations 8",
+        ),
+        ("executorch", 6, None, "supported: executorch: 32, 16, 8"),
+        ("coreml", 16, "int8", "--target coreml --bits 16 --activations 8 is not supported"),
+        ("onnx", 32, None, "unknown target 'onnx'; supported targets: executorch, coreml, tflite"),
+    ],
+)
+def test_unsupported_pair_is_one_clear_line(
+    tmp_path: Path, target: str, bits: int, activations: object, fragment: str
+) -> None:
+    spec = ExportSpec(target=target, bits=bits, activations=activations, img_size=(64, 64), out_dir=tmp_path)
+    with pytest.raises(UnsupportedExportError) as err:
+        export(TinySegmenter(), spec)
+    msg = str(err.value)
+    assert fragment in msg and "\n" not in msg
+    assert isinstance(err.value, ValueError)
+    assert list(tmp_path.iterdir()) == []  # rejected before any work
+
+
+def test_bad_activations_and_size() -> None:
+    with pytest.raises(UnsupportedExportError, match="activations must be 'float' or 8"):
+        ExportSpec(target="coreml", bits=8, activations="int4")
+    with pytest.raises(ValueError, match="multiples of 32"):
+        ExportSpec(target="coreml", img_size=(100, 64))
+
+
+def test_missing_package_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "coremltools" else real(name, *a)
+    )
+    with pytest.raises(MissingDependencyError) as err:
+        export(TinySegmenter(), ExportSpec(target="coreml", img_size=(64, 64), out_dir=tmp_path))
+    msg = str(err.value)
+    assert "pip install 'coremltools==9.0'" in msg and "hrvit-mobile[coreml]" in msg and "\n" not in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
+    spec, variant = resolve(ExportSpec(target="tflite", img_size=(64, 64), out_dir=tmp_path))
+
+    def build(stage: Path) -> c.Built:
+        (stage / "half_written.tflite").write_bytes(b"\0" * 100)
+        raise RuntimeError("converter crashed")
+
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        c.run_build(spec, variant, ".tflite", build)
+    assert list(tmp_path.iterdir()) == []  # no artifact, no sidecar, no staging dir
+
+
+def test_failed_rebuild_keeps_previous_artifact(tmp_path: Path) -> None:
+    spec, variant = resolve(ExportSpec(target="coreml", img_size=(64, 64), out_dir=tmp_path))
+
+    def good(stage: Path) -> c.Built:
+        pkg = stage / "x.mlpackage"
+        (pkg / "Data").mkdir(parents=True)
+        (pkg / "Data" / "weight.bin").write_bytes(b"v1")
+        return c.Built(main=pkg)
+
+    art = c.run_build(spec, variant, ".mlpackage", good)
+    assert art.path.is_dir() and (art.path / "Data" / "weight.bin").read_bytes() == b"v1"
+    meta = json.loads(c.sidecar_path(art.path).read_text())
+    assert meta["files"][0]["sha256"] == c.sha256_file(art.path / "Data" / "weight.bin")
+
+    def bad(stage: Path) -> c.Built:
+        (stage / "x.mlpackage").mkdir()
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        c.run_build(spec, variant, ".mlpackage", bad)
+    assert (art.path / "Data" / "weight.bin").read_bytes() == b"v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([art.path.name, art.path.name + ".json"])
+
+    def v2(stage: Path) -> c.Built:
+        pkg = stage / "x.mlpackage"
+        pkg.mkdir()
+        (pkg / "model.bin").write_bytes(b"v2")
+        return c.Built(main=pkg)
+
+    c.run_build(spec, variant, ".mlpackage", v2)  # a directory artifact is replaced as a whole
+    assert sorted(p.name for p in art.path.rglob("*")) == ["model.bin"]
+
+
+def test_compare_metrics() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    same = c.compare([ref.copy()], [ref], c.default_thresholds(32, "float"), "numpy")
+    assert (
+        same.passed
+        and same.max_abs_err == 0
+        and same.argmax_agreement == 1
+        and same.cosine == pytest.approx(1)
+    )
+    noisy = ref + 0.01
+    res = c.compare([noisy], [ref], c.default_thresholds(32, "float"), "numpy")
+    assert res.passed is False and "max_abs_err" in res.reason
+    assert res.max_abs_err == pytest.approx(0.01, rel=1e-3) and res.mean_abs_err == pytest.approx(
+        0.01, rel=1e-3
+    )
+    flipped = -ref
+    res = c.compare([flipped], [ref], c.ParityThresholds(min_argmax_agreement=0.5), "numpy")
+    assert res.passed is False and res.argmax_agreement < 0.5 and res.cosine == pytest.approx(-1)
+
+
+def test_synthetic_images_are_deterministic_rgb() -> None:
+    a = c.synthetic_images(2, (64, 96), seed=3)
+    assert a.shape == (2, 64, 96, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, c.synthetic_images(2, (64, 96), seed=3))
+    x = c.Normalization().apply(a)
+    assert x.shape == (2, 3, 64, 96) and x.dtype == np.float32
+
+
+def test_calibration_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(c.synthetic_images(1, (80, 120), seed=i)[0]).save(tmp_path / f"{i}.png")
+    imgs = c.load_calibration_images(tmp_path, (64, 64), limit=2)
+    assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8
+    with pytest.raises(c.ExportError, match="no images"):
+        c.load_calibration_images(tmp_path / "nothing-here", (64, 64))
+
+
+def test_coreml_image_preprocessing_is_exact() -> None:
+    """ImageType's scalar scale + per-channel bias and the in-graph factor give (p/255 - mean)/std."""
+    scale, bias, factor = coreml_exporter.image_preprocessing(c.IMAGENET_MEAN, c.IMAGENET_STD)
+    p = np.arange(256, dtype=np.float64)[:, None]
+    got = (scale * p + np.asarray(bias)) * np.asarray(factor)
+    want = (p / 255 - np.asarray(c.IMAGENET_MEAN)) / np.asarray(c.IMAGENET_STD)
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    with c.PeakMemory() as mem:
+        big = torch.ones(64 * 2**20 // 4)  # 64 MB
+        del big
+    assert mem.peak_bytes is not None and mem.peak_bytes > 64 * 2**20
+
+
+def test_export_all_skips_targets_without_the_pair(tmp_path: Path) -> None:
+    from hrvit_mobile.exporters import export_all
+
+    skipped: list[str] = []
+    spec = ExportSpec(
+        target="all", bits=6, img_size=(64, 64), num_classes=5, out_dir=tmp_path, run_parity=False
+    )
+    reports = export_all(TinySegmenter(), spec, on_error=lambda target, err: skipped.append(target))
+    assert [r.artifact.target for r in reports] == ["coreml"] and skipped == ["executorch", "tflite"]
+    assert reports[0].artifact.path.name == "model_64x64_coreml_pal6.mlpackage"

@@ -1,0 +1,139 @@
+"""Core ML exports: the saved .mlpackage inspected with coremltools itself (prediction needs macOS)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+ct = pytest.importorskip("coremltools")
+
+from hrvit_mobile.exporters import ExportSpec, export  # noqa: E402
+from hrvit_mobile.exporters.testing import TinySegmenter  # noqa: E402
+
+SIZE = (64, 64)
+ON_MAC = platform.system() == "Darwin"
+
+
+def _ops(spec: object) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for fn in spec.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            for op in block.operations:
+                counts[op.type] = counts.get(op.type, 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def model() -> TinySegmenter:
+    # 32 channels: the 3x3 convs and linears pass coremltools' 2048-element compression threshold
+    return TinySegmenter(num_classes=5, channels=32)
+
+
+@pytest.mark.parametrize(
+    ("bits", "activations", "variant", "must_have"),
+    [
+        (32, None, "fp32", ()),
+        (16, None, "fp16", ()),
+        (8, None, "w8", ("constexpr_affine_dequantize",)),
+        (8, 8, "w8a8", ("constexpr_affine_dequantize", "quantize", "dequantize")),
+        (6, None, "pal6", ("constexpr_lut_to_dense",)),
+        (4, None, "pal4", ("constexpr_lut_to_dense",)),
+    ],
+)
+def test_coreml_variant(
+    model: TinySegmenter, tmp_path: Path, bits: int, activations: int | None, variant: str, must_have: tuple
+) -> None:
+    spec = ExportSpec(
+        target="coreml",
+        bits=bits,
+        activations=activations,
+        img_size=SIZE,
+        num_classes=5,
+        class_names=["sky", "road", "car", "tree", "person"],
+        out_dir=tmp_path,
+        model_name="tiny",
+        author="hrvit-mobile tests",
+        license="Apache-2.0",
+        version="0.1.0",
+        argmax_output=(bits == 16),
+    )
+    report = export(model, spec)
+    path = tmp_path / f"tiny_64x64_coreml_{variant}.mlpackage"
+    assert report.artifact.path == path and path.is_dir() and report.ok, report.summary()
+
+    # coremltools reads the package back by itself
+    mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
+    s = mlmodel.get_spec()
+    assert s.WhichOneof("Type") == "mlProgram"
+    assert s.specificationVersion >= 8  # iOS 17
+    (inp,) = s.description.input
+    assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
+    assert (inp.type.imageType.width, inp.type.imageType.height) == (64, 64)
+    outputs = [o.name for o in s.description.output]
+    assert outputs == (["logits", "classes"] if bits == 16 else ["logits"])
+    md = s.description.metadata
+    assert md.author == "hrvit-mobile tests" and md.license == "Apache-2.0" and md.versionString == "0.1.0"
+    user = dict(md.userDefined)
+    assert user["com.apple.coreml.model.preview.type"] == "imageSegmenter"
+    preview = json.loads(user["com.apple.coreml.model.preview.params"])
+    assert preview["labels"] == ["sky", "road", "car", "tree", "person"] and len(preview["colors"]) == 5
+    ops = _ops(s)
+    for op in must_have:
+        assert ops.get(op, 0) > 0, (op, ops)
+    if variant in ("fp32", "fp16"):
+        assert not any(k.startswith("constexpr_") for k in ops)
+    meta = json.loads((tmp_path / (path.name + ".json")).read_text())
+    assert meta["input"]["type"] == "ImageType" and meta["input"]["normalization"]["applied_by"] == "model"
+    assert meta["files"] and all(len(f["sha256"]) == 64 for f in meta["files"])
+
+    parity = report.parity
+    assert parity is not None and parity.structural["ok"], parity.structural
+    if ON_MAC:
+        assert parity.ran and parity.passed
+    else:
+        assert parity.ran is False and parity.passed is None
+        assert parity.reason == "not run: Core ML runtime needs macOS"
+        assert meta["parity"]["reason"] == "not run: Core ML runtime needs macOS"
+
+
+def test_compressed_weights_are_smaller(model: TinySegmenter, tmp_path: Path) -> None:
+    wide = TinySegmenter(num_classes=5, channels=96)
+    common = dict(target="coreml", img_size=SIZE, num_classes=5, out_dir=tmp_path, run_parity=False)
+    weights = {}
+    for bits in (16, 8, 4):
+        pkg = export(wide, ExportSpec(bits=bits, **common)).artifact.path
+        weights[bits] = sum(p.stat().st_size for p in pkg.rglob("weight.bin"))
+    assert weights[8] < 0.65 * weights[16]
+    assert weights[4] < 0.4 * weights[16]
+
+
+def test_min_ios_18_uses_grouped_palettes(model: TinySegmenter, tmp_path: Path) -> None:
+    report = export(
+        model,
+        ExportSpec(
+            target="coreml",
+            bits=4,
+            min_ios=18,
+            img_size=SIZE,
+            num_classes=5,
+            out_dir=tmp_path,
+            run_parity=False,
+        ),
+    )
+    assert "per_grouped_channel" in report.artifact.details["quantization"]["scheme"]
+    s = ct.models.MLModel(str(report.artifact.path), skip_model_load=True).get_spec()
+    assert s.specificationVersion >= 9  # iOS 18
+
+
+def test_failed_coreml_export_leaves_nothing(tmp_path: Path) -> None:
+    class Bad(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.svd(x[:, :, :8, :8])[0][:, :1]  # no Core ML lowering for svd
+
+    with pytest.raises(Exception):  # noqa: B017 - whatever the converter raises, nothing may be left
+        export(Bad(), ExportSpec(target="coreml", img_size=SIZE, num_classes=1, out_dir=tmp_path))
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,165 @@
+"""ExecuTorch exports, each loaded back in ``executorch.runtime`` with no project code in the loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("executorch")
+
+from executorch.runtime import Runtime
+from hrvit_mobile.exporters import ExportSpec, export
+from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file
+from hrvit_mobile.exporters.testing import TinySegmenter
+
+SIZE = (64, 64)
+
+
+def _images(n: int = 2, seed: int = 7) -> np.ndarray:
+    from hrvit_mobile.exporters.contract import synthetic_images
+
+    return synthetic_images(n, SIZE, seed=seed)
+
+
+def _normalize(images: np.ndarray) -> torch.Tensor:
+    x = (images.astype(np.float32) / 255 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _run_pte(path: Path, x: torch.Tensor) -> np.ndarray:
+    method = Runtime.get().load_program(path).load_method("forward")
+    return np.concatenate([method.execute([x[i : i + 1]])[0].numpy() for i in range(x.shape[0])])
+
+
+@pytest.fixture(scope="module")
+def model() -> TinySegmenter:
+    return TinySegmenter(num_classes=5)
+
+
+@pytest.mark.parametrize(
+    ("bits", "variant", "max_abs", "min_agree"),
+    [(32, "fp32", 1e-4, 1.0), (16, "fp16", 0.1, 0.98), (8, "int8", None, 0.9)],
+)
+def test_executorch_variant(
+    model: TinySegmenter, tmp_path: Path, bits: int, variant: str, max_abs: float | None, min_agree: float
+) -> None:
+    spec = ExportSpec(
+        target="executorch",
+        bits=bits,
+        img_size=SIZE,
+        num_classes=5,
+        out_dir=tmp_path,
+        model_name="tiny",
+        bundled_program=True,
+        etrecord=True,
+    )
+    report = export(model, spec)
+    pte = tmp_path / f"tiny_64x64_executorch_{variant}.pte"
+    assert report.artifact.path == pte and report.ok, report.summary()
+    assert report.parity is not None and report.parity.ran and report.parity.samples == 2
+
+    # the real runtime, straight from the file: float32 NCHW normalized image in, logits out
+    images = _images()
+    x = _normalize(images)
+    out = _run_pte(pte, x)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert out.shape == (2, 5, 16, 16) and out.dtype == np.float32
+    if max_abs is not None:
+        assert np.abs(out - ref).max() <= max_abs
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= min_agree
+
+    meta = json.loads((tmp_path / (pte.name + ".json")).read_text())
+    assert meta["variant"] == variant and meta["bits"] == bits
+    assert meta["input"]["shape"] == [1, 3, 64, 64] and meta["input"]["layout"] == "NCHW"
+    assert meta["input"]["normalization"]["mean"] == list(IMAGENET_MEAN)
+    assert meta["classes"] == [f"class_{i}" for i in range(5)]
+    files = {f["path"]: f for f in meta["files"]}
+    for name in (pte.name, pte.stem + ".bpte", pte.stem + ".etrecord"):
+        assert files[name]["sha256"] == sha256_file(tmp_path / name)
+    assert meta["parity"]["passed"] is True and meta["parity"]["runtime"].startswith("executorch.runtime")
+    assert meta["tool_versions"]["executorch"] and meta["peak_rss_bytes"] > 0 and meta["export_seconds"] > 0
+    details = meta["details"]
+    assert details["delegate_calls"] >= 1
+    assert details["non_delegated_compute_nodes"] == sum(details["non_delegated_ops"].values())
+    assert report.parity.structural["bundled_program_verified"] is True
+    assert not list(tmp_path.glob(".*staging*"))
+
+
+def test_bundled_program_runs_in_runtime(model: TinySegmenter, tmp_path: Path) -> None:
+    """The .bpte carries its own test case; the runtime checks it without any project code."""
+    from executorch.extension.pybindings import portable_lib
+
+    export(
+        model,
+        ExportSpec(
+            target="executorch",
+            img_size=SIZE,
+            num_classes=5,
+            out_dir=tmp_path,
+            bundled_program=True,
+            run_parity=False,
+        ),
+    )
+    (bpte,) = tmp_path.glob("*.bpte")
+    bundle = portable_lib._load_bundled_program_from_buffer(bpte.read_bytes())
+    bundle.verify_result_with_bundled_expected_output("forward", 0, 1e-3, 1e-4)
+
+
+class _DataDependent(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # torch.export cannot capture this
+            return x[:, :1, ::4, ::4]
+        return -x[:, :1, ::4, ::4]
+
+
+def test_failed_export_leaves_no_partial_files(tmp_path: Path) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.export raises, nothing may be left
+        export(
+            _DataDependent(), ExportSpec(target="executorch", img_size=SIZE, num_classes=1, out_dir=tmp_path)
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_failure_is_reported_and_artifact_kept(model: TinySegmenter, tmp_path: Path) -> None:
+    from hrvit_mobile.exporters import ParityThresholds
+
+    impossible = ParityThresholds(min_cosine=1.5)
+    report = export(
+        model,
+        ExportSpec(
+            target="executorch", img_size=SIZE, num_classes=5, out_dir=tmp_path, thresholds=impossible
+        ),
+    )
+    assert not report.ok and "cosine" in report.parity.reason
+    meta = json.loads(report.artifact.sidecar.read_text())
+    assert meta["parity"]["passed"] is False and report.artifact.path.exists()
+
+
+@pytest.mark.slow
+def test_executorch_nano_fp32(nano_model: torch.nn.Module, tmp_path: Path) -> None:
+    import hrvit_mobile
+
+    deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+    report = export(
+        deployed,
+        ExportSpec(
+            target="executorch", img_size=(64, 96), num_classes=7, out_dir=tmp_path, model_name="hrvit_nano"
+        ),
+    )
+    assert report.ok, report.summary()
+    assert report.parity.max_abs_err <= 1e-3 and report.parity.argmax_agreement >= 0.999
+
+
+def test_runtime_rejecting_the_file_is_a_parity_failure(model: TinySegmenter, tmp_path: Path) -> None:
+    from hrvit_mobile.exporters import executorch as et_exporter
+
+    report = export(model, ExportSpec(target="executorch", img_size=SIZE, num_classes=5, out_dir=tmp_path))
+    pte = report.artifact.path
+    pte.write_bytes(pte.read_bytes()[: pte.stat().st_size // 2])  # truncated on its way to the device
+    res = et_exporter.validate(pte, _images(1), [np.zeros((1, 5, 16, 16), np.float32)])
+    assert res.ran and res.passed is False and res.reason.startswith("runtime error:")
