@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from hrvit_mobile.exporters import (
     SUPPORTED,
     ExportSpec,

@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("executorch")
 
 from executorch.runtime import Runtime
+
 from hrvit_mobile.exporters import ExportSpec, export
 from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter

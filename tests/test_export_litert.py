@@ -13,6 +13,7 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 from ai_edge_litert.interpreter import Interpreter
+
 from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export
 from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file, synthetic_images
 from hrvit_mobile.exporters.testing import TinySegmenter

@@ -1,0 +1,115 @@
+"""Export every supported target x bits pair of one model, each in its own process, and tabulate.
+
+    python3 benchmarks/export_matrix.py --model hrvit_b1 --img-size 512x512 --out runs/matrix
+
+Each pair runs ``hrvit-mobile export`` in a fresh process (so peak memory and wall time belong to
+that export alone) and the table is read back from the sidecar JSON each export writes: size,
+size relative to the same target's fp32 artifact, export wall time, peak RSS and parity. Writes
+``matrix.json`` and ``matrix.md`` into ``--out``. Pairs may be filtered with ``--only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hrvit_mobile.exporters import SUPPORTED
+
+
+def _pairs(only: list[str] | None) -> list[tuple[str, int, str, str]]:
+    rows = [(t, b, a, v) for (t, b, a), v in SUPPORTED.items()]
+    if only:
+        rows = [r for r in rows if f"{r[0]}/{r[3]}" in only or r[0] in only]
+    return rows
+
+
+def _run(target: str, bits: int, activations: str, args: argparse.Namespace, log: Path) -> dict:
+    out = Path(args.out) / "artifacts"
+    cmd = [
+        sys.executable, "-m", "hrvit_mobile.cli", "export", "--target", target, "--bits", str(bits),
+        "--model", args.model, "--img-size", args.img_size, "--out", str(out),
+    ]
+    if activations == "int8":
+        cmd += ["--activations", "8"]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint]
+    if args.num_classes:
+        cmd += ["--num-classes", str(args.num_classes)]
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    return {"returncode": proc.returncode, "process_seconds": time.perf_counter() - start,
+            "command": " ".join(cmd[2:])}
+
+
+def _sidecar(out: Path, model: str, img_size: str, target: str, variant: str) -> dict | None:
+    h, w = img_size.lower().split("x")
+    # the sidecar is "<artifact>.json" and the artifact's extension depends on the target
+    matches = list((out / "artifacts").glob(f"{model}_{h}x{w}_{target}_{variant}.*.json"))
+    return json.loads(matches[0].read_text()) if matches else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="hrvit_b1")
+    parser.add_argument("--img-size", default="512x512")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--out", default="runs/matrix")
+    parser.add_argument("--only", nargs="*", help="targets or target/variant, e.g. tflite coreml/w8")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for target, bits, activations, variant in _pairs(args.only):
+        print(f"[{target}/{variant}] exporting ...", flush=True)
+        run = _run(target, bits, activations, args, out / "logs" / f"{target}_{variant}.log")
+        meta = _sidecar(out, args.model, args.img_size, target, variant)
+        parity = (meta or {}).get("parity") or {}
+        row = {"target": target, "variant": variant, "bits": bits, "activations": activations, **run,
+               "size_bytes": (meta or {}).get("size_bytes"),
+               "export_seconds": (meta or {}).get("export_seconds"),
+               "peak_rss_bytes": (meta or {}).get("peak_rss_bytes"),
+               "parity": parity, "details": (meta or {}).get("details", {})}
+        rows.append(row)
+        print(f"[{target}/{variant}] exit {run['returncode']} in {run['process_seconds']:.0f} s", flush=True)
+    fp32 = {r["target"]: r["size_bytes"] for r in rows if r["variant"] == "fp32" and r["size_bytes"]}
+    for r in rows:
+        base = fp32.get(r["target"])
+        r["size_vs_fp32"] = r["size_bytes"] / base if base and r["size_bytes"] else None
+    (out / "matrix.json").write_text(json.dumps({"model": args.model, "img_size": args.img_size,
+                                                 "rows": rows}, indent=2))
+    lines = [
+        f"# Export matrix: {args.model} @ {args.img_size}",
+        "",
+        "| target | variant | exit | size MB | vs fp32 | export s | peak RSS GB | max abs | cosine "
+        "| argmax agree | parity |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        p = r["parity"]
+        verdict = "not run" if p and not p.get("ran", True) else (
+            "pass" if p.get("passed") else ("FAIL" if p else "-"))
+        lines.append(
+            f"| {r['target']} | {r['variant']} | {r['returncode']} "
+            f"| {_fmt(r['size_bytes'] and r['size_bytes'] / 1e6, '.2f')} "
+            f"| {_fmt(r['size_vs_fp32'], '.3f')} | {_fmt(r['export_seconds'], '.1f')} "
+            f"| {_fmt(r['peak_rss_bytes'] and r['peak_rss_bytes'] / 1e9, '.2f')} "
+            f"| {_fmt(p.get('max_abs_err'), '.2e')} | {_fmt(p.get('cosine'), '.6f')} "
+            f"| {_fmt(p.get('argmax_agreement'), '.4%')} | {verdict} |"
+        )
+    (out / "matrix.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
