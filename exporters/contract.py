@@ -562,6 +562,9 @@ def compare(
         argmax_agreement=agree / pixels,
     )
     failed = []
+    # NaN compares false against every threshold (and max() skips it): refuse it explicitly
+    if not all(np.isfinite(np.asarray(out)).all() for out in outputs):
+        failed.append("non-finite values (NaN/inf) in the artifact's output")
     if thresholds.max_abs_err is not None and max_abs > thresholds.max_abs_err:
         failed.append(f"max_abs_err {max_abs:.3g} > {thresholds.max_abs_err:g}")
     if thresholds.min_cosine is not None and cos_min < thresholds.min_cosine:

@@ -7,9 +7,12 @@ model a camera frame; the ImageNet mean/std is folded into the image scale/bias 
 :func:`image_preprocessing`). Labels, author/license/version/description and the Xcode preview
 metadata for an image segmenter are written into the package.
 
-``validate`` predicts with the real Core ML runtime on macOS. On other systems Core ML cannot run: the
-result says so (``ran=False``) and carries a structural check of the saved package instead (it loads,
-it is an ML program with an image input, its ops, and its weights compressed as requested).
+``validate`` predicts with the real Core ML runtime on macOS. On other systems Core ML cannot run, so the
+serialized ML program is executed by the project's NumPy MIL evaluator (:mod:`.coreml_eval`: exact
+constexpr weight decompression, quantize/dequantize, fp16 tensors stored as fp16); the result's
+``runtime`` names which of the two produced the figures. Either way it also carries a structural check of
+the saved package (it loads, it is an ML program with an image input, its ops, and its weights
+compressed as requested).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .contract import (
     run_build,
     step,
 )
+from .coreml_eval import RUNTIME as RUNTIME_EVALUATOR  # off macOS the serialized program runs here
 from .executorch import quantize_pt2e
 from .support import check_dependencies, conversion_inputs
 
@@ -149,6 +153,8 @@ def _w8a8_quantizer() -> Any:
     )
     from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
 
+    from hrvit_mobile.models.float_islands import float_module_types
+
     cfg = LinearQuantizerConfig.from_dict(
         {
             "global_config": {
@@ -156,7 +162,10 @@ def _w8a8_quantizer() -> Any:
                 "activation_dtype": torch.quint8,
                 "weight_dtype": torch.qint8,
                 "weight_per_channel": True,
-            }
+            },
+            # LayerNorm and the masked softmax stay float: quantizing LayerNorm's variance path
+            # rounds ``variance + eps`` to 0 on b1 and rsqrt turns it into inf (seen in calibration)
+            "module_type_configs": {t: None for t in float_module_types()},
         }
     )
     return CoreMLQuantizer(cfg)
@@ -406,35 +415,67 @@ def validate(
     references: Sequence[np.ndarray],
     thresholds: ParityThresholds | None = None,
 ) -> ParityResult:
-    """Core ML parity: predicts on macOS; elsewhere ``ran=False`` with a structural check of the package."""
+    """Core ML parity: predicts with Core ML on macOS; elsewhere runs the serialized ML program in the
+    NumPy MIL evaluator (``runtime`` says which). Both carry a structural check of the package."""
     artifact = Path(artifact)
     meta = read_sidecar(artifact)
     thresholds = thresholds or default_thresholds(meta["bits"], meta["activations"])
     t0 = time.perf_counter()
     structural = structural_check(artifact, meta["variant"])
     if platform.system() != "Darwin":
-        res = ParityResult(
+        res = _validate_with_evaluator(artifact, images, references, thresholds)
+    else:
+        import coremltools as ct
+        from PIL import Image
+
+        mlmodel = ct.models.MLModel(str(artifact), compute_units=ct.ComputeUnit.CPU_ONLY)
+        outputs = [
+            np.asarray(mlmodel.predict({INPUT_NAME: Image.fromarray(img)})[OUTPUT_NAME]) for img in images
+        ]
+        res = compare(outputs, references, thresholds, RUNTIME_MAC)
+    res.structural = structural
+    if not structural["ok"]:
+        failed = [k for k, v in structural["checks"].items() if not v]
+        res.passed = False
+        res.reason = "; ".join(filter(None, [res.reason, f"structural check failed: {', '.join(failed)}"]))
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _validate_with_evaluator(
+    artifact: Path,
+    images: np.ndarray,
+    references: Sequence[np.ndarray],
+    thresholds: ParityThresholds,
+) -> ParityResult:
+    """Parity of the serialized program run by :mod:`.coreml_eval` (Linux, Windows)."""
+    from .coreml_eval import MILEvaluationError, Program, UnsupportedOpError
+
+    try:
+        program = Program(artifact)
+        outputs = [program.predict(img)[OUTPUT_NAME] for img in images]
+    except UnsupportedOpError as e:
+        # a gap in the evaluator, not a fault of the artifact: say so, and where it can be verified
+        return ParityResult(
             runtime="none",
             ran=False,
             passed=None,
             thresholds=thresholds,
-            reason=NOT_RUN,
-            structural=structural,
+            reason=f"{NOT_RUN}, and {e}; verify on a Mac: hrvit_mobile.exporters.validate(ARTIFACT, model)",
         )
-        if not structural["ok"]:
-            failed = [k for k, v in structural["checks"].items() if not v]
-            res.passed, res.reason = False, f"{NOT_RUN}; structural check failed: {', '.join(failed)}"
-        res.seconds = time.perf_counter() - t0
+    except MILEvaluationError as e:
+        # unreadable weights, a shape that contradicts the declared one: the package itself is broken
+        return ParityResult(
+            runtime=RUNTIME_EVALUATOR,
+            ran=False,
+            passed=False,
+            thresholds=thresholds,
+            reason=f"the ML program could not be evaluated: {e}",
+        )
+    bad = [i for i, out in enumerate(outputs) if not np.all(np.isfinite(out))]
+    if bad:
+        # NaN/inf would slip through max/min-based metrics; a non-finite logit is a failure by itself
+        res = compare(outputs, references, thresholds, RUNTIME_EVALUATOR)
+        res.passed, res.reason = False, f"non-finite logits (NaN or inf) on sample(s) {bad}"
         return res
-    import coremltools as ct
-    from PIL import Image
-
-    mlmodel = ct.models.MLModel(str(artifact), compute_units=ct.ComputeUnit.CPU_ONLY)
-    outputs = [np.asarray(mlmodel.predict({INPUT_NAME: Image.fromarray(img)})[OUTPUT_NAME]) for img in images]
-    res = compare(outputs, references, thresholds, RUNTIME_MAC)
-    res.structural = structural
-    if not structural["ok"]:
-        res.passed = False
-        res.reason = (res.reason + "; " if res.reason else "") + "structural check failed"
-    res.seconds = time.perf_counter() - t0
-    return res
+    return compare(outputs, references, thresholds, RUNTIME_EVALUATOR)

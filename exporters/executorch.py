@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import operator
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,36 @@ class _Float16Graph(torch.nn.Module):
         return self.model(image.to(torch.float16)).to(torch.float32)
 
 
+@contextmanager
+def shared_node_provenance() -> Iterator[None]:
+    """While lowering, let torch.fx share each node's provenance history instead of deep-copying it.
+
+    Every pass of the lowering retraces the graph, and for every node it builds a
+    ``torch.fx.traceback.NodeSource`` whose ``__init__`` deep-copies ``node.meta["from_node"]``,
+    the node's whole history, which gains one level per retrace. Over the ~30 retraces of
+    ``to_edge_transform_and_lower`` + XNNPACK preprocessing that copy is a large share of the
+    lowering time. The history entries are never mutated once built (torch builds new lists when it
+    edits provenance), so sharing them changes no metadata value, only the copying; the graph, the
+    delegate payload and the .pte are unaffected. The original ``__init__`` is restored on exit.
+    """
+    from torch.fx import traceback as fx_traceback
+
+    cls = fx_traceback.NodeSource
+    original = cls.__init__
+
+    def init(self: Any, node: Any, pass_name: str = "", action: Any = None) -> None:
+        original(self, None, pass_name, action)
+        if node:
+            self.node_info = cls.NodeInfo(name=node.name, target=str(node.target), graph_id=id(node.graph))
+            self.from_node = list(node.meta.get("from_node", []))
+
+    cls.__init__ = init
+    try:
+        yield
+    finally:
+        cls.__init__ = original
+
+
 def quantize_pt2e(
     model: torch.nn.Module,
     example: torch.Tensor,
@@ -79,7 +110,12 @@ def xnnpack_int8_quantizer() -> Any:
         get_symmetric_quantization_config,
     )
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    from hrvit_mobile.models.float_islands import float_module_types
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    for module_type in float_module_types():  # masked softmax and LayerNorm run in float
+        quantizer.set_module_type(module_type, None)
+    return quantizer
 
 
 def non_delegated_ops(edge_program: Any) -> Counter[str]:
@@ -123,7 +159,7 @@ def convert(
                 )
                 with step(TARGET, "torch.export (quantized)"):
                     ep = torch.export.export(q, (example,), strict=spec.strict_export)
-        with step(TARGET, "lower to XNNPACK"):
+        with step(TARGET, "lower to XNNPACK"), shared_node_provenance():
             edge = to_edge_transform_and_lower(
                 ep, partitioner=[XnnpackPartitioner()], generate_etrecord=spec.etrecord
             )

@@ -107,9 +107,9 @@ def test_nano_deploy_exports_strict_static_rank4(nano_model) -> None:
     }
     assert not ops & undelegable
     assert "aten.bmm.default" in ops
-    # matmul only against constant (LayerNorm mean) columns: a rank-4 activation x activation
-    # matmul lowers with expand copies outside the delegate
-    assert all(n.args[1].op == "placeholder" and n.args[1].name.startswith("b_") for n in matmuls)
+    # no matmul at all: rank-4 matmuls (activation x activation, or against a constant column)
+    # decompose into expand copies that XNNPACK refuses
+    assert not matmuls
 
 
 @pytest.mark.slow

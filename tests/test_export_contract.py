@@ -216,3 +216,11 @@ def test_export_all_skips_targets_without_the_pair(tmp_path: Path) -> None:
     reports = export_all(TinySegmenter(), spec, on_error=lambda target, err: skipped.append(target))
     assert [r.artifact.target for r in reports] == ["coreml"] and skipped == ["executorch", "tflite"]
     assert reports[0].artifact.path.name == "model_64x64_coreml_pal6.mlpackage"
+
+
+def test_compare_refuses_nan_outputs() -> None:
+    ref = np.zeros((1, 3, 4, 4), np.float32)
+    out = ref.copy()
+    out[0, 0, 0, 0] = np.nan
+    res = c.compare([out], [ref], c.ParityThresholds(max_abs_err=1.0, min_cosine=-1.0), "test")
+    assert res.passed is False and "non-finite" in res.reason

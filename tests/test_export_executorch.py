@@ -142,7 +142,9 @@ def test_parity_failure_is_reported_and_artifact_kept(model: TinySegmenter, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_executorch_nano_fp32(nano_model: torch.nn.Module, tmp_path: Path) -> None:
+    """The real architecture lowers to XNNPACK with nothing left to portable kernels."""
     import hrvit_mobile
 
     deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
@@ -154,6 +156,8 @@ def test_executorch_nano_fp32(nano_model: torch.nn.Module, tmp_path: Path) -> No
     )
     assert report.ok, report.summary()
     assert report.parity.max_abs_err <= 1e-3 and report.parity.argmax_agreement >= 0.999
+    assert report.artifact.details["non_delegated_compute_nodes"] == 0
+    assert report.artifact.details["delegate_calls"] == 1
 
 
 def test_runtime_rejecting_the_file_is_a_parity_failure(model: TinySegmenter, tmp_path: Path) -> None:

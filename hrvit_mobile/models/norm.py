@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -11,16 +12,19 @@ class DelegableLayerNorm(nn.Module):
 
     ExecuTorch's XNNPACK delegate has no LayerNorm: ``native_layer_norm`` falls back to a
     single-threaded portable kernel and splits the delegated graph. Here the two means are
-    matmuls with a constant (C, 1) column of 1/C, and the rest is elementwise; the affine part is
-    optional because the deploy form folds it into the following linear where there is one.
-    (``matmul``, not ``F.linear``: coremltools' ``fuse_linear_bias`` pass crashes on a bias-free
-    linear whose output is subtracted from its input.)
+    linears against a stored (1, C) row of 1/C, with eps as the variance linear's bias, and the rest
+    is elementwise; the affine part is optional because the deploy form folds it into the
+    following linear where there is one. Why exactly this form (measured, executorch 1.5.1 and
+    coremltools 9.0): a ``matmul`` with a (C, 1) column decomposes into expand copies that
+    XNNPACK refuses (113 partitions on b1), and a bias-free linear followed by ``+ eps`` crashes
+    coremltools' ``fuse_linear_bias`` pass.
     """
 
     def __init__(self, dim: int, eps: float, weight: Tensor | None = None, bias: Tensor | None = None):
         super().__init__()
         self.eps = eps
-        self.register_buffer("mean_column", torch.full((dim, 1), 1.0 / dim))
+        self.register_buffer("mean_row", torch.full((1, dim), 1.0 / dim))
+        self.register_buffer("eps_bias", torch.full((1,), eps))
         self.weight = None if weight is None else nn.Parameter(weight.detach().clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
@@ -32,9 +36,8 @@ class DelegableLayerNorm(nn.Module):
         return cls(dim, norm.eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        centred = x - torch.matmul(x, self.mean_column)
-        variance = torch.matmul(centred * centred, self.mean_column)
-        y = centred * torch.rsqrt(variance + self.eps)
+        centred = x - F.linear(x, self.mean_row)
+        y = centred * torch.rsqrt(F.linear(centred * centred, self.mean_row, self.eps_bias))
         if self.weight is not None:
             y = y * self.weight + self.bias
         return y
