@@ -21,9 +21,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from hrvit_mobile.profile import profile_model
-    from hrvit_mobile.sizes import parse_img_size, validate_img_size
 
-    size = validate_img_size(parse_img_size(args.img_size))
+    size = _size(args.img_size)
     result = profile_model(
         args.model, size, threads=args.threads, runs=args.runs, with_export=not args.no_export
     )
@@ -31,13 +30,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_model(args: argparse.Namespace):
+def _build_model(args: argparse.Namespace, size: tuple[int, int]):
     """Training form from --model/--checkpoint, or the embedded default (recipe weights)."""
     import hrvit_mobile
-    from hrvit_mobile.sizes import parse_img_size
     from hrvit_mobile.weights import load_recipe_weights
 
-    size = parse_img_size(args.img_size)
     model = hrvit_mobile.create_model(args.model, num_classes=args.num_classes, img_size=size)
     if args.checkpoint:
         hrvit_mobile.load_checkpoint(model, args.checkpoint)
@@ -47,7 +44,7 @@ def _build_model(args: argparse.Namespace):
             "(parity figures are meaningful, predictions are not)", args.model,
         )
         load_recipe_weights(model)
-    return model.eval(), size
+    return model.eval()
 
 
 def _log():
@@ -80,6 +77,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
 
     _setup_logging(args.verbose)
+    size = _size(args.img_size)
     thresholds = None
     if any(v is not None for v in (args.max_abs_err, args.min_cosine, args.min_argmax)):
         thresholds = ParityThresholds(args.max_abs_err, args.min_cosine, args.min_argmax)
@@ -87,7 +85,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         target=args.target if args.target != "all" else "executorch",
         bits=args.bits,
         activations=args.activations,
-        img_size=_size(args.img_size),
+        img_size=size,
         num_classes=args.num_classes,
         out_dir=args.out,
         model_name=args.model,
@@ -101,7 +99,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.target != "all":  # refuse a bad pair or a missing package before building anything
         resolve(spec)
         check_dependencies(spec.target)
-    model, size = _build_model(args)
+    model = _build_model(args, size)
     calib = load_calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
     deployed = deploy(model, img_size=size)
     reports = export_all(deployed, spec, calib) if args.target == "all" else [export(deployed, spec, calib)]
