@@ -45,6 +45,7 @@ from .contract import (
     to_tensors,
     write_sidecar,
 )
+from .runtime import ArtifactRunner, open_artifact
 from .support import (
     DEFAULT_ACTIVATIONS,
     SUPPORTED,
@@ -62,6 +63,7 @@ __all__ = [
     "SUPPORTED",
     "TARGETS",
     "ArtifactResult",
+    "ArtifactRunner",
     "ExportError",
     "ExportReport",
     "ExportSpec",
@@ -77,6 +79,7 @@ __all__ = [
     "export",
     "export_all",
     "load_calibration_images",
+    "open_artifact",
     "parity_inputs",
     "read_sidecar",
     "resolve",

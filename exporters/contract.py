@@ -368,7 +368,13 @@ def write_sidecar(spec: ExportSpec, art: ArtifactResult, parity: ParityResult | 
 
 
 def read_sidecar(artifact: Path) -> dict[str, Any]:
-    return json.loads(sidecar_path(Path(artifact)).read_text())
+    path = sidecar_path(Path(artifact))
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path} not found: an artifact needs the sidecar JSON its export wrote") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path} is not valid JSON ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""Run an exported artifact in its own runtime: one interface for validation, reports, bench and predict.
+
+``open_artifact(path)`` reads the sidecar written beside the artifact (normalization, target, image
+size) and returns an :class:`ArtifactRunner` whose :meth:`~ArtifactRunner.predict` maps uint8 RGB
+images to logits exactly as an app would: the runner applies the sidecar's normalization, never the
+project's model code.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .contract import ExportError, Normalization, read_sidecar
+from .support import canonical_target
+
+
+@dataclass
+class ArtifactRunner:
+    """A loaded artifact. ``predict`` takes uint8 (N, H, W, 3) RGB, returns N arrays (1, K, h, w)."""
+
+    path: Path
+    meta: dict[str, Any]
+    runtime: str
+    _run_one: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    """uint8 (H, W, 3) -> logits (1, K, h, w)."""
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(self.meta["img_size"])  # type: ignore[return-value]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    def predict(self, images: np.ndarray) -> list[np.ndarray]:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        h, w = self.img_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
+            raise ExportError(
+                f"{self.path.name} takes uint8 RGB images of {h}x{w}x3, got {images.dtype} {images.shape}"
+            )
+        return [np.asarray(self._run_one(img), np.float32) for img in images]
+
+    def latency(self, runs: int = 10, warmup: int = 2) -> dict[str, float]:
+        """Median and p90 wall time (ms) of one image in this runtime, after ``warmup`` runs."""
+        image = np.full((*self.img_size, 3), 127, np.uint8)
+        for _ in range(warmup):
+            self._run_one(image)
+        times = []
+        for _ in range(max(1, runs)):
+            t0 = time.perf_counter()
+            self._run_one(image)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return {
+            "median_ms": float(np.median(times)),
+            "p90_ms": float(np.percentile(times, 90)),
+            "runs": len(times),
+        }
+
+
+def _normalization(meta: dict[str, Any]) -> Normalization:
+    norm = meta["input"]["normalization"]
+    return Normalization(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+
+
+def _executorch(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
+    from executorch.runtime import Runtime
+
+    from .executorch import RUNTIME
+
+    norm = _normalization(meta)
+    method = Runtime.get().load_program(path).load_method("forward")
+
+    def run_one(image: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(norm.apply(image[None])))
+        return method.execute([x])[0].numpy().copy()
+
+    return ArtifactRunner(path, meta, RUNTIME, run_one)
+
+
+def _tflite(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .litert import INPUT_NAME, OUTPUT_NAME, RUNTIME, SIGNATURE
+
+    norm = _normalization(meta)
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+
+    def run_one(image: np.ndarray) -> np.ndarray:
+        return runner(**{INPUT_NAME: norm.apply(image[None])})[OUTPUT_NAME]
+
+    return ArtifactRunner(path, meta, RUNTIME, run_one)
+
+
+def _coreml(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
+    from .coreml import INPUT_NAME, OUTPUT_NAME, RUNTIME_MAC
+
+    if platform.system() == "Darwin":
+        import coremltools as ct
+        from PIL import Image
+
+        mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        return ArtifactRunner(
+            path, meta, RUNTIME_MAC,
+            lambda image: np.asarray(mlmodel.predict({INPUT_NAME: Image.fromarray(image)})[OUTPUT_NAME]),
+        )
+    from .coreml_eval import RUNTIME, Program
+
+    program = Program(path)  # the image input's scale/bias live in the program, as on a phone
+    return ArtifactRunner(path, meta, RUNTIME, lambda image: program.predict(image)[OUTPUT_NAME])
+
+
+_OPENERS = {"executorch": _executorch, "tflite": _tflite, "coreml": _coreml}
+
+
+def open_artifact(path: Path | str, threads: int | None = None) -> ArtifactRunner:
+    """Load ``path`` (.pte, .tflite or .mlpackage, with its sidecar JSON) in its runtime on this host.
+
+    Raises :class:`ExportError` (one line) when the file or its sidecar is missing or unreadable, and
+    :class:`MissingDependencyError` when the runtime's package is not installed.
+    """
+    from .support import check_dependencies
+
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"artifact not found: {path}")
+    meta = read_sidecar(path)
+    target = canonical_target(meta["target"])
+    check_dependencies(target)
+    try:
+        return _OPENERS[target](path, meta, threads)
+    except (RuntimeError, ValueError) as e:
+        raise ExportError(f"{path.name}: the {target} runtime could not load it: {e}") from e
