@@ -461,13 +461,21 @@ class PeakMemory:
             self.peak_bytes = max(self.peak_bytes or 0, self._rss())
 
 
+_STEP_SECONDS: dict[str, float] = {}
+
+
 @contextlib.contextmanager
 def step(target: str, what: str) -> Iterator[None]:
-    """Log the start and the duration of a long step, so a minute-long lowering is not silent."""
+    """Log the start and the duration of a long step, so a minute-long lowering is not silent.
+
+    Durations are also recorded, and :func:`run_build` puts them in the sidecar's ``step_seconds``.
+    """
     log.info("[%s] %s ...", target, what)
     t0 = time.perf_counter()
     yield
-    log.info("[%s] %s done in %.1f s", target, what, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    _STEP_SECONDS[what] = _STEP_SECONDS.get(what, 0.0) + seconds
+    log.info("[%s] %s done in %.1f s", target, what, seconds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -604,6 +612,7 @@ def run_build(spec: ExportSpec, variant: str, suffix: str, build: Callable[[Path
     Nothing reaches ``spec.out_dir`` unless ``build`` returned: a failure leaves no partial artifact.
     """
     assert spec.name is not None
+    _STEP_SECONDS.clear()
     with staging_dir(spec.out_dir, spec.name) as stage:
         with PeakMemory() as mem:
             t0 = time.perf_counter()
@@ -626,7 +635,7 @@ def run_build(spec: ExportSpec, variant: str, suffix: str, build: Callable[[Path
         tool_versions=tool_versions(),
         input=built.input,
         outputs=built.outputs,
-        details=built.details,
+        details={**built.details, "step_seconds": {k: round(v, 3) for k, v in _STEP_SECONDS.items()}},
     )
     write_sidecar(spec, art, None)
     log.info("[%s] wrote %s (%.2f MB) in %.1f s", spec.target, final_main, art.size_bytes / 1e6, seconds)

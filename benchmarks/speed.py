@@ -1,0 +1,418 @@
+"""Speed harness: HRViT-b1 training form vs deploy form vs SegFormer-B1, each in the runtimes phones use.
+
+    python3 benchmarks/speed.py --out runs/speed                       # everything (about an hour here)
+    python3 benchmarks/speed.py --out runs/speed --runtimes eager executorch-fp32
+
+Every (case, runtime) pair runs in its own process, so peak RSS and wall times belong to that pair
+alone. Cases:
+
+- ``train``: HRViT-b1 training form exported as it is (the official code's graph, same numerics);
+- ``deploy``: the deploy form (:func:`hrvit_mobile.deploy`);
+- ``segformer``: SegFormer-B1 (MiT-b1 from ``transformers``, 150 classes, random weights), the peer a
+  user would pick instead.
+
+Runtimes: ``eager`` (PyTorch), ``executorch-fp32``/``executorch-int8`` (XNNPACK), ``tflite-fp32``/
+``tflite-int8`` (LiteRT Interpreter). Per pair: export wall time (and its steps), latency median and
+p90, peak RSS of the process, artifact size, MACs (torch FLOP counter on the eager module) and the
+achieved GFLOP/s as a fraction of an fp32 GEMM peak measured in the same run. Writes ``speed.json``,
+``speed.md`` and (with matplotlib) ``speed.png`` into ``--out``, and the issue-7 goal ratios.
+Weights are random/untrained (speed does not depend on them); batch 1; ``--threads`` for every runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CASES = ("train", "deploy", "segformer")
+RUNTIMES = ("eager", "executorch-fp32", "executorch-int8", "tflite-fp32", "tflite-int8")
+_EXPORT = {  # runtime -> (target, bits, activations)
+    "executorch-fp32": ("executorch", 32, "float"),
+    "executorch-int8": ("executorch", 8, "int8"),
+    "tflite-fp32": ("tflite", 32, "float"),
+    "tflite-int8": ("tflite", 8, "int8"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# worker side: one (case, runtime) pair
+
+
+class _SegformerLogits:
+    """Built lazily so the module imports without transformers."""
+
+    @staticmethod
+    def build(num_classes: int):
+        import torch
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+        # MiT-b1: the configuration of nvidia/mit-b1 (hidden sizes, depths, heads, reduction ratios)
+        config = SegformerConfig(
+            num_labels=num_classes,
+            hidden_sizes=[64, 128, 320, 512],
+            depths=[2, 2, 2, 2],
+            num_attention_heads=[1, 2, 5, 8],
+            sr_ratios=[8, 4, 2, 1],
+            decoder_hidden_size=256,
+        )
+        torch.manual_seed(0)
+        segformer = SegformerForSemanticSegmentation(config).eval()
+
+        class Logits(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.segformer = segformer
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.segformer(pixel_values=x).logits
+
+        return Logits().eval()
+
+
+def build_case(case: str, img_size: tuple[int, int], num_classes: int):
+    import hrvit_mobile
+    from hrvit_mobile.weights import load_recipe_weights
+
+    if case == "segformer":
+        return _SegformerLogits.build(num_classes)
+    model = load_recipe_weights(
+        hrvit_mobile.create_model("hrvit_b1", num_classes=num_classes, img_size=img_size)
+    )
+    model = model.eval()
+    return hrvit_mobile.deploy(model, img_size=img_size) if case == "deploy" else model
+
+
+def _eager_latency(model, img_size: tuple[int, int], runs: int, warmup: int) -> dict:
+    import numpy as np
+    import torch
+
+    x = torch.randn(1, 3, *img_size)
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+
+
+def run_worker(case: str, runtime: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    from hrvit_mobile.profile import count_macs, count_params
+    from hrvit_mobile.sizes import parse_img_size
+
+    torch.set_num_threads(args.threads)
+    img_size = parse_img_size(args.img_size)
+    model = build_case(case, img_size, args.num_classes)
+    row: dict = {
+        "case": case,
+        "runtime": runtime,
+        "params": count_params(model),
+        "macs": count_macs(model, img_size),
+    }
+    if runtime == "eager":
+        row["latency"] = _eager_latency(model, img_size, args.runs, args.warmup)
+    else:
+        from executorch.extension.pybindings import portable_lib
+
+        from hrvit_mobile.exporters import ExportSpec, export, open_artifact
+
+        portable_lib._unsafe_reset_threadpool(args.threads)  # XNNPACK's pool defaults to all cores
+        target, bits, activations = _EXPORT[runtime]
+        spec = ExportSpec(
+            target=target,
+            bits=bits,
+            activations=activations,
+            img_size=img_size,
+            num_classes=args.num_classes,
+            out_dir=Path(args.out) / "artifacts",
+            model_name=f"speed_{case}",
+            parity_samples=1,
+            calib_samples=args.calib_samples,
+        )
+        report = export(model, spec)
+        art = report.artifact
+        row.update(
+            export_seconds=art.export_seconds,
+            step_seconds=art.details.get("step_seconds", {}),
+            export_peak_rss_bytes=art.peak_rss_bytes,
+            size_bytes=art.size_bytes,
+            delegation={
+                k: art.details.get(k)
+                for k in ("delegate_calls", "non_delegated_compute_nodes")
+                if k in art.details
+            },
+            parity=None
+            if report.parity is None
+            else {
+                "passed": report.parity.passed,
+                "cosine": report.parity.cosine,
+                "max_abs_err": report.parity.max_abs_err,
+                "argmax_agreement": report.parity.argmax_agreement,
+            },
+        )
+        del model
+        runner = open_artifact(art.path, threads=args.threads)
+        row["latency"] = runner.latency(runs=args.runs, warmup=args.warmup)
+        row["latency_runtime"] = runner.runtime
+    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return row
+
+
+def gemm_peak_gflops(threads: int, n: int = 1024, runs: int = 20) -> float:
+    """fp32 GEMM throughput of this host (torch.mm, ``threads`` threads): the best of ``runs``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+# --------------------------------------------------------------------------------------------------
+# parent side
+
+
+def _spawn(case: str, runtime: str, args: argparse.Namespace, out: Path) -> dict:
+    result = out / "cases" / f"{case}_{runtime}.json"
+    log = out / "logs" / f"{case}_{runtime}.log"
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        case,
+        runtime,
+        "--out",
+        str(out),
+        "--img-size",
+        args.img_size,
+        "--threads",
+        str(args.threads),
+        "--runs",
+        str(args.runs),
+        "--warmup",
+        str(args.warmup),
+        "--num-classes",
+        str(args.num_classes),
+        "--calib-samples",
+        str(args.calib_samples),
+    ]
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0 or not result.exists():
+        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        return {"case": case, "runtime": runtime, "error": f"exit {proc.returncode}: {tail[0][:200]}"}
+    row = json.loads(result.read_text())
+    row["process_seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _get(rows: list[dict], case: str, runtime: str, *keys: str):
+    for row in rows:
+        if row.get("case") == case and row.get("runtime") == runtime and "error" not in row:
+            value = row
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            return value
+    return None
+
+
+def goal_ratios(rows: list[dict], gemm_gflops: float) -> list[dict]:
+    """The issue-7 goals as ratios within this run (None where a pair is missing)."""
+
+    def ratio(a, b):
+        return None if a is None or b is None or b == 0 else a / b
+
+    lat = "latency", "median_ms"
+    deploy_fp32 = _get(rows, "deploy", "executorch-fp32", *lat)
+    deploy_macs = _get(rows, "deploy", "executorch-fp32", "macs")
+    gflops = (
+        None if deploy_fp32 is None or deploy_macs is None else 2 * deploy_macs / (deploy_fp32 / 1e3) / 1e9
+    )
+    goals = [
+        (
+            "ExecuTorch fp32 latency, deploy / SegFormer-B1",
+            ratio(deploy_fp32, _get(rows, "segformer", "executorch-fp32", *lat)),
+            0.8,
+        ),
+        (
+            "ExecuTorch fp32 latency, deploy / training form as is",
+            ratio(deploy_fp32, _get(rows, "train", "executorch-fp32", *lat)),
+            0.5,
+        ),
+        (
+            "ExecuTorch int8 latency, deploy / SegFormer-B1 fp32",
+            ratio(
+                _get(rows, "deploy", "executorch-int8", *lat),
+                _get(rows, "segformer", "executorch-fp32", *lat),
+            ),
+            0.5,
+        ),
+        (
+            "XNNPACK fp32 export time, deploy / SegFormer-B1",
+            ratio(
+                _get(rows, "deploy", "executorch-fp32", "export_seconds"),
+                _get(rows, "segformer", "executorch-fp32", "export_seconds"),
+            ),
+            1.0,
+        ),
+        ("fp32 deploy GFLOP/s / fp32 GEMM peak (>= goal)", ratio(gflops, gemm_gflops), 0.6),
+    ]
+    out = []
+    for name, value, goal in goals:
+        higher_is_better = name.endswith("(>= goal)")
+        met = None if value is None else (value >= goal if higher_is_better else value <= goal)
+        out.append({"goal": name, "ratio": value, "target": goal, "met": met})
+    return out
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Speed: {result['img_size']}, batch 1, {result['threads']} threads",
+        "",
+        f"fp32 GEMM peak (torch.mm 1024^3, best of 20, measured before and after): "
+        f"{result['gemm_peak_gflops']:.1f} GFLOP/s (before {result['gemm_gflops_before']:.1f}, "
+        f"after {result['gemm_gflops_after']:.1f}). Host: {result['host']}.",
+        "",
+        "| case | runtime | latency median ms | p90 ms | GFLOP/s | % GEMM peak | export s | size MB | "
+        "peak RSS GB | GMACs | parity cos | delegation |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['case']} | {row['runtime']} | FAILED: {row['error']} |" + " |" * 9)
+            continue
+        med = row["latency"]["median_ms"]
+        gflops = 2 * row["macs"] / (med / 1e3) / 1e9
+        deleg = row.get("delegation") or {}
+        deleg_s = (
+            f"{deleg.get('delegate_calls')} delegate(s), {deleg.get('non_delegated_compute_nodes')} outside"
+            if deleg
+            else "-"
+        )
+        parity = row.get("parity") or {}
+        lines.append(
+            f"| {row['case']} | {row['runtime']} | {med:.1f} | {row['latency']['p90_ms']:.1f} | "
+            f"{gflops:.1f} | "
+            f"{100 * gflops / result['gemm_peak_gflops']:.0f}% | {_fmt(row.get('export_seconds'), '.1f')} | "
+            f"{_fmt(row.get('size_bytes') and row['size_bytes'] / 1e6, '.2f')} | "
+            f"{row['peak_rss_bytes'] / 1e9:.2f} | {row['macs'] / 1e9:.2f} | "
+            f"{_fmt(parity.get('cosine'), '.5f')} | {deleg_s} |"
+        )
+    lines += ["", "| goal | ratio | target | met |", "| --- | --- | --- | --- |"]
+    for g in result["goals"]:
+        met = "n/a (pair missing)" if g["met"] is None else ("yes" if g["met"] else "NO")
+        lines.append(f"| {g['goal']} | {_fmt(g['ratio'], '.3f')} | {g['target']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in result["rows"] if "error" not in r]
+    runtimes = [rt for rt in RUNTIMES if any(r["runtime"] == rt for r in rows)]
+    cases = [c for c in CASES if any(r["case"] == c for r in rows)]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(1, len(cases))
+    for i, case in enumerate(cases):
+        values = [_get(rows, case, rt, "latency", "median_ms") or 0 for rt in runtimes]
+        ax.bar([j + i * width for j in range(len(runtimes))], values, width, label=case)
+    ax.set_xticks([j + width * (len(cases) - 1) / 2 for j in range(len(runtimes))], runtimes)
+    ax.set_ylabel("latency median (ms), lower is better")
+    ax.set_title(f"{result['img_size']}, batch 1, {result['threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/speed")
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES)
+    parser.add_argument("--runtimes", nargs="*", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--img-size", default="512x512")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per pair (median and p90)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--num-classes", type=int, default=150)
+    parser.add_argument("--calib-samples", type=int, default=8)
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "RUNTIME"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.worker:
+        case, runtime = args.worker
+        row = run_worker(case, runtime, args)
+        (out / "cases").mkdir(parents=True, exist_ok=True)
+        (out / "cases" / f"{case}_{runtime}.json").write_text(json.dumps(row, indent=2))
+        return 0
+
+    import platform
+
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    before = gemm_peak_gflops(args.threads)
+    rows = []
+    pairs = [(c, r) for r in args.runtimes for c in args.cases]
+    for i, (case, runtime) in enumerate(pairs, 1):
+        print(f"[{i}/{len(pairs)}] {case} / {runtime} ...", flush=True)
+        rows.append(_spawn(case, runtime, args, out))
+        row = rows[-1]
+        print(
+            "    "
+            + (
+                row["error"]
+                if "error" in row
+                else f"{row['latency']['median_ms']:.1f} ms, "
+                f"export {_fmt(row.get('export_seconds'), '.1f')} s"
+            ),
+            flush=True,
+        )
+    after = gemm_peak_gflops(args.threads)
+    peak = max(before, after)
+    result = {
+        "img_size": args.img_size,
+        "threads": args.threads,
+        "runs": args.runs,
+        "host": f"{platform.processor() or platform.machine()}, {platform.platform()}",
+        "gemm_gflops_before": before,
+        "gemm_gflops_after": after,
+        "gemm_peak_gflops": peak,
+        "rows": rows,
+        "goals": goal_ratios(rows, peak),
+    }
+    (out / "speed.json").write_text(json.dumps(result, indent=2))
+    (out / "speed.md").write_text(markdown(result))
+    plotted = plot(result, out / "speed.png")
+    print(markdown(result))
+    print(f"wrote {out / 'speed.json'}, {out / 'speed.md'}" + (f", {out / 'speed.png'}" if plotted else ""))
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
