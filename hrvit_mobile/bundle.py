@@ -209,6 +209,8 @@ def _bundled_sidecar(target: str, meta: dict[str, Any], labels: LabelSet, root: 
     """The export sidecar as the bundled copy needs it: fixed names, bundle labels, no timings."""
     name = MODEL_FILES[target]
     side = {k: v for k, v in meta.items() if k not in _VOLATILE}
+    if side.get("parity"):
+        side["parity"] = {k: v for k, v in side["parity"].items() if k != "seconds"}
     side["artifact"] = name
     side["classes"] = list(labels.classes)
     side["files"] = [f for f in _files_of(root) if f["path"] == name or f["path"].startswith(name + "/")]

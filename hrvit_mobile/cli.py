@@ -245,15 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="run an exported artifact (or a bundle) on an image; write the overlay and the class map",
         description="Runs the artifact in its own runtime on a JPEG/PNG of any size. --mode fit "
-        "(default) letterboxes the image into the model input; --mode slide tiles it at native "
-        "resolution with overlapping windows.",
+        "(default) letterboxes the image into the model input, --mode stretch resizes it as the demo "
+        "apps do, --mode slide tiles it at native resolution with overlapping windows.",
     )
     predict.add_argument("--model", required=True, help=".pte/.tflite/.mlpackage with sidecar, or a bundle")
     predict.add_argument("--image", required=True, help="JPEG/PNG/BMP/WebP image, any size")
     predict.add_argument("--out", required=True, help="overlay PNG to write")
     predict.add_argument("--class-map", help="class-map PNG (palette PNG of class indices); "
                          "default <out>_classes.png")
-    predict.add_argument("--mode", choices=["fit", "slide"], default="fit")
+    predict.add_argument("--mode", choices=["fit", "stretch", "slide"], default="fit")
     predict.add_argument("--labels", help="ade20k, cityscapes, synthetic or a JSON file")
     predict.add_argument("--threads", type=int, default=None)
     predict.set_defaults(func=_cmd_predict)

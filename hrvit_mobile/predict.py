@@ -9,6 +9,8 @@ Two policies map an image of any size onto the model's fixed input (H, W):
   H x W keeping its aspect ratio (bilinear), pad the rest bottom/right with the normalization mean
   colour (which the model sees as zeros), run once, upsample the logits x4 (bilinear), crop the padding,
   take the argmax and resize that class map to the image (nearest).
+- ``stretch`` (what the demo apps do: Vision's ``scaleFill``, Android's ``createScaledBitmap``): resize
+  to H x W ignoring the aspect ratio, run once, upsample x4, argmax, resize back (nearest).
 - ``slide`` (for images larger than the input, at their native resolution): tile the image with
   H x W windows overlapping by a third, pad where the image is smaller than a window, average the
   logits of overlapping windows, upsample x4 (bilinear) and take the argmax. Costs one run per tile.
@@ -28,7 +30,7 @@ import numpy as np
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.labels import LabelSet, labels_for
 
-MODES: tuple[str, ...] = ("fit", "slide")
+MODES: tuple[str, ...] = ("fit", "stretch", "slide")
 STRIDE = 4  # the logits are at 1/4 of the input resolution
 OVERLAY_ALPHA = 0.5
 
@@ -118,6 +120,15 @@ def _fit(runner, image: np.ndarray) -> tuple[np.ndarray, int]:
     small = _upsample_argmax(logits)[:nh, :nw]
     full = Image.fromarray(small).resize((w, h), Image.NEAREST)
     return np.asarray(full), 1
+
+
+def _stretch(runner, image: np.ndarray) -> tuple[np.ndarray, int]:
+    from PIL import Image
+
+    H, W = runner.img_size
+    h, w = image.shape[:2]
+    logits = runner.predict(np.asarray(Image.fromarray(image).resize((W, H), Image.BILINEAR)))[0][0]
+    return np.asarray(Image.fromarray(_upsample_argmax(logits)).resize((w, h), Image.NEAREST)), 1
 
 
 def _tile_origins(size: int, window: int) -> list[int]:
@@ -238,7 +249,7 @@ def predict(
         image: a path (JPEG, PNG, ...) or uint8 (h, w, 3) RGB of any size.
         out: overlay PNG to write (image blended with the class colours).
         class_map_out: class-map PNG (palette PNG of class indices); default ``<out stem>_classes.png``.
-        mode: ``fit`` or ``slide`` (see the module docstring).
+        mode: ``fit``, ``stretch`` or ``slide`` (see the module docstring).
         labels: class names/palette (``ade20k``, ``cityscapes``, ``synthetic`` or a JSON path); default
             the artifact's own or the shipped set with the model's class count.
     """
@@ -260,7 +271,7 @@ def predict(
     label_set = labels_for(k, labels, runner.labels)
 
     t0 = time.perf_counter()
-    class_map, runs = (_fit if mode == "fit" else _slide)(runner, rgb)
+    class_map, runs = {"fit": _fit, "stretch": _stretch, "slide": _slide}[mode](runner, rgb)
     seconds = time.perf_counter() - t0
     result = Prediction(np.ascontiguousarray(class_map), label_set, runner.runtime, mode, runs, seconds)
     if out is not None:
