@@ -78,7 +78,7 @@ def _load_artifact(path: Path, app: str, allow_failed_parity: bool) -> dict[str,
     target = _canonical_target(meta["target"])
     if target not in APPS[app]:
         allowed = " or ".join(Path(MODEL_FILES[t]).suffix for t in APPS[app])
-        raise BundleError(f"{path.name}: a {app} app cannot load {target} artifacts; it takes {allowed}")
+        raise BundleError(f"{path.name}: the {app} app cannot load {target} artifacts; it takes {allowed}")
     root = path.parent
     for f in meta.get("files", []):
         if not f["path"].startswith(path.name):
@@ -408,7 +408,7 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
     }
     for model in manifest.get("models", []):
         if model["runtime"] not in APPS[app]:
-            raise BundleError(f"{model['file']}: a {app} app cannot load {model['runtime']} models")
+            raise BundleError(f"{model['file']}: the {app} app cannot load {model['runtime']} models")
         _inside(root, model["file"])
         if not (root / model["file"]).exists():
             raise BundleError(f"{model['file']} is in {MANIFEST} models but not in the bundle")
@@ -441,7 +441,7 @@ def check_targets(app: str, targets: list[str]) -> list[str]:
     for t in targets:
         target = _canonical_target(t)
         if target not in APPS[app]:
-            raise BundleError(f"--target {t}: a {app} app cannot load it; use {' and/or '.join(APPS[app])}")
+            raise BundleError(f"--target {t}: the {app} app cannot load it; use {' and/or '.join(APPS[app])}")
         if target not in out:
             out.append(target)
     return out
