@@ -110,6 +110,54 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from hrvit_mobile import bundle
+
+    if args.verify:
+        manifest = bundle.verify_bundle(args.verify)
+        models = ", ".join(f"{m['file']} ({m['runtime']} {m['variant']})" for m in manifest["models"])
+        print(f"{args.verify}: valid {manifest['app']} bundle, {len(manifest['files']) + 1} files, "
+              f"{manifest['num_classes']} classes ({manifest['labels']['dataset']}), models: {models}")
+        return 0
+    if not args.app or not args.out:
+        raise HRViTMobileError("bundle needs --app {ios,android} and --out DIR (or --verify DIR)")
+    if bool(args.artifact) == bool(args.target):
+        raise HRViTMobileError(
+            "give either --artifact PATH... (existing exports) or --target T... (export now)"
+        )
+    _setup_logging(args.verbose)
+    artifacts = args.artifact
+    if args.target:
+        from hrvit_mobile.deploy import deploy
+        from hrvit_mobile.exporters import ExportSpec, load_calibration_images
+
+        targets = bundle.check_targets(args.app, args.target)  # refuse before building anything
+        size = _size(args.img_size)
+        specs = [
+            ExportSpec(target=t, bits=args.bits, activations=args.activations, img_size=size,
+                       num_classes=args.num_classes, out_dir=args.export_dir, model_name=args.model)
+            for t in targets
+        ]
+        model = _build_model(args, size)
+        calib = load_calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
+        artifacts = bundle.export_artifacts(args.app, deploy(model, img_size=size), specs, calib)
+    result = bundle.build_bundle(args.app, artifacts, args.out, labels=args.labels,
+                                 allow_failed_parity=args.allow_failed_parity)
+    print(f"{result.path}: {args.app} bundle, {len(result.manifest['models'])} model(s), "
+          f"{result.manifest['num_classes']} classes ({result.manifest['labels']['dataset']})")
+    print(result.listing())
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from hrvit_mobile.predict import predict
+
+    result = predict(args.model, args.image, out=args.out, class_map_out=args.class_map, mode=args.mode,
+                     labels=args.labels, threads=args.threads)
+    print(result.summary())
+    return 0
+
+
 def _size(text: str) -> tuple[int, int]:
     from hrvit_mobile.sizes import parse_img_size, validate_img_size
 
@@ -165,6 +213,50 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-parity", action="store_true", help="skip the parity run")
     export.add_argument("-v", "--verbose", action="store_true")
     export.set_defaults(func=_cmd_export)
+
+    bundle = commands.add_parser(
+        "bundle",
+        help="write a folder a demo app takes as it is (model, labels, palette, manifest, README)",
+        description="Bundles existing artifacts (--artifact) or exports them now (--target, like export) "
+        "into a folder for the iOS or Android demo app; --verify checks a bundle.",
+    )
+    bundle.add_argument("--app", choices=["ios", "android"])
+    bundle.add_argument("--out", help="bundle folder to write")
+    bundle.add_argument("--artifact", nargs="+", help="exported .mlpackage/.pte/.tflite (with sidecar JSON)")
+    bundle.add_argument("--target", nargs="+", choices=["executorch", "coreml", "tflite"],
+                        help="export these now (ios: coreml, executorch; android: tflite, executorch)")
+    bundle.add_argument("--bits", type=int, default=32, choices=[32, 16, 8, 6, 4])
+    bundle.add_argument("--activations", choices=["float", "8"], default=None)
+    bundle.add_argument("--model", default="hrvit_b1")
+    bundle.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
+    bundle.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
+    bundle.add_argument("--num-classes", type=int, default=150)
+    bundle.add_argument("--calib", help="folder of images for int8 calibration (default: synthetic)")
+    bundle.add_argument("--calib-samples", type=int, default=32)
+    bundle.add_argument("--export-dir", default="exports", help="where --target exports land")
+    bundle.add_argument("--labels", help="ade20k, cityscapes, synthetic or a JSON file "
+                        "(default: by class count: 150 ade20k, 19 cityscapes, 8 synthetic)")
+    bundle.add_argument("--allow-failed-parity", action="store_true")
+    bundle.add_argument("--verify", metavar="DIR", help="check a bundle (hashes, labels, paths) and exit")
+    bundle.add_argument("-v", "--verbose", action="store_true")
+    bundle.set_defaults(func=_cmd_bundle)
+
+    predict = commands.add_parser(
+        "predict",
+        help="run an exported artifact (or a bundle) on an image; write the overlay and the class map",
+        description="Runs the artifact in its own runtime on a JPEG/PNG of any size. --mode fit "
+        "(default) letterboxes the image into the model input, --mode stretch resizes it as the demo "
+        "apps do, --mode slide tiles it at native resolution with overlapping windows.",
+    )
+    predict.add_argument("--model", required=True, help=".pte/.tflite/.mlpackage with sidecar, or a bundle")
+    predict.add_argument("--image", required=True, help="JPEG/PNG/BMP/WebP image, any size")
+    predict.add_argument("--out", required=True, help="overlay PNG to write")
+    predict.add_argument("--class-map", help="class-map PNG (palette PNG of class indices); "
+                         "default <out>_classes.png")
+    predict.add_argument("--mode", choices=["fit", "stretch", "slide"], default="fit")
+    predict.add_argument("--labels", help="ade20k, cityscapes, synthetic or a JSON file")
+    predict.add_argument("--threads", type=int, default=None)
+    predict.set_defaults(func=_cmd_predict)
     return parser
 
 

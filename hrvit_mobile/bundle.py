@@ -1,0 +1,468 @@
+"""Demo-app bundles: one folder an iOS or Android app takes as it is, sealed by ``model_info.json``.
+
+A bundle holds the model file(s) under fixed names (``model.mlpackage`` / ``model.pte`` /
+``model.tflite``, each with a sidecar JSON so :func:`hrvit_mobile.exporters.open_artifact` runs it),
+``labels.json`` + ``labels.txt`` + ``palette.txt``, a README for the app developer and the manifest
+``model_info.json``: input and output contract, classes, bits, tool versions and the sha256 of every
+other file. The same artifacts give the same bytes: files are written in sorted order with fixed
+permissions, JSON with sorted keys, and nothing time- or host-dependent is recorded.
+
+:func:`verify_bundle` is what refuses a bad bundle before an app sees it: a hash that does not match,
+a file missing or not listed, labels whose count differs from the model's classes, a path that leaves
+the bundle folder (``..``, absolute, or a symlink pointing out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.labels import LabelSet, labels_for
+
+BUNDLE_SCHEMA = "hrvit-mobile.bundle/1"
+MANIFEST = "model_info.json"
+LABELS_JSON = "labels.json"
+LABELS_TXT = "labels.txt"
+PALETTE_TXT = "palette.txt"
+README = "README.md"
+APPS: dict[str, tuple[str, ...]] = {"ios": ("coreml", "executorch"), "android": ("tflite", "executorch")}
+MODEL_FILES: dict[str, str] = {
+    "coreml": "model.mlpackage", "executorch": "model.pte", "tflite": "model.tflite"
+}
+# fields of an export sidecar that vary from run to run (timings, memory): left out of bundles
+_VOLATILE = ("export_seconds", "peak_rss_bytes")
+_FILE_MODE, _DIR_MODE = 0o644, 0o755
+
+
+class BundleError(HRViTMobileError):
+    """A bundle cannot be built from these inputs, or a bundle on disk is not valid."""
+
+
+@dataclass
+class BundleResult:
+    path: Path
+    manifest: dict[str, Any]
+
+    def listing(self) -> str:
+        """One line per file: size and path (what the closing note shows)."""
+        rows = [(f["size_bytes"], f["path"]) for f in self.manifest["files"]]
+        rows.append(((self.path / MANIFEST).stat().st_size, MANIFEST))
+        return "\n".join(f"{size:>10,d}  {path}" for size, path in sorted(rows, key=lambda r: r[1]))
+
+
+def _canonical_target(target: str) -> str:
+    from hrvit_mobile.exporters import canonical_target
+
+    return canonical_target(target)
+
+
+def _check_app(app: str) -> None:
+    if app not in APPS:
+        raise BundleError(f"unknown app {app!r}: use one of {', '.join(APPS)}")
+
+
+def _load_artifact(path: Path, app: str, allow_failed_parity: bool) -> dict[str, Any]:
+    """The artifact's sidecar, after checking it is for this app, intact and passed parity."""
+    from hrvit_mobile.exporters import read_sidecar
+    from hrvit_mobile.exporters.contract import sha256_file
+
+    if not path.exists():
+        raise BundleError(f"artifact not found: {path}")
+    meta = read_sidecar(path)
+    target = _canonical_target(meta["target"])
+    if target not in APPS[app]:
+        allowed = " or ".join(Path(MODEL_FILES[t]).suffix for t in APPS[app])
+        raise BundleError(f"{path.name}: the {app} app cannot load {target} artifacts; it takes {allowed}")
+    root = path.parent
+    for f in meta.get("files", []):
+        if not f["path"].startswith(path.name):
+            continue  # companions (.bpte, .etrecord) are not bundled
+        if sha256_file(root / f["path"]) != f["sha256"]:
+            raise BundleError(
+                f"{path.name}: {f['path']} changed since export (sha256 differs from its sidecar)"
+            )
+    parity = meta.get("parity") or {}
+    if parity.get("passed") is False and not allow_failed_parity:
+        raise BundleError(
+            f"{path.name} failed parity ({parity.get('reason')}); re-export, or pass --allow-failed-parity"
+        )
+    return meta
+
+
+def _copy_tree_sorted(src: Path, dst: Path) -> None:
+    """Copy a file or directory (file by file, sorted) with fixed permissions."""
+    if src.is_dir():
+        dst.mkdir(mode=_DIR_MODE)
+        for child in sorted(src.iterdir(), key=lambda p: p.name):
+            if child.is_symlink():
+                raise BundleError(f"{child}: symlinks inside a model package are not bundled")
+            _copy_tree_sorted(child, dst / child.name)
+        os.chmod(dst, _DIR_MODE)
+    else:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, _FILE_MODE)
+
+
+def _canonical_mlpackage_manifest(package: Path) -> None:
+    """coremltools names a package's items with random UUIDs; derive them from the item paths instead,
+    so that the same model gives the same bytes (the identifiers only link entries to each other)."""
+    manifest = package / "Manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    entries = data.get("itemInfoEntries", {})
+    renamed = {
+        key: str(uuid.uuid5(uuid.NAMESPACE_URL, f"hrvit-mobile:{entry['path']}")).upper()
+        for key, entry in entries.items()
+    }
+    data["itemInfoEntries"] = {renamed[k]: v for k, v in entries.items()}
+    if data.get("rootModelIdentifier") in renamed:
+        data["rootModelIdentifier"] = renamed[data["rootModelIdentifier"]]
+    _write_text(manifest, json.dumps(data, indent=4, sort_keys=True) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, _FILE_MODE)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _files_of(root: Path) -> list[dict[str, Any]]:
+    from hrvit_mobile.exporters.contract import sha256_file
+
+    out = []
+    for p in sorted(root.rglob("*"), key=lambda q: q.relative_to(root).as_posix()):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != MANIFEST:
+            out.append({"path": rel, "sha256": sha256_file(p), "size_bytes": p.stat().st_size})
+    return out
+
+
+def _parity_summary(parity: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not parity:
+        return None
+    keys = (
+        "runtime", "ran", "passed", "samples", "max_abs_err", "mean_abs_err", "cosine", "argmax_agreement"
+    )
+    return {k: parity.get(k) for k in keys}
+
+
+def _app_contract(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input/output an app feeds and reads, common to every runtime in the bundle."""
+    h, w = meta["img_size"]
+    k = meta["num_classes"]
+    norm = meta["input"]["normalization"]
+    inp = {
+        "name": "image",
+        "shape": [1, 3, h, w],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "color": "RGB",
+        "normalization": {
+            "mean": list(norm["mean"]),
+            "std": list(norm["std"]),
+            "formula": "(pixel / 255 - mean) / std, per RGB channel",
+        },
+    }
+    out = {
+        "name": "logits",
+        "shape": [1, k, h // 4, w // 4],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "meaning": meta["outputs"][0]["meaning"],
+    }
+    return inp, out
+
+
+def _model_entry(target: str, meta: dict[str, Any]) -> dict[str, Any]:
+    name = MODEL_FILES[target]
+    entry = {
+        "runtime": target,
+        "file": name,
+        "sidecar": f"{name}.json",
+        "variant": meta["variant"],
+        "bits": meta["bits"],
+        "activations": meta["activations"],
+        "input": meta["input"],
+        "outputs": meta["outputs"],
+        "size_bytes": meta["size_bytes"],
+        "parity": _parity_summary(meta.get("parity")),
+        "tool_versions": meta.get("tool_versions", {}),
+    }
+    if target == "executorch":
+        entry["method"] = "forward"
+    elif target == "tflite":
+        entry["signature"] = "serving_default"
+    elif target == "coreml":
+        entry["compiled_name"] = "model.mlmodelc"  # what Xcode makes of model.mlpackage in an app
+    return entry
+
+
+def _bundled_sidecar(target: str, meta: dict[str, Any], labels: LabelSet, root: Path) -> dict[str, Any]:
+    """The export sidecar as the bundled copy needs it: fixed names, bundle labels, no timings."""
+    name = MODEL_FILES[target]
+    side = {k: v for k, v in meta.items() if k not in _VOLATILE}
+    if side.get("parity"):
+        side["parity"] = {k: v for k, v in side["parity"].items() if k != "seconds"}
+    side["artifact"] = name
+    side["classes"] = list(labels.classes)
+    side["files"] = [f for f in _files_of(root) if f["path"] == name or f["path"].startswith(name + "/")]
+    return side
+
+
+def _readme(app: str, manifest: dict[str, Any]) -> str:
+    inp, out = manifest["input"], manifest["output"]
+    def parity(m: dict[str, Any]) -> str:
+        if not m["parity"]:
+            return "parity not recorded"
+        return f"parity {'PASS' if m['parity']['passed'] else 'FAIL'} in {m['parity']['runtime']}"
+
+    models = "\n".join(
+        f"- `{m['file']}`: {m['runtime']} {m['variant']} ({m['bits']}-bit weights, {m['activations']} "
+        f"activations), {parity(m)}"
+        for m in manifest["models"]
+    )
+    mean = ", ".join(f"{v:g}" for v in inp["normalization"]["mean"])
+    std = ", ".join(f"{v:g}" for v in inp["normalization"]["std"])
+    template = "demo_app_assets/ios" if app == "ios" else "demo_app_assets/android"
+    coreml_note = (
+        "\nThe Core ML package takes the camera image directly (an `ImageType` input named `image`, "
+        "mean/std folded into the model): give it a CVPixelBuffer through Vision; do not normalize.\n"
+        if any(m["runtime"] == "coreml" for m in manifest["models"]) else ""
+    )
+    return f"""# {manifest['model']} segmentation bundle for {app}
+
+Written by `hrvit-mobile bundle`; `hrvit-mobile bundle --verify <this folder>` checks it (hashes,
+labels, paths). Do not edit files by hand: the manifest `{MANIFEST}` holds their sha256.
+
+## Models
+{models}
+
+## Input
+`{inp['name']}`: {inp['dtype']} {inp['layout']} {inp['shape']}, {inp['color']}; resize the frame to
+{inp['shape'][3]}x{inp['shape'][2]} (width x height), then per channel `(pixel / 255 - mean) / std` with
+mean ({mean}) and std ({std}).
+{coreml_note}
+## Output
+`{out['name']}`: {out['dtype']} {out['layout']} {out['shape']}: {out['meaning']}. Upsample the logits
+(bilinear) or the class map (nearest) to the frame and colour each pixel with its class's colour.
+
+## Labels
+`{LABELS_TXT}`: {manifest['num_classes']} class names, one per line, in output-channel order
+({manifest['labels']['dataset']}). `{PALETTE_TXT}`: the matching colour per line as `R G B` (0..255).
+`{LABELS_JSON}`: both in one JSON document.
+
+## App sources
+Templates that load this bundle, run a camera frame and draw the overlay: `{template}` in the
+hrvit-mobile repository. Their `ModelConfig` constants are checked against this manifest by the
+project's tests.
+"""
+
+
+def build_bundle(
+    app: str,
+    artifacts: list[Path | str],
+    out: Path | str,
+    labels: str | Path | None = None,
+    allow_failed_parity: bool = False,
+) -> BundleResult:
+    """Write a bundle for ``app`` (``ios`` or ``android``) from exported artifacts (each with its sidecar).
+
+    The folder is built in a staging directory, verified with :func:`verify_bundle`, then moved onto
+    ``out`` atomically; a failure leaves ``out`` as it was.
+    """
+    from hrvit_mobile.exporters.contract import commit, staging_dir
+
+    _check_app(app)
+    if not artifacts:
+        kinds = " and/or ".join(MODEL_FILES[t].split(".")[-1] for t in APPS[app])
+        raise BundleError(f"no artifacts: give --artifact PATH (a {app} app takes {kinds}) or --target")
+    metas: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for a in artifacts:
+        path = Path(a)
+        meta = _load_artifact(path, app, allow_failed_parity)
+        target = _canonical_target(meta["target"])
+        if target in metas:
+            raise BundleError(
+                f"two {target} artifacts ({metas[target][0].name}, {path.name}): one per runtime"
+            )
+        metas[target] = (path, meta)
+    first = next(iter(metas.values()))[1]
+    for path, meta in metas.values():
+        for key in ("img_size", "num_classes"):
+            if meta[key] != first[key]:
+                raise BundleError(f"artifacts disagree on {key}: {path.name} has {meta[key]}, another "
+                                  f"{first[key]}; bundle artifacts of one model")
+    label_set = labels_for(first["num_classes"], labels, first.get("classes"))
+    out = Path(out)
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise BundleError(f"{out} exists and is not a bundle: choose a new --out folder")
+
+    with staging_dir(out.parent if str(out.parent) else Path("."), out.name) as stage:
+        root = stage / "bundle"
+        root.mkdir(mode=_DIR_MODE)
+        os.chmod(root, _DIR_MODE)
+        for target in sorted(metas):
+            path, meta = metas[target]
+            dst = root / MODEL_FILES[target]
+            _copy_tree_sorted(path, dst)
+            if target == "coreml":
+                _canonical_mlpackage_manifest(dst)
+        _write_json(root / LABELS_JSON, label_set.as_json())
+        _write_text(root / LABELS_TXT, "".join(f"{c}\n" for c in label_set.classes))
+        _write_text(root / PALETTE_TXT, "".join(f"{r} {g} {b}\n" for r, g, b in label_set.palette))
+        for target in sorted(metas):
+            side = _bundled_sidecar(target, metas[target][1], label_set, root)
+            _write_json(root / f"{MODEL_FILES[target]}.json", side)
+        inp, outp = _app_contract(first)
+        manifest: dict[str, Any] = {
+            "schema": BUNDLE_SCHEMA,
+            "app": app,
+            "model": first["model"],
+            "img_size": list(first["img_size"]),
+            "num_classes": first["num_classes"],
+            "input": inp,
+            "output": outp,
+            "labels": {"dataset": label_set.dataset, "json": LABELS_JSON, "txt": LABELS_TXT,
+                       "palette": PALETTE_TXT},
+            "classes": list(label_set.classes),
+            "models": [_model_entry(t, metas[t][1]) for t in sorted(metas)],
+            "tool_versions": {"hrvit-mobile": _version()},
+        }
+        _write_text(root / README, _readme(app, manifest))
+        manifest["files"] = _files_of(root)
+        _write_json(root / MANIFEST, manifest)
+        verify_bundle(root)
+        commit(root, out)
+    return BundleResult(out, manifest)
+
+
+def _version() -> str:
+    import hrvit_mobile
+
+    return hrvit_mobile.__version__
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root / rel`` after refusing paths that leave ``root`` (absolute, ``..``, symlinks out)."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or Path(rel).is_absolute() or ".." in pure.parts or not pure.parts:
+        raise BundleError(f"{MANIFEST} lists {rel!r}: paths must be relative and stay inside the bundle")
+    target = root / pure
+    resolved = target.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BundleError(f"{rel} points outside the bundle (to {resolved}); bundles hold their own files")
+    return target
+
+
+def verify_bundle(path: Path | str) -> dict[str, Any]:
+    """Check a bundle folder; return its manifest, or raise :class:`BundleError` naming the first fault."""
+    from hrvit_mobile.exporters.contract import sha256_file
+
+    root = Path(path)
+    if not (root / MANIFEST).is_file():
+        raise BundleError(f"{root} is not a bundle: {MANIFEST} not found")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{root / MANIFEST} is not valid JSON ({e})") from None
+    if manifest.get("schema") != BUNDLE_SCHEMA:
+        raise BundleError(f"{MANIFEST}: schema {manifest.get('schema')!r}, expected {BUNDLE_SCHEMA!r}")
+    app = manifest.get("app")
+    _check_app(app)
+
+    # every file on disk inside the bundle, symlinks included, must be listed; every listed file must match
+    listed = {}
+    for f in manifest.get("files", []):
+        target = _inside(root, f["path"])
+        if not target.is_file():
+            raise BundleError(f"{f['path']} is listed in {MANIFEST} but missing from the bundle")
+        if target.stat().st_size != f["size_bytes"] or sha256_file(target) != f["sha256"]:
+            raise BundleError(
+                f"{f['path']}: sha256 does not match {MANIFEST}; the file was changed or corrupted"
+            )
+        listed[PurePosixPath(f["path"]).as_posix()] = f
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            _inside(root, rel)  # refuses links pointing out of the bundle
+        if (p.is_file() or p.is_symlink()) and rel != MANIFEST and rel not in listed:
+            raise BundleError(f"{rel} is in the bundle but not in {MANIFEST}; rebuild the bundle")
+
+    k = manifest["num_classes"]
+    names = (root / manifest["labels"]["txt"]).read_text(encoding="utf-8").splitlines()
+    colours = (root / manifest["labels"]["palette"]).read_text(encoding="utf-8").splitlines()
+    labels_json = json.loads((root / manifest["labels"]["json"]).read_text(encoding="utf-8"))
+    counts = {
+        manifest["labels"]["txt"]: len(names),
+        manifest["labels"]["palette"]: len(colours),
+        manifest["labels"]["json"]: len(labels_json.get("classes", [])),
+        f"{MANIFEST} classes": len(manifest.get("classes", [])),
+    }
+    for model in manifest.get("models", []):
+        if model["runtime"] not in APPS[app]:
+            raise BundleError(f"{model['file']}: the {app} app cannot load {model['runtime']} models")
+        _inside(root, model["file"])
+        if not (root / model["file"]).exists():
+            raise BundleError(f"{model['file']} is in {MANIFEST} models but not in the bundle")
+        counts[f"{model['file']} output channels"] = model["outputs"][0]["shape"][1]
+    for what, n in counts.items():
+        if n != k:
+            raise BundleError(
+                f"{what}: {n} classes, but the model has {k}; labels must match the model's classes"
+            )
+    if not manifest.get("models"):
+        raise BundleError(f"{MANIFEST} lists no models")
+    return manifest
+
+
+def bundled_model(bundle: Path | str, runtimes: tuple[str, ...] = ("executorch", "tflite", "coreml")) -> Path:
+    """The path of the first model in a verified bundle whose runtime is in ``runtimes``."""
+    manifest = verify_bundle(bundle)
+    for runtime in runtimes:
+        for model in manifest["models"]:
+            if model["runtime"] == runtime:
+                return Path(bundle) / model["file"]
+    have = ", ".join(m["runtime"] for m in manifest["models"])
+    raise BundleError(f"{bundle} has no model for {', '.join(runtimes)} (it has {have})")
+
+
+def check_targets(app: str, targets: list[str]) -> list[str]:
+    """Canonical export targets for ``app``; refuses (one line) a target the app cannot load."""
+    _check_app(app)
+    out = []
+    for t in targets:
+        target = _canonical_target(t)
+        if target not in APPS[app]:
+            raise BundleError(f"--target {t}: the {app} app cannot load it; use {' and/or '.join(APPS[app])}")
+        if target not in out:
+            out.append(target)
+    return out
+
+
+def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None) -> list[Path]:
+    """Export ``model`` once per spec (the ``hrvit-mobile export`` code path) for a bundle; returns the
+    artifact paths. Refuses a target the app cannot load before exporting anything."""
+    import dataclasses
+
+    from hrvit_mobile.exporters import check_dependencies, export, resolve
+
+    check_targets(app, [s.target for s in specs])
+    for spec in specs:
+        resolve(spec)
+        check_dependencies(spec.target)
+    paths = []
+    for spec in specs:
+        report = export(model, dataclasses.replace(spec), calib)
+        if not report.ok:
+            reason = report.parity.reason if report.parity else ""
+            raise BundleError(f"{report.artifact.path.name} failed parity ({reason}); not bundled")
+        paths.append(report.artifact.path)
+    return paths
