@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,73 @@ def shared_node_provenance() -> Iterator[None]:
         yield
     finally:
         cls.__init__ = original
+
+
+def _targets(ep: Any) -> set[str]:
+    return {str(n.target) for n in ep.graph_module.graph.nodes if n.op == "call_function"}
+
+
+def _has(*needles: str) -> Callable[[Any], bool]:
+    return lambda ep: any(needle in target for target in _targets(ep) for needle in needles)
+
+
+def _has_wide_cat(ep: Any) -> bool:
+    return any(
+        n.op == "call_function" and "aten.cat" in str(n.target) and len(n.args[0]) > 5
+        for n in ep.graph_module.graph.nodes
+    )
+
+
+def _has_conv1d(ep: Any) -> bool:
+    """aten.conv1d before decomposition, aten.convolution of a rank-3 input in the edge dialect."""
+    for n in ep.graph_module.graph.nodes:
+        target = str(n.target) if n.op == "call_function" else ""
+        if "conv1d" in target or ("convolution" in target and n.args[0].meta["val"].dim() == 3):
+            return True
+    return False
+
+
+# XNNPACK preprocessing passes that rewrite only nodes of a given kind, with the test for whether the
+# graph holds any. Each pass, even one with nothing to do, costs a full retrace + verification of the
+# graph (about 1/17 of XNNPACK preprocessing for the ~4,000-node b1 deploy graph).
+_PASS_APPLIES: dict[str, Callable[[Any], bool]] = {
+    "FuseBatchNormPass": _has("batch_norm"),
+    "DecomposeBatchNorm": _has("batch_norm"),
+    "PReLUReshapePass": _has("prelu"),
+    "Conv1dUnsqueezePass": _has_conv1d,
+    "ConvertToSDPAPass": _has("aten.mul.Scalar"),  # its pattern starts at a mul.Scalar
+    "DecomposeConcatenate": _has_wide_cat,  # only cats of more than 5 inputs are rewritten
+    "RemoveGetItemPass": _has("getitem"),
+    "XNNPACKRemoveCloneOpsTransform": _has("clone"),
+    "DimOrderOpsRevertPass": _has("dim_order"),
+}
+
+
+@contextmanager
+def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
+    """Skip XNNPACK preprocessing passes whose target ops are absent from the graph they would get.
+
+    The test runs on the graph each pass would receive (after the passes before it), so a pass is
+    skipped only where it would find nothing to rewrite: the delegate payload and the .pte are
+    byte-identical (tests/test_export_executorch.py checks this). Yields the names of skipped passes.
+    """
+    import executorch.backends.xnnpack._passes as xnnpack_passes
+
+    original = xnnpack_passes._transform
+    skipped: Counter[str] = Counter()
+
+    def transform(ep: Any, pass_: Any) -> Any:
+        applies = _PASS_APPLIES.get(type(pass_).__name__)
+        if applies is not None and not applies(ep):
+            skipped[type(pass_).__name__] += 1
+            return ep
+        return original(ep, pass_)
+
+    xnnpack_passes._transform = transform
+    try:
+        yield skipped
+    finally:
+        xnnpack_passes._transform = original
 
 
 def quantize_pt2e(
@@ -159,7 +226,8 @@ def convert(
                 )
                 with step(TARGET, "torch.export (quantized)"):
                     ep = torch.export.export(q, (example,), strict=spec.strict_export)
-        with step(TARGET, "lower to XNNPACK"), shared_node_provenance():
+        lowering = step(TARGET, "lower to XNNPACK")
+        with lowering, shared_node_provenance(), applicable_xnnpack_passes() as skipped:
             edge = to_edge_transform_and_lower(
                 ep, partitioner=[XnnpackPartitioner()], generate_etrecord=spec.etrecord
             )
@@ -194,6 +262,7 @@ def convert(
                 else None
             ),
             "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
+            "xnnpack_passes_skipped": sorted(skipped),
         }
         if spec.bundled_program:
             extras.append(_bundle(et_program, example, stage / f"{spec.name}.bpte"))

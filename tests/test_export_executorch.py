@@ -168,3 +168,48 @@ def test_runtime_rejecting_the_file_is_a_parity_failure(model: TinySegmenter, tm
     pte.write_bytes(pte.read_bytes()[: pte.stat().st_size // 2])  # truncated on its way to the device
     res = et_exporter.validate(pte, _images(1), [np.zeros((1, 5, 16, 16), np.float32)])
     assert res.ran and res.passed is False and res.reason.startswith("runtime error:")
+
+
+def _lower(model: torch.nn.Module, size: tuple[int, int], skip: bool) -> tuple[bytes, list[str]]:
+    from contextlib import nullcontext
+
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from hrvit_mobile.exporters.executorch import applicable_xnnpack_passes
+
+    ep = torch.export.export(model.eval(), (torch.randn(1, 3, *size),))
+    with applicable_xnnpack_passes() if skip else nullcontext() as skipped:
+        buffer = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    return buffer, sorted(skipped or [])
+
+
+def test_skipping_inapplicable_xnnpack_passes_changes_no_byte(model: TinySegmenter) -> None:
+    """Passes are skipped only where they would rewrite nothing: the .pte is byte-identical."""
+    with_skips, skipped = _lower(model, (64, 64), skip=True)
+    without, _ = _lower(model, (64, 64), skip=False)
+    assert with_skips == without
+    assert {"PReLUReshapePass", "Conv1dUnsqueezePass"} <= set(skipped)
+
+
+def test_pass_predicates_see_the_ops() -> None:
+    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+
+    with_bn = torch.export.export(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval(),
+        (torch.randn(1, 3, 8, 8),),
+    )
+    without = torch.export.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),))
+    conv1d = torch.export.export(torch.nn.Conv1d(3, 4, 3).eval(), (torch.randn(1, 3, 8),))
+    assert _PASS_APPLIES["FuseBatchNormPass"](with_bn) and not _PASS_APPLIES["FuseBatchNormPass"](without)
+    assert _PASS_APPLIES["Conv1dUnsqueezePass"](conv1d) and not _PASS_APPLIES["Conv1dUnsqueezePass"](without)
+
+
+@pytest.mark.slow
+def test_skipping_passes_on_nano_deploy_form_changes_no_byte(nano_model: torch.nn.Module) -> None:
+    import hrvit_mobile
+
+    deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+    with_skips, skipped = _lower(deployed, (64, 96), skip=True)
+    assert with_skips == _lower(deployed, (64, 96), skip=False)[0]
+    assert "FuseBatchNormPass" in skipped  # the deploy form has every BN folded already
