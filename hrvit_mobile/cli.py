@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-classes", type=int, default=150)
     bench.add_argument("--targets", nargs="+", choices=["executorch", "coreml", "tflite"],
                        help="default: all three")
+    bench.add_argument("--only", nargs="+", metavar="TARGET/VARIANT",
+                       help="only these formats, e.g. tflite/fp32 executorch/int8")
     bench.add_argument("--out", default="bench", help="output folder")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     _add_report_args(bench, with_model=False)

@@ -97,6 +97,7 @@ def run_bench(
     out: Path | str,
     reference: Callable[[], torch.nn.Module],
     targets: Sequence[str] | None = None,
+    only: Sequence[str] | None = None,
     checkpoint: str | None = None,
     num_classes: int | None = None,
     images: np.ndarray | None = None,
@@ -117,6 +118,13 @@ def run_bench(
 
     out = Path(out)
     pairs = [(t, b, a, v) for (t, b, a), v in SUPPORTED.items() if not targets or t in targets]
+    if only:
+        known = {f"{t}/{v}" for t, _b, _a, v in pairs}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise HRViTMobileError(f"--only {unknown[0]} is not a supported format; choose from "
+                                   + ", ".join(sorted(known)))
+        pairs = [p for p in pairs if f"{p[0]}/{p[3]}" in only]
     if not pairs:
         raise HRViTMobileError(f"no supported pair for targets {list(targets or [])}")
     rows: list[BenchRow] = []

@@ -121,7 +121,7 @@ def run_bench_command(args: argparse.Namespace, size: tuple[int, int], build_mod
     img_size = f"{size[0]}x{size[1]}"
     rows, html = run_bench(
         args.model, img_size, args.out, lambda: deploy(build_model(args, size), img_size=size),
-        targets=args.targets, checkpoint=args.checkpoint, num_classes=args.num_classes,
+        targets=args.targets, only=args.only, checkpoint=args.checkpoint, num_classes=args.num_classes,
         images=images if args.images else None, labels=labels, images_source=source,
         latency_runs=args.latency_runs, layer_error=not args.no_layers,
     )

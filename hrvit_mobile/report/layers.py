@@ -135,8 +135,6 @@ def _sqnr(actual: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> 
 
 def _per_module(ref_gm: torch.fx.GraphModule, ref_res: dict, act_res: dict) -> list[LayerError]:
     """Group the logged nodes by innermost module; SQNR in = worst logged tensor entering from outside."""
-    from torchao.quantization.pt2e import NUMERIC_DEBUG_HANDLE_KEY
-
     by_name = {info.name: (info, stats) for info, (_n, _s, stats) in ref_res.items()}
     act_by_name = {info.name: stats for info, (_n, _s, stats) in act_res.items()}
     sqnr: dict[str, float] = {}
@@ -149,17 +147,32 @@ def _per_module(ref_gm: torch.fx.GraphModule, ref_res: dict, act_res: dict) -> l
         path = list(stack.values())[-1][0] if stack else ""
         return path.removeprefix("L['self'].").removeprefix("model.") or "(top level)"
 
+    def source(node: torch.fx.Node) -> torch.fx.Node:
+        # the loggers sit between a node and its users: look through them
+        while node.op == "call_module" and node.args and isinstance(node.args[0], torch.fx.Node):
+            node = node.args[0]
+        return node
+
+    def users(node: torch.fx.Node) -> list[torch.fx.Node]:
+        out = []
+        for u in node.users:
+            out.extend(users(u) if u.op == "call_module" else [u])
+        return out
+
+    def feeds_batch_norm(node: torch.fx.Node) -> bool:
+        # a conv whose BatchNorm the quantizer folds has no float counterpart: its SQNR is meaningless
+        return any("batch_norm" in str(u.target) for u in users(node))
+
     modules: dict[str, dict[str, Any]] = {}
-    nodes = [
-        n for n in ref_gm.graph.nodes if n.op == "call_function" and n.meta.get(NUMERIC_DEBUG_HANDLE_KEY)
-    ]
+    # the logged nodes, in graph order (the loggers keep the float graph's node names)
+    nodes = [n for n in ref_gm.graph.nodes if n.op == "call_function" and n.name in sqnr]
     for order, node in enumerate(nodes):
-        if node.name not in sqnr:
+        if node.name not in sqnr or feeds_batch_norm(node):
             continue
         mod = owner(node)
         entry = modules.setdefault(mod, {"in": [], "out": float("nan"), "order": order})
         entry["out"], entry["order"] = sqnr[node.name], order
-        for arg in node.all_input_nodes:
+        for arg in map(source, node.all_input_nodes):
             if arg.name in sqnr and owner(arg) != mod:
                 entry["in"].append(sqnr[arg.name])
     out = []
