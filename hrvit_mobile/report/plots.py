@@ -54,8 +54,8 @@ def latency_bars(rows: list[dict[str, Any]]) -> bytes | None:
     y = range(len(pts))
     ax.barh(y, med, color=[_TARGET_COLORS.get(r["target"], "grey") for r in pts],
             xerr=[[0] * len(pts), [max(0.0, b - a) for a, b in zip(med, p90)]], capsize=3)
-    for i, m in zip(y, med):
-        ax.text(m, i, f" {m:.1f}", va="center", fontsize=8)
+    for i, m, hi in zip(y, med, p90):
+        ax.text(max(m, hi), i, f"  {m:.1f}", va="center", fontsize=8)
     ax.set_yticks(list(y), names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("host latency, ms (bar: median, whisker: p90)")

@@ -142,6 +142,9 @@ th{background:#f3f3f3}td:first-child,td:nth-child(2),td:nth-child(3){text-align:
 td.fail{color:#b00;font-weight:600;white-space:normal;text-align:left}td.pass{color:#070}
 .notrun{background:#fff6e0}ul{font-size:13px}code{background:#f4f4f4;padding:1px 3px}
 img{max-width:100%;border:1px solid #eee;margin:4px 0}.cap{font-size:12px;color:#555}
+.masks{width:1000px;max-width:100%;margin:6px 0 14px}
+.masks img{display:block;width:100%;image-rendering:pixelated}
+.heads{display:flex;font-size:12px;color:#555}.heads span{flex:1;text-align:center}
 """
 
 
@@ -193,9 +196,9 @@ def html_page(report: dict[str, Any], pngs: dict[str, bytes], plots: dict[str, s
             if key in plots:
                 body.append(_img(pngs[plots[key]], "per-layer SQNR"))
         if a.get("masks"):
-            body.append("<p class=cap>image | float prediction | artifact prediction | "
-                        "disagreement (red: classes differ)</p>")
-            body += [_img(pngs[m], "masks") for m in a["masks"]]
+            heads = ("image", "float prediction", "artifact prediction", "disagreement (red: classes differ)")
+            body.append('<div class=masks><div class=heads>' + "".join(f"<span>{h}</span>" for h in heads)
+                        + "</div>" + "".join(_img(pngs[m], "masks") for m in a["masks"]) + "</div>")
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>hrvit-mobile report: {html.escape(report['model'])}</title><style>{_CSS}</style></head>"
