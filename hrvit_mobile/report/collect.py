@@ -261,7 +261,10 @@ def collect(
         if layer_error and entry.status == "measured" and layers_mod.supports(entry.target, entry.variant):
             entry.layers, entry.layers_note = _layers(model, entry, meta, inputs, calib)
         elif layers_mod.supports(entry.target, entry.variant):
-            entry.layers_note = "per-layer error not computed (--no-layers or the artifact did not run)"
+            entry.layers_note = (
+                "not computed here (the artifact did not run, or it was skipped): "
+                f"hrvit-mobile report {path.name} --out DIR computes it"
+            )
         report.artifacts.append(entry)
     _compression(report.artifacts, params)
     return report

@@ -10,6 +10,7 @@ layer from the error it inherits.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Sequence
@@ -62,14 +63,22 @@ def _num(v: float) -> float | str:
     return v if np.isfinite(v) else str(v)
 
 
-# (target, variant) -> (quantizer factory, graph wrapper): exactly what the exporter quantizes.
-def _pt2e_recipe(target: str, variant: str) -> tuple[str, Callable[[], Any], Callable[[Any], Any]] | None:
+# (target, variant) -> (name, quantizer factory, graph wrapper, context for prepare): what the exporter does.
+def _pt2e_recipe(
+    target: str, variant: str
+) -> tuple[str, Callable[[], Any], Callable[[Any], Any], Callable[[], Any]] | None:
     if (target, variant) == ("executorch", "int8"):
         from hrvit_mobile.exporters.executorch import xnnpack_int8_quantizer
 
-        return "XNNPACKQuantizer (int8 per-channel, static activations)", xnnpack_int8_quantizer, lambda m: m
+        return ("XNNPACKQuantizer (int8 per-channel, static activations)", xnnpack_int8_quantizer,
+                lambda m: m, contextlib.nullcontext)
     if (target, variant) == ("coreml", "w8a8"):
-        from hrvit_mobile.exporters.coreml import _ImageModel, _w8a8_quantizer, image_preprocessing
+        from hrvit_mobile.exporters.coreml import (
+            _fast_pattern_capture,
+            _ImageModel,
+            _w8a8_quantizer,
+            image_preprocessing,
+        )
 
         def wrap(model: torch.nn.Module) -> torch.nn.Module:
             from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD
@@ -77,7 +86,8 @@ def _pt2e_recipe(target: str, variant: str) -> tuple[str, Callable[[], Any], Cal
             _scale, _bias, factor = image_preprocessing(IMAGENET_MEAN, IMAGENET_STD)
             return _ImageModel(model, factor, False).eval()
 
-        return "CoreMLQuantizer (int8 weights, uint8 activations)", _w8a8_quantizer, wrap
+        name = "CoreMLQuantizer (int8 weights, uint8 activations)"
+        return name, _w8a8_quantizer, wrap, _fast_pattern_capture
     return None
 
 
@@ -105,12 +115,13 @@ def layer_errors(
     recipe = _pt2e_recipe(target, variant)
     if recipe is None:
         raise ValueError(f"no PT2E recipe for {target}/{variant}")
-    name, make_quantizer, wrap = recipe
+    name, make_quantizer, wrap, prepare_context = recipe
     ep = torch.export.export(wrap(model.eval()), (example,), strict=False)
     generate_numeric_debug_handle(ep)
     gm = ep.module()
     ref = prepare_for_propagation_comparison(copy.deepcopy(gm))
-    prepared = prepare_pt2e(gm, make_quantizer())
+    with prepare_context():
+        prepared = prepare_pt2e(gm, make_quantizer())
     for x in calib:
         prepared(x)
     quant = prepare_for_propagation_comparison(convert_pt2e(prepared))
