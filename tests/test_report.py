@@ -246,3 +246,29 @@ def test_cli_errors_are_one_line(argv, message, tmp_path: Path, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_verification_set_crops_labels_like_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from hrvit_mobile.report.data import load_verification_set
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    # 128x64 image: left half black, right half white; label 1 on the left, 2 on the right, 0 in one corner
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[:, 64:] = 255
+    lab = np.ones((64, 128), np.uint8)
+    lab[:, 64:] = 2
+    lab[0, 32] = 0
+    Image.fromarray(img).save(tmp_path / "img" / "a.jpg", quality=100)
+    Image.fromarray(lab).save(tmp_path / "lab" / "a.png")
+    images, labels = load_verification_set(
+        tmp_path / "img", (32, 32), tmp_path / "lab", reduce_zero_label=True
+    )
+    assert images.shape == (1, 32, 32, 3) and labels.shape == (1, 32, 32)
+    # shorter side to 32 (-> 32x64), centre crop of width 32: the left 16 columns are from the black half
+    assert images[0, :, :14].max() < 40 and images[0, :, 18:].min() > 215
+    assert set(np.unique(labels[0, :, :16])) <= {0, 255} and set(np.unique(labels[0, :, 16:])) == {1}
+    with pytest.raises(Exception, match="no label PNG"):
+        load_verification_set(tmp_path / "img", (32, 32), tmp_path / "img")
