@@ -101,7 +101,7 @@ def report_after_export(reports: Sequence[Any], deployed: torch.nn.Module, args:
         # per-layer error re-runs the quantization with loggers (minutes on a full model): it stays
         # in `hrvit-mobile report` / `bench`, so that an export's report costs seconds
         files = build_report([r.artifact.path for r in reports], deployed, parity_inputs(spec), out,
-                             images_source="the export's parity images (synthetic)", calib=calib_t,
+                             images_source="the export's 2 synthetic parity images", calib=calib_t,
                              layer_error=False)
     except Exception as e:
         log.warning("report not written: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)

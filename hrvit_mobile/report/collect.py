@@ -196,7 +196,7 @@ def collect(
     images: np.ndarray,
     labels: np.ndarray | None = None,
     *,
-    images_source: str = "synthetic",
+    images_source: str = "synthetic images",
     latency_runs: int = 10,
     layer_error: bool = True,
     calib: Sequence[torch.Tensor] | None = None,

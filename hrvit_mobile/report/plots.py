@@ -26,11 +26,15 @@ def size_vs_agreement(rows: list[dict[str, Any]]) -> bytes | None:
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    placed: list[tuple[float, float]] = []
     for r in pts:
         x, y = r["size_bytes"] / 1e6, 100 * r["parity"]["argmax_agreement"]
         ax.scatter(x, y, s=46, color=_TARGET_COLORS.get(r["target"], "k"), zorder=3)
-        ax.annotate(f"{r['target']}/{r['variant']}", (x, y), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        # points that nearly coincide (fp32 of every target) get their labels stacked, not overprinted
+        near = sum(1 for px, py in placed if abs(px - x) < 0.06 * x + 1e-9 and abs(py - y) < 0.5)
+        placed.append((x, y))
+        ax.annotate(f"{r['target']}/{r['variant']}", (x, y), textcoords="offset points",
+                    xytext=(5, 4 - 10 * near), fontsize=8)
     for t, c in _TARGET_COLORS.items():
         if any(r["target"] == t for r in pts):
             ax.scatter([], [], color=c, label=t)

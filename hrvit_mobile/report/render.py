@@ -56,7 +56,7 @@ def _intro(report: dict[str, Any]) -> list[str]:
     lines = [
         f"Model **{report['model']}**, input {h}x{w}, {report['num_classes']} classes, "
         f"{report['params']:,} float parameters (the deploy form the artifacts were made from).",
-        f"Verification set: {report['images']} image(s), {report['images_source']}; "
+        f"Verification set: {report['images_source']}; "
         + ("with labels." if report["labels"] else "no labels (mIoU vs ground truth not available)."),
         "Reference: the float PyTorch model on the same images. Latency is this host's CPU "
         f"({report['host']['platform']}), not a phone. Created {report['created']}.",
@@ -139,7 +139,8 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}
-td.fail{color:#b00;font-weight:600;white-space:normal;text-align:left}td.pass{color:#070}
+td.fail{color:#b00;font-weight:600;white-space:normal;text-align:left;min-width:170px}
+td:nth-child(2){white-space:normal;min-width:120px}.scroll{overflow-x:auto}td.pass{color:#070}
 .notrun{background:#fff6e0}ul{font-size:13px}code{background:#f4f4f4;padding:1px 3px}
 img{max-width:100%;border:1px solid #eee;margin:4px 0}.cap{font-size:12px;color:#555}
 .masks{width:1000px;max-width:100%;margin:6px 0 14px}
@@ -181,7 +182,8 @@ def html_page(report: dict[str, Any], pngs: dict[str, bytes], plots: dict[str, s
     """One HTML file with every picture inline (data URIs): no external src or href."""
     body = [f"<h1>hrvit-mobile report: {html.escape(report['model'])}</h1>"]
     body += [f"<p>{_md_inline(line)}</p>" for line in _intro(report)]
-    body += ["<h2>Summary</h2>", _html_table(SUMMARY_COLUMNS, summary_rows(report), status_col=2)]
+    body += ["<h2>Summary</h2>", "<div class=scroll>"
+             + _html_table(SUMMARY_COLUMNS, summary_rows(report), status_col=2) + "</div>"]
     for key, title in (("size_vs_agreement", "Size vs agreement"), ("latency", "Latency")):
         if key in plots:
             body.append(_img(pngs[plots[key]], title))
