@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from hrvit_mobile.exporters import SUPPORTED
+from hrvit_mobile.report.bench import export_command, export_pair, find_artifact
 
 
 def _pairs(only: list[str] | None) -> list[tuple[str, int, str, str]]:
@@ -28,29 +27,16 @@ def _pairs(only: list[str] | None) -> list[tuple[str, int, str, str]]:
 
 
 def _run(target: str, bits: int, activations: str, args: argparse.Namespace, log: Path) -> dict:
-    out = Path(args.out) / "artifacts"
-    cmd = [
-        sys.executable, "-m", "hrvit_mobile.cli", "export", "--target", target, "--bits", str(bits),
-        "--model", args.model, "--img-size", args.img_size, "--out", str(out),
-    ]
-    if activations == "int8":
-        cmd += ["--activations", "8"]
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
-    if args.num_classes:
-        cmd += ["--num-classes", str(args.num_classes)]
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
-    return {"returncode": proc.returncode, "process_seconds": time.perf_counter() - start,
-            "command": " ".join(cmd[2:])}
+    # the export only (no report): this table is about export time, size and memory
+    cmd = export_command(target, bits, activations, args.model, args.img_size, Path(args.out) / "artifacts",
+                         args.checkpoint, args.num_classes)
+    code, seconds = export_pair(cmd, log)
+    return {"returncode": code, "process_seconds": seconds, "command": " ".join(cmd[2:])}
 
 
 def _sidecar(out: Path, model: str, img_size: str, target: str, variant: str) -> dict | None:
-    h, w = img_size.lower().split("x")
-    # the sidecar is "<artifact>.json" and the artifact's extension depends on the target
-    matches = list((out / "artifacts").glob(f"{model}_{h}x{w}_{target}_{variant}.*.json"))
-    return json.loads(matches[0].read_text()) if matches else None
+    art = find_artifact(out / "artifacts", model, img_size, target, variant)
+    return json.loads(art.with_name(art.name + ".json").read_text()) if art else None
 
 
 def _fmt(value: float | None, spec: str) -> str:

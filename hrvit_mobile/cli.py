@@ -107,6 +107,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(report.summary())
     if not reports:
         raise HRViTMobileError(f"no target supports --bits {args.bits} with these activations")
+    if args.report:
+        from hrvit_mobile.report.cli import report_after_export
+
+        report_after_export(reports, deployed, args, calib)
     return 0 if all(r.ok for r in reports) else 1
 
 
@@ -157,11 +161,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(result.summary())
     return 0
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from hrvit_mobile.report.cli import run_report
+
+    _setup_logging(args.verbose)
+    print(run_report(args, _build_model))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from hrvit_mobile.report.cli import run_bench_command
+
+    _setup_logging(args.verbose)
+    size = _size(args.img_size)
+    return run_bench_command(args, size, _build_model)
+
 
 def _size(text: str) -> tuple[int, int]:
     from hrvit_mobile.sizes import parse_img_size, validate_img_size
 
     return validate_img_size(parse_img_size(text))
+
+
+def _add_report_args(parser: argparse.ArgumentParser, with_model: bool) -> None:
+    if with_model:
+        parser.add_argument("--model", help="model variant (default: from the sidecar)")
+        parser.add_argument("--checkpoint", help="the checkpoint the artifacts were exported from")
+        parser.add_argument("--num-classes", type=int, help="default: from the sidecar")
+    parser.add_argument("--images", help="folder of verification images (default: 2 synthetic images)")
+    parser.add_argument("--labels", help="folder of label PNGs named like the images (enables mIoU vs GT)")
+    parser.add_argument("--reduce-zero-label", action="store_true",
+                        help="labels: 0 is ignore, classes start at 1 (ADE20K)")
+    parser.add_argument("--samples", type=int, default=8, help="at most this many images from --images")
+    parser.add_argument("--latency-runs", type=int, default=10)
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer error of int8 variants")
+    parser.add_argument("-v", "--verbose", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--min-cosine", type=float, help="parity threshold override")
     export.add_argument("--min-argmax", type=float, help="parity threshold override (0..1)")
     export.add_argument("--no-parity", action="store_true", help="skip the parity run")
+    export.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help="write report.json/.md/.html beside the artifacts (default: on)")
     export.add_argument("-v", "--verbose", action="store_true")
     export.set_defaults(func=_cmd_export)
 
@@ -257,6 +293,38 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--labels", help="ade20k, cityscapes, synthetic or a JSON file")
     predict.add_argument("--threads", type=int, default=None)
     predict.set_defaults(func=_cmd_predict)
+
+    report = commands.add_parser(
+        "report",
+        help="parity, size and latency report (JSON, Markdown, HTML) of existing artifacts",
+        description="Measures artifacts in their own runtimes against the float PyTorch model and writes "
+        "report.json, report.md and a self-contained report.html. Model, size and classes default to "
+        "what the artifacts' sidecars say.",
+    )
+    report.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".pte, .tflite or .mlpackage")
+    _add_report_args(report, with_model=True)
+    report.add_argument("--out", required=True, help="output folder")
+    report.set_defaults(func=_cmd_report)
+
+    bench = commands.add_parser(
+        "bench",
+        help="export every target x bits pair and print one table (format, status, size, parity, latency)",
+        description="Runs every supported target x bits pair of one model, each export in its own "
+        "process, measures the artifacts in their runtimes, prints a table and writes bench.json, "
+        "bench.md and report/ into --out.",
+    )
+    bench.add_argument("--model", default="hrvit_b1")
+    bench.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
+    bench.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
+    bench.add_argument("--num-classes", type=int, default=150)
+    bench.add_argument("--targets", nargs="+", choices=["executorch", "coreml", "tflite"],
+                       help="default: all three")
+    bench.add_argument("--only", nargs="+", metavar="TARGET/VARIANT",
+                       help="only these formats, e.g. tflite/fp32 executorch/int8")
+    bench.add_argument("--out", default="bench", help="output folder")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _add_report_args(bench, with_model=False)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

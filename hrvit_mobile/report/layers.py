@@ -1,0 +1,194 @@
+"""Per-layer error of the int8 (PT2E) variants: which layers lose the most SQNR.
+
+The figures come from the PyTorch-side simulation (the converted PT2E model, with the same quantizer and
+the same calibration inputs the exporter uses), not from the runtime: torchao's numeric debugger tags
+every node of the float graph with a debug handle, both the float and the quantized graph log each
+tagged node's output, and each output's SQNR is measured against its float counterpart. The SQNR a
+layer *loses* is the SQNR of the tensors entering it minus the SQNR of its output: this isolates the
+layer from the error it inherits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("hrvit_mobile.report")
+
+SOURCE = (
+    "PyTorch-side simulation (PT2E fake-quantized model vs float, torchao numeric debugger), not the runtime"
+)
+
+
+@dataclass
+class LayerError:
+    module: str  # the innermost module that owns the node(s), e.g. features.3.branches.1.blocks.0.attn
+    sqnr_in_db: float
+    sqnr_out_db: float
+    order: int  # position of the module's output in the graph
+
+    @property
+    def loss_db(self) -> float:
+        return self.sqnr_in_db - self.sqnr_out_db
+
+
+@dataclass
+class LayerReport:
+    variant: str
+    quantizer: str
+    source: str = SOURCE
+    layers: list[LayerError] = field(default_factory=list)  # graph order
+
+    def worst(self, n: int = 10) -> list[LayerError]:
+        finite = [x for x in self.layers if np.isfinite(x.loss_db)]
+        return sorted(finite, key=lambda x: x.loss_db, reverse=True)[:n]
+
+    def to_dict(self, top: int = 20) -> dict[str, Any]:
+        def row(x: LayerError) -> dict[str, Any]:
+            return {"module": x.module, "sqnr_in_db": _num(x.sqnr_in_db), "sqnr_out_db": _num(x.sqnr_out_db),
+                    "loss_db": _num(x.loss_db), "order": x.order}
+
+        return {"variant": self.variant, "quantizer": self.quantizer, "source": self.source,
+                "worst": [row(x) for x in self.worst(top)], "layers": [row(x) for x in self.layers]}
+
+
+def _num(v: float) -> float | str:
+    return v if np.isfinite(v) else str(v)
+
+
+# (target, variant) -> (name, quantizer factory, graph wrapper, context for prepare): what the exporter does.
+def _pt2e_recipe(
+    target: str, variant: str
+) -> tuple[str, Callable[[], Any], Callable[[Any], Any], Callable[[], Any]] | None:
+    if (target, variant) == ("executorch", "int8"):
+        from hrvit_mobile.exporters.executorch import xnnpack_int8_quantizer
+
+        return ("XNNPACKQuantizer (int8 per-channel, static activations)", xnnpack_int8_quantizer,
+                lambda m: m, contextlib.nullcontext)
+    if (target, variant) == ("coreml", "w8a8"):
+        from hrvit_mobile.exporters.coreml import (
+            _fast_pattern_capture,
+            _ImageModel,
+            _w8a8_quantizer,
+            image_preprocessing,
+        )
+
+        def wrap(model: torch.nn.Module) -> torch.nn.Module:
+            from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD
+
+            _scale, _bias, factor = image_preprocessing(IMAGENET_MEAN, IMAGENET_STD)
+            return _ImageModel(model, factor, False).eval()
+
+        name = "CoreMLQuantizer (int8 weights, uint8 activations)"
+        return name, _w8a8_quantizer, wrap, _fast_pattern_capture
+    return None
+
+
+def supports(target: str, variant: str) -> bool:
+    return _pt2e_recipe(target, variant) is not None
+
+
+@torch.no_grad()
+def layer_errors(
+    model: torch.nn.Module,
+    target: str,
+    variant: str,
+    example: torch.Tensor,
+    calib: Sequence[torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+) -> LayerReport:
+    """Per-module SQNR of the PT2E-quantized ``model`` against itself in float, on ``inputs``."""
+    from torchao.quantization.pt2e import (
+        extract_results_from_loggers,
+        generate_numeric_debug_handle,
+        prepare_for_propagation_comparison,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    recipe = _pt2e_recipe(target, variant)
+    if recipe is None:
+        raise ValueError(f"no PT2E recipe for {target}/{variant}")
+    name, make_quantizer, wrap, prepare_context = recipe
+    ep = torch.export.export(wrap(model.eval()), (example,), strict=False)
+    generate_numeric_debug_handle(ep)
+    gm = ep.module()
+    ref = prepare_for_propagation_comparison(copy.deepcopy(gm))
+    with prepare_context():
+        prepared = prepare_pt2e(gm, make_quantizer())
+    for x in calib:
+        prepared(x)
+    quant = prepare_for_propagation_comparison(convert_pt2e(prepared))
+    for x in inputs:
+        ref(x)
+        quant(x)
+    ref_res, act_res = extract_results_from_loggers(ref), extract_results_from_loggers(quant)
+    report = LayerReport(variant=f"{target}/{variant}", quantizer=name)
+    report.layers = _per_module(ref, ref_res, act_res)
+    return report
+
+
+def _sqnr(actual: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    from hrvit_mobile.metrics import sqnr_db
+
+    a = [t.detach().float().numpy().ravel() for t in actual if isinstance(t, torch.Tensor)]
+    r = [t.detach().float().numpy().ravel() for t in reference if isinstance(t, torch.Tensor)]
+    if not a or len(a) != len(r) or any(x.shape != y.shape for x, y in zip(a, r)):
+        return float("nan")
+    return sqnr_db(np.concatenate(a), np.concatenate(r))
+
+
+def _per_module(ref_gm: torch.fx.GraphModule, ref_res: dict, act_res: dict) -> list[LayerError]:
+    """Group the logged nodes by innermost module; SQNR in = worst logged tensor entering from outside."""
+    by_name = {info.name: (info, stats) for info, (_n, _s, stats) in ref_res.items()}
+    act_by_name = {info.name: stats for info, (_n, _s, stats) in act_res.items()}
+    sqnr: dict[str, float] = {}
+    for node_name, (_info, ref_stats) in by_name.items():
+        if node_name in act_by_name:
+            sqnr[node_name] = _sqnr(act_by_name[node_name], ref_stats)
+
+    def owner(node: torch.fx.Node) -> str:
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        return path.removeprefix("L['self'].").removeprefix("model.") or "(top level)"
+
+    def source(node: torch.fx.Node) -> torch.fx.Node:
+        # the loggers sit between a node and its users: look through them
+        while node.op == "call_module" and node.args and isinstance(node.args[0], torch.fx.Node):
+            node = node.args[0]
+        return node
+
+    def users(node: torch.fx.Node) -> list[torch.fx.Node]:
+        out = []
+        for u in node.users:
+            out.extend(users(u) if u.op == "call_module" else [u])
+        return out
+
+    def feeds_batch_norm(node: torch.fx.Node) -> bool:
+        # a conv whose BatchNorm the quantizer folds has no float counterpart: its SQNR is meaningless
+        return any("batch_norm" in str(u.target) for u in users(node))
+
+    modules: dict[str, dict[str, Any]] = {}
+    # the logged nodes, in graph order (the loggers keep the float graph's node names)
+    nodes = [n for n in ref_gm.graph.nodes if n.op == "call_function" and n.name in sqnr]
+    for order, node in enumerate(nodes):
+        if node.name not in sqnr or feeds_batch_norm(node):
+            continue
+        mod = owner(node)
+        entry = modules.setdefault(mod, {"in": [], "out": float("nan"), "order": order})
+        entry["out"], entry["order"] = sqnr[node.name], order
+        for arg in map(source, node.all_input_nodes):
+            if arg.name in sqnr and owner(arg) != mod:
+                entry["in"].append(sqnr[arg.name])
+    out = []
+    for mod, e in modules.items():
+        ins = [v for v in e["in"] if np.isfinite(v)]
+        # a module fed only by the graph input (or by untagged nodes) starts from an exact signal
+        out.append(LayerError(mod, min(ins) if ins else float("inf"), e["out"], e["order"]))
+    return sorted(out, key=lambda x: x.order)

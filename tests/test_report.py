@@ -1,0 +1,274 @@
+"""Reports: every metric on known answers, pictures, files, a missing runtime, bench rows, CLI errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+import re
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hrvit_mobile.cli import main
+from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export, synthetic_images
+from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.report import build_report
+from hrvit_mobile.report.masks import DISAGREE_RGB, GAP, mask_strip, palette
+from hrvit_mobile.report.metrics import parity
+
+SIZE = (64, 64)
+K = 5
+NO_LIMITS = ParityThresholds()
+
+
+def _onehot_logits(class_map: np.ndarray, k: int) -> np.ndarray:
+    """(1, k, h, w) logits whose argmax is ``class_map``."""
+    return np.eye(k, dtype=np.float32)[class_map].transpose(2, 0, 1)[None] * 4.0 - 1.0
+
+
+# ------------------------------------------------------------------ metrics on known answers
+
+
+def test_identical_outputs_are_perfect() -> None:
+    rng = np.random.default_rng(0)
+    refs = [rng.standard_normal((1, K, 8, 8)).astype(np.float32) for _ in range(2)]
+    p = parity([r.copy() for r in refs], refs, (8, 8), NO_LIMITS)
+    assert p.sqnr_db == float("inf")
+    assert p.max_abs_err == 0 and p.mean_abs_err == 0
+    assert p.cosine_min == pytest.approx(1.0) and p.cosine_mean == pytest.approx(1.0)
+    assert p.argmax_agreement == 1.0 and p.miou_vs_float == 1.0
+    assert p.miou_vs_labels is None and p.passed
+
+
+def test_known_perturbation_gives_known_sqnr_and_errors() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal((1, K, 8, 8))
+    noise = rng.standard_normal(ref.shape)
+    # scale the noise to 1/100 of the signal energy: SQNR = 10 log10(100) = 20 dB exactly
+    noise *= np.sqrt((ref**2).sum() / (noise**2).sum() / 100)
+    p = parity([ref + noise], [ref], (8, 8), NO_LIMITS)
+    assert p.sqnr_db == pytest.approx(20.0, abs=1e-9)
+    assert p.max_abs_err == pytest.approx(np.abs(noise).max())
+    assert p.mean_abs_err == pytest.approx(np.abs(noise).mean())
+    # one element off by 0.5, nothing else: max 0.5, mean 0.5/N
+    bumped = ref.copy()
+    bumped[0, 0, 0, 0] += 0.5
+    q = parity([bumped], [ref], (8, 8), NO_LIMITS)
+    assert q.max_abs_err == pytest.approx(0.5) and q.mean_abs_err == pytest.approx(0.5 / ref.size)
+    # negated logits: cosine -1, and the threshold check fails with the reason named
+    r = parity([-ref], [ref], (8, 8), ParityThresholds(min_cosine=0.9))
+    assert r.cosine_min == pytest.approx(-1.0) and not r.passed and "cosine" in r.reason
+
+
+def test_agreement_and_miou_on_hand_counted_maps() -> None:
+    ref_map = np.array([[0, 0], [1, 1]])
+    out_map = np.array([[0, 1], [1, 1]])  # one pixel of four differs
+    labels = np.array([[[0, 255], [1, 0]]])  # one ignored pixel
+    p = parity([_onehot_logits(out_map, 2)], [_onehot_logits(ref_map, 2)], (2, 2), NO_LIMITS, labels)
+    assert p.argmax_agreement == 0.75
+    # vs float: class 0 tp 1 / union 2, class 1 tp 2 / union 3
+    assert p.miou_vs_float == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # vs labels (ignoring one pixel): pred 0,1,1 for labels 0,1,0 -> class 0: 1/2, class 1: 1/2
+    assert p.miou_vs_labels == pytest.approx(0.5)
+    assert p.pixel_acc_vs_labels == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------ mask pictures
+
+
+def test_mask_strip_panels_sizes_and_colours() -> None:
+    h, w = 6, 10
+    image = np.full((h, w, 3), 200, np.uint8)
+    fmap = np.zeros((h, w), np.int64)
+    amap = fmap.copy()
+    amap[2, 3] = 4
+    strip = mask_strip(image, fmap, amap, K)
+    assert strip.shape == (h, 4 * w + 3 * GAP, 3) and strip.dtype == np.uint8
+    panel = [strip[:, i * (w + GAP) : i * (w + GAP) + w] for i in range(4)]
+    assert (panel[0] == image).all()
+    assert (panel[1] == palette(K)[0]).all()
+    assert (panel[2][2, 3] == palette(K)[4]).all() and (panel[2][0, 0] == palette(K)[0]).all()
+    red = (panel[3] == DISAGREE_RGB).all(-1)
+    assert red.sum() == 1 and red[2, 3]
+    assert (strip[:, w : w + GAP] == 255).all()  # the gap is white
+    assert len({tuple(c) for c in palette(20)}) == 20
+
+
+# ------------------------------------------------------------------ report files end to end
+
+
+@pytest.fixture(scope="module")
+def model() -> TinySegmenter:
+    return TinySegmenter(num_classes=K).eval()
+
+
+@pytest.fixture(scope="module")
+def artifacts(model, tmp_path_factory) -> list[Path]:
+    out = tmp_path_factory.mktemp("artifacts")
+    paths = []
+    pairs = (("tflite", 32, None, "ai_edge_litert"), ("executorch", 32, None, "executorch"),
+             ("executorch", 8, 8, "executorch"), ("coreml", 16, None, "coremltools"))
+    for target, bits, act, module in pairs:
+        if importlib.util.find_spec(module) is None:
+            continue
+        spec = ExportSpec(target=target, bits=bits, activations=act, img_size=SIZE, num_classes=K,
+                          out_dir=out, model_name="tiny", run_parity=False)
+        paths.append(export(model, spec).artifact.path)
+    if not paths:
+        pytest.skip("no runtime installed")
+    return paths
+
+
+def test_report_files_render_and_are_self_contained(model, artifacts, tmp_path: Path) -> None:
+    images = synthetic_images(2, SIZE, seed=5)
+    labels = np.asarray(torch.from_numpy(images[..., 0].astype(np.int64)) % K)
+    labels[:, :4] = 255
+    files = build_report(artifacts, model, images, tmp_path / "r", labels, latency_runs=2)
+    data = json.loads(files.json.read_text())
+    order = ("executorch_fp32", "executorch_int8", "coreml_fp16", "tflite_fp32")  # by target, then bits
+    assert [a["name"].split(".")[0].removeprefix("tiny_64x64_") for a in data["artifacts"]] == [
+        o for o in order if any(o in p.name for p in artifacts)]
+    for a in data["artifacts"]:
+        assert a["status"] == "measured" and a["runtime"]
+        if a["target"] == "coreml" and platform.system() != "Darwin":
+            # the evaluator gives parity, not a phone's latency: the report says so instead of a number
+            assert a["latency"] is None and "not measured" in a["latency_note"]
+            assert "ops" in a["delegation"]
+        else:
+            assert a["latency"]["median_ms"] > 0 and a["latency"]["p90_ms"] >= a["latency"]["median_ms"]
+        assert 0 <= a["parity"]["miou_vs_labels"] <= 1 and len(a["masks"]) == 2
+        assert (files.json.parent / a["masks"][0]).exists()
+        if a["variant"] == "fp32":
+            assert a["parity"]["cosine_min"] > 0.99999 and a["parity"]["argmax_agreement"] > 0.999
+            assert a["compression_vs_fp32"] == pytest.approx(1.0)
+        elif a["variant"] == "fp16":  # no Core ML fp32 in the set: compared with 4 bytes per float param
+            assert a["compression_basis"] == "4 bytes x float params"
+            assert a["compression_vs_fp32"] == pytest.approx(4 * data["params"] / a["size_bytes"])
+            assert a["layers"] is None
+        else:  # int8: smaller, lossy, with its per-layer error from the simulation
+            # a tiny model's program overhead is most of the file: smaller, but far from 4x
+            assert a["compression_vs_fp32"] > 1.1 and a["parity"]["sqnr_db"] < 60
+            worst = a["layers"]["worst"]
+            assert worst and "simulation" in a["layers"]["source"]
+            assert {r["module"] for r in a["layers"]["layers"]} >= {"qkv", "head"}
+    assert data["float_vs_labels"]["miou"] <= 1
+    md = files.markdown.read_text()
+    rows = [ln for ln in md.splitlines() if re.match(r"\| (executorch|coreml|tflite)/", ln)]
+    assert len(rows) == len(artifacts)
+    page = files.html.read_text()
+    # self-contained: every picture inline, nothing fetched from anywhere
+    assert "href=" not in page and not re.search(r'src="(?!data:image/png;base64,)', page)
+    n_plots = 2 + sum(1 for a in data["artifacts"] if a.get("layers"))
+    assert page.count('src="data:image/png;base64,') == 2 * len(artifacts) + n_plots
+    assert not list(files.json.parent.glob(".*staging*"))
+
+
+def test_missing_runtime_is_reported_plainly(model, artifacts, tmp_path: Path, monkeypatch) -> None:
+    tflite = [a for a in artifacts if a.suffix == ".tflite"]
+    if not tflite:
+        pytest.skip("LiteRT not installed")
+    real = importlib.util.find_spec
+    # this host has LiteRT; make it look like one that does not
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert"
+                        else real(name, *a))
+    files = build_report(tflite, model, synthetic_images(1, SIZE), tmp_path / "r", latency_runs=1)
+    entry = json.loads(files.json.read_text())["artifacts"][0]
+    assert entry["status"] == "not run" and "ai-edge-litert" in entry["reason"]
+    assert entry["parity"] is None and entry["latency"] is None
+    assert entry["verify_command"].startswith("pip install 'hrvit-mobile[tflite]' && hrvit-mobile report ")
+    assert entry["size_bytes"] > 0  # what can be known without the runtime is still there
+    md, page = files.markdown.read_text(), files.html.read_text()
+    assert "**not run**" in md and "verify on the right host" in md and "hrvit-mobile report" in page
+
+
+def test_export_writes_its_report(model, tmp_path: Path) -> None:
+    pytest.importorskip("ai_edge_litert")
+    from hrvit_mobile.report.cli import report_after_export
+
+    spec = ExportSpec(target="tflite", bits=16, img_size=SIZE, num_classes=K, out_dir=tmp_path,
+                      model_name="tiny")
+    rep = export(model, spec)
+    report_after_export([rep], model, types.SimpleNamespace(out=str(tmp_path)), None)
+    folder = tmp_path / "tiny_64x64_tflite_fp16_report"
+    data = json.loads((folder / "report.json").read_text())
+    # the export's parity and the report's come from the same runtime on the same images
+    assert data["artifacts"][0]["parity"]["cosine_min"] == pytest.approx(rep.parity.cosine, abs=1e-9)
+    assert (folder / "report.html").exists() and (folder / "report.md").exists()
+
+
+# ------------------------------------------------------------------ bench and CLI
+
+
+def test_bench_gives_a_row_per_pair(tmp_path: Path, monkeypatch, capsys) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "coremltools"
+                        else real(name, *a))
+    # a checkpoint that does not exist makes each export fail at once, in its own process: a row, not a crash
+    code = main(["bench", "--model", "hrvit_nano", "--img-size", "64x64", "--num-classes", "4",
+                 "--only", "tflite/fp32", "coreml/fp16", "--checkpoint", str(tmp_path / "none.pth"),
+                 "--out", str(tmp_path / "b")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
+    assert [(r["format"], r["status"]) for r in rows] == [("coreml/fp16", "skipped"), ("tflite/fp32", "fail")]
+    assert "coremltools" in rows[0]["reason"] and "none.pth" in rows[1]["reason"]
+    assert "| tflite/fp32 | fail: exit 2" in printed and "| coreml/fp16 | skipped" in printed
+    assert (tmp_path / "b" / "bench.md").read_text().count("\n| ") == 4  # header, rule, two rows
+
+
+@pytest.mark.slow
+def test_bench_real_exports(tmp_path: Path, capsys) -> None:
+    code = main(["bench", "--model", "hrvit_nano", "--img-size", "64x64", "--num-classes", "4",
+                 "--only", "tflite/fp32", "executorch/int8", "--latency-runs", "2", "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert all(r["latency_ms"] > 0 and r["cosine"] > 0.9 for r in rows)
+    assert (tmp_path / "report" / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "nope.pte", "--out", "o"], "artifact not found"),
+        (["bench", "--model", "nope", "--out", "o"], "unknown --model"),
+        (["bench", "--model", "hrvit_nano", "--only", "tflite/fp64", "--out", "o"], "not a supported format"),
+        (["bench", "--model", "hrvit_nano", "--labels", "x", "--out", "o"], "--labels needs --images"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_verification_set_crops_labels_like_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from hrvit_mobile.report.data import load_verification_set
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    # 128x64 image: left half black, right half white; label 1 on the left, 2 on the right, 0 in one corner
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[:, 64:] = 255
+    lab = np.ones((64, 128), np.uint8)
+    lab[:, 64:] = 2
+    lab[0, 32] = 0
+    Image.fromarray(img).save(tmp_path / "img" / "a.jpg", quality=100)
+    Image.fromarray(lab).save(tmp_path / "lab" / "a.png")
+    images, labels = load_verification_set(
+        tmp_path / "img", (32, 32), tmp_path / "lab", reduce_zero_label=True
+    )
+    assert images.shape == (1, 32, 32, 3) and labels.shape == (1, 32, 32)
+    # shorter side to 32 (-> 32x64), centre crop of width 32: the left 16 columns are from the black half
+    assert images[0, :, :14].max() < 40 and images[0, :, 18:].min() > 215
+    assert set(np.unique(labels[0, :, :16])) <= {0, 255} and set(np.unique(labels[0, :, 16:])) == {1}
+    with pytest.raises(Exception, match="no label PNG"):
+        load_verification_set(tmp_path / "img", (32, 32), tmp_path / "img")
