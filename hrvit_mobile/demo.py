@@ -66,7 +66,19 @@ def load_demo_model(img_size: tuple[int, int] | None = None):
     return model
 
 
-def save_demo_weights(checkpoint: Path | str, out: Path | str) -> Path:
+def write_demo_info(info: dict, out: Path | str = DEMO_INFO) -> Path:
+    """The record beside the weights (classes, img_size, val mIoU, commands); written atomically."""
+    from hrvit_mobile.exporters.contract import atomic_write_text
+
+    missing = [k for k in ("model", "classes", "img_size", "val_miou") if k not in info]
+    if missing:
+        raise HRViTMobileError(f"demo info lacks {', '.join(missing)}")
+    out = Path(out)
+    atomic_write_text(out, json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def save_demo_weights(checkpoint: Path | str, out: Path | str = DEMO_WEIGHTS) -> Path:
     """Writes a training checkpoint's weights as fp16 safetensors (BatchNorm counters stay int64)."""
     from safetensors.torch import save_file
 

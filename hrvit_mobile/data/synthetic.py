@@ -38,9 +38,8 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, channels
     x0 = np.minimum(xs.astype(np.int64), cells - 1)
     fy = (ys - y0)[:, None, None]
     fx = (xs - x0)[None, :, None]
-    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
-    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
+    rows = grid[:, x0] * (1 - fx) + grid[:, x0 + 1] * fx  # along x on the few grid rows first, then y
+    return rows[y0] * (1 - fy) + rows[y0 + 1] * fy
 
 
 def _box(
@@ -107,7 +106,8 @@ def generate_sample(
     image = image + 0.15 * (_smooth_noise(rng, h, w, int(rng.integers(16, 48)), 1) - 0.5)
     image = np.broadcast_to(image, (h, w, 3)).copy()
     mask = np.zeros((h, w), np.uint8)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # row and column coordinates as broadcastable vectors: full grids cost time and memory for nothing
+    yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
 
     # Clutter: thin grey lines and specks that belong to the background.
     for _ in range(int(rng.integers(3, 12))):
@@ -117,7 +117,7 @@ def generate_sample(
         if box is None:
             continue
         (y0, y1), (x0, x1) = box
-        dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
+        dy, dx = yy[y0:y1] - cy, xx[:, x0:x1] - cx
         line = (np.abs(dx * np.sin(angle) - dy * np.cos(angle)) <= width) & (
             np.abs(dx * np.cos(angle) + dy * np.sin(angle)) <= half
         )
@@ -134,7 +134,7 @@ def generate_sample(
             continue
         (y0, y1), (x0, x1) = box
         angle = rng.uniform(0, 2 * np.pi)
-        dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
+        dy, dx = yy[y0:y1] - cy, xx[:, x0:x1] - cx
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
         inside = _shape_mask(int(cls), u, v, radius, rng)
