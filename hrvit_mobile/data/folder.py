@@ -22,7 +22,8 @@ class DatasetError(HRViTMobileError):
 
 def normalize_image(rgb: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (3, H, W): ``(x / 255 - mean) / std``, as the sidecars say."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    # PIL arrays are read-only; np.require copies only then (torch warns on non-writable arrays)
+    x = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std
