@@ -89,6 +89,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from hrvit_mobile.data.calibration import calibration_images
     from hrvit_mobile.deploy import deploy
     from hrvit_mobile.exporters import (
         ExportSpec,
@@ -96,7 +97,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         check_dependencies,
         export,
         export_all,
-        load_calibration_images,
         resolve,
     )
 
@@ -126,7 +126,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         resolve(spec)
         check_dependencies(spec.target)
     model = _build_model(args, size)
-    calib = load_calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
+    calib = calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
     deployed = deploy(model, img_size=size)
     reports = export_all(deployed, spec, calib) if args.target == "all" else [export(deployed, spec, calib)]
     for report in reports:
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
     export.add_argument("--num-classes", type=int, default=None,
                         help="default: the checkpoint's (the demo checkpoint: 8), else 150")
-    export.add_argument("--calib", help="folder of images for int8 calibration (default: synthetic)")
+    export.add_argument("--calib", help="int8 calibration images: a folder of images, or a dataset "
+                        "root (its train images) (default: synthetic)")
     export.add_argument("--calib-samples", type=int, default=32)
     export.add_argument("--out", default="exports", help="output folder")
     export.add_argument("--min-ios", type=int, default=17, help="Core ML deployment target")

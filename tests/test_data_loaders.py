@@ -124,3 +124,21 @@ def test_detect_layout(tmp_path: Path) -> None:
     assert detect_layout(tmp_path / "city") == "cityscapes"
     assert detect_layout(tmp_path / "plain") == "folder"
     assert open_dataset(tmp_path / "plain", num_classes=2).pairs[0][1] is None  # images only: all ignore
+
+
+def test_calibration_from_dataset_roots_skips_masks(tmp_path: Path) -> None:
+    from hrvit_mobile.data.calibration import calibration_images, image_folder
+
+    _ade20k(tmp_path / "ade")
+    _cityscapes(tmp_path / "city")
+    assert image_folder(tmp_path / "ade") == tmp_path / "ade" / "images" / "training"
+    assert image_folder(tmp_path / "city", "val") == tmp_path / "city" / "leftImg8bit" / "val"
+    assert image_folder(tmp_path / "city") == tmp_path / "city" / "leftImg8bit" / "train"
+    for i in range(3):  # plain layout with splits: 3 images and 3 masks, only the images may be read
+        _image(tmp_path / "plain" / "train" / "images" / f"{i}.png", (20, 30), i)
+        _mask(tmp_path / "plain" / "train" / "masks" / f"{i}.png", np.zeros((20, 30)))
+    batch = calibration_images(tmp_path / "plain", (16, 16), limit=10)
+    assert batch.shape == (3, 16, 16, 3) and batch.dtype == np.uint8
+    loose = tmp_path / "loose"
+    _image(loose / "a" / "x.jpg", (20, 20), 0)
+    assert image_folder(loose) == loose and calibration_images(loose, (8, 8)).shape == (1, 8, 8, 3)
