@@ -34,17 +34,14 @@ def _build_model(args: argparse.Namespace, size: tuple[int, int]):
     """Training form from --model/--checkpoint, or the embedded default: the demo checkpoint for
     hrvit_b1 (trained on the synthetic dataset), deterministic recipe weights for the others."""
     import hrvit_mobile
-    from hrvit_mobile.demo import DEFAULT_NUM_CLASSES, demo_checkpoint_for, load_demo_model
+    from hrvit_mobile.demo import demo_checkpoint, load_demo_model
     from hrvit_mobile.weights import load_recipe_weights
 
-    demo = None if args.checkpoint else demo_checkpoint_for(args.model)
-    if demo is not None and args.num_classes in (None, demo.num_classes):
+    if _default_classes(args) is not None:  # class names are known only for the demo checkpoint
+        demo = demo_checkpoint()
         _log().info("no --checkpoint: using the embedded demo checkpoint %s (%d synthetic classes, "
                     "val mIoU %.3f)", demo.path.name, demo.num_classes, demo.val_miou)
-        args.num_classes = demo.num_classes
         return load_demo_model(size).eval()
-    if args.num_classes is None:
-        args.num_classes = DEFAULT_NUM_CLASSES
     model = hrvit_mobile.create_model(args.model, num_classes=args.num_classes, img_size=size)
     if args.checkpoint:
         hrvit_mobile.load_checkpoint(model, args.checkpoint)
