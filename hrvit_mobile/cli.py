@@ -31,10 +31,17 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _build_model(args: argparse.Namespace, size: tuple[int, int]):
-    """Training form from --model/--checkpoint, or the embedded default (recipe weights)."""
+    """Training form from --model/--checkpoint, or the embedded default: the demo checkpoint for
+    hrvit_b1 (trained on the synthetic dataset), deterministic recipe weights for the others."""
     import hrvit_mobile
+    from hrvit_mobile.demo import demo_checkpoint, load_demo_model
     from hrvit_mobile.weights import load_recipe_weights
 
+    if _default_classes(args) is not None:  # class names are known only for the demo checkpoint
+        demo = demo_checkpoint()
+        _log().info("no --checkpoint: using the embedded demo checkpoint %s (%d synthetic classes, "
+                    "val mIoU %.3f)", demo.path.name, demo.num_classes, demo.val_miou)
+        return load_demo_model(size).eval()
     model = hrvit_mobile.create_model(args.model, num_classes=args.num_classes, img_size=size)
     if args.checkpoint:
         hrvit_mobile.load_checkpoint(model, args.checkpoint)
@@ -45,6 +52,20 @@ def _build_model(args: argparse.Namespace, size: tuple[int, int]):
         )
         load_recipe_weights(model)
     return model.eval()
+
+
+def _default_classes(args: argparse.Namespace) -> list[str] | None:
+    """Fixes ``args.num_classes`` before anything is built: the demo checkpoint's when it will be used
+    (and its class names), else 150. Returns the class names when known."""
+    from hrvit_mobile.demo import DEFAULT_NUM_CLASSES, demo_checkpoint_for
+
+    demo = None if args.checkpoint else demo_checkpoint_for(args.model)
+    if demo is not None and args.num_classes in (None, demo.num_classes):
+        args.num_classes = demo.num_classes
+        return list(demo.classes)
+    if args.num_classes is None:
+        args.num_classes = DEFAULT_NUM_CLASSES
+    return None
 
 
 def _log():
@@ -65,6 +86,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from hrvit_mobile.data.calibration import calibration_images
     from hrvit_mobile.deploy import deploy
     from hrvit_mobile.exporters import (
         ExportSpec,
@@ -72,12 +94,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         check_dependencies,
         export,
         export_all,
-        load_calibration_images,
         resolve,
     )
 
     _setup_logging(args.verbose)
     size = _size(args.img_size)
+    class_names = _default_classes(args)
     thresholds = None
     if any(v is not None for v in (args.max_abs_err, args.min_cosine, args.min_argmax)):
         thresholds = ParityThresholds(args.max_abs_err, args.min_cosine, args.min_argmax)
@@ -87,6 +109,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         activations=args.activations,
         img_size=size,
         num_classes=args.num_classes,
+        class_names=class_names,
         out_dir=args.out,
         model_name=args.model,
         min_ios=args.min_ios,
@@ -100,7 +123,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         resolve(spec)
         check_dependencies(spec.target)
     model = _build_model(args, size)
-    calib = load_calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
+    calib = calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
     deployed = deploy(model, img_size=size)
     reports = export_all(deployed, spec, calib) if args.target == "all" else [export(deployed, spec, calib)]
     for report in reports:
@@ -133,17 +156,20 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     artifacts = args.artifact
     if args.target:
         from hrvit_mobile.deploy import deploy
-        from hrvit_mobile.exporters import ExportSpec, load_calibration_images
+        from hrvit_mobile.data.calibration import calibration_images
+        from hrvit_mobile.exporters import ExportSpec
 
         targets = bundle.check_targets(args.app, args.target)  # refuse before building anything
         size = _size(args.img_size)
+        class_names = _default_classes(args)
         specs = [
             ExportSpec(target=t, bits=args.bits, activations=args.activations, img_size=size,
-                       num_classes=args.num_classes, out_dir=args.export_dir, model_name=args.model)
+                       num_classes=args.num_classes, class_names=class_names, out_dir=args.export_dir,
+                       model_name=args.model)
             for t in targets
         ]
         model = _build_model(args, size)
-        calib = load_calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
+        calib = calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
         artifacts = bundle.export_artifacts(args.app, deploy(model, img_size=size), specs, calib)
     result = bundle.build_bundle(args.app, artifacts, args.out, labels=args.labels,
                                  allow_failed_parity=args.allow_failed_parity)
@@ -174,7 +200,65 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     size = _size(args.img_size)
+    _default_classes(args)  # the demo checkpoint's classes when it is the default model
     return run_bench_command(args, size, _build_model)
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from hrvit_mobile.data.synthetic import write_synthetic
+
+    out = write_synthetic(args.out, args.train, args.val, _size(args.img_size), args.seed, progress=True)
+    print(f"wrote {args.train} train + {args.val} val images to {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hrvit_mobile.train import TrainConfig, train
+
+    _setup_logging(args.verbose)
+    config = TrainConfig(
+        data=args.data, out=args.out, model=args.model, img_size=_size(args.img_size),
+        crop_size=_size(args.crop), ratio_range=(args.ratio_min, args.ratio_max), steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup, eval_every=args.eval_every, eval_samples=args.eval_samples or None,
+        seed=args.seed, workers=args.workers, threads=args.threads,
+    )
+    result = train(config, resume=args.resume)
+    best = "n/a" if result.best_miou is None else f"{result.best_miou:.4f}"
+    print(f"trained to step {result.step}: loss {result.loss:.4f}, best val mIoU {best}; "
+          f"checkpoints in {result.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from hrvit_mobile.data import open_dataset
+    from hrvit_mobile.data.transforms import eval_transform
+    from hrvit_mobile.demo import DEMO_MODEL
+    from hrvit_mobile.evaluate import evaluate
+
+    _setup_logging(args.verbose)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    size = _size(args.img_size)
+    dataset = open_dataset(args.data, split=args.split, img_size=size, num_classes=args.num_classes,
+                           transform=eval_transform(size))
+    if args.num_classes is None and (args.checkpoint or args.model != DEMO_MODEL):
+        args.num_classes = dataset.num_classes
+    model = _build_model(args, size)
+    if model.num_classes != dataset.num_classes:
+        raise HRViTMobileError(f"the model predicts {model.num_classes} classes, {args.data} has "
+                               f"{dataset.num_classes}: pass the matching --checkpoint/--num-classes")
+    result = evaluate(model, dataset, dataset.num_classes, progress=True, limit=args.limit)
+    if args.json:
+        print(json.dumps({**result.as_dict(), "classes": dataset.classes}, indent=2))
+    else:
+        print(f"mIoU {result.miou:.4f}  pixel accuracy {result.pixel_accuracy:.4f}  "
+              f"on {result.samples} images")
+        for name, iou in zip(dataset.classes, result.per_class_iou):
+            print(f"  {name:20s} {iou:.4f}")
+    return 0
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -232,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", default="hrvit_b1")
     export.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
     export.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
-    export.add_argument("--num-classes", type=int, default=150)
-    export.add_argument("--calib", help="folder of images for int8 calibration (default: synthetic)")
+    export.add_argument("--num-classes", type=int, default=None,
+                        help="default: the checkpoint's (the demo checkpoint: 8), else 150")
+    export.add_argument("--calib", help="int8 calibration images: a folder of images, or a dataset "
+                        "root (its train images) (default: synthetic)")
     export.add_argument("--calib-samples", type=int, default=32)
     export.add_argument("--out", default="exports", help="output folder")
     export.add_argument("--min-ios", type=int, default=17, help="Core ML deployment target")
@@ -266,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--model", default="hrvit_b1")
     bundle.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
     bundle.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
-    bundle.add_argument("--num-classes", type=int, default=150)
-    bundle.add_argument("--calib", help="folder of images for int8 calibration (default: synthetic)")
+    bundle.add_argument("--num-classes", type=int, default=None,
+                        help="default: the demo checkpoint's 8 for hrvit_b1, else 150")
+    bundle.add_argument("--calib", help="int8 calibration images: a folder of images or a dataset root")
     bundle.add_argument("--calib-samples", type=int, default=32)
     bundle.add_argument("--export-dir", default="exports", help="where --target exports land")
     bundle.add_argument("--labels", help="ade20k, cityscapes, synthetic or a JSON file "
@@ -316,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="hrvit_b1")
     bench.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
     bench.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
-    bench.add_argument("--num-classes", type=int, default=150)
+    bench.add_argument("--num-classes", type=int, default=None,
+                       help="default: the demo checkpoint's 8 for hrvit_b1, else 150")
     bench.add_argument("--targets", nargs="+", choices=["executorch", "coreml", "tflite"],
                        help="default: all three")
     bench.add_argument("--only", nargs="+", metavar="TARGET/VARIANT",
@@ -325,6 +413,53 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     _add_report_args(bench, with_model=False)
     bench.set_defaults(func=_cmd_bench)
+
+    data = commands.add_parser("data", help="generate datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
+    synthetic = data_commands.add_parser(
+        "synthetic", help="the project's deterministic synthetic segmentation dataset (8 classes)"
+    )
+    synthetic.add_argument("--out", required=True, help="output folder")
+    synthetic.add_argument("--train", type=int, default=2000, help="train images")
+    synthetic.add_argument("--val", type=int, default=100, help="val images")
+    synthetic.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(func=_cmd_data)
+
+    train = commands.add_parser("train", help="float training with periodic val mIoU, checkpoints, resume")
+    train.add_argument("--data", required=True, help="dataset folder (ADE20K, Cityscapes or images/+masks/)")
+    train.add_argument("--model", default="hrvit_b1")
+    train.add_argument("--img-size", default="512x512", help="base scale HEIGHTxWIDTH (and val size)")
+    train.add_argument("--crop", default="256x256", help="training crop HEIGHTxWIDTH")
+    train.add_argument("--ratio-min", type=float, default=0.5, help="random resize: smallest ratio")
+    train.add_argument("--ratio-max", type=float, default=2.0, help="random resize: largest ratio")
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=6e-4)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup", type=int, default=50, help="linear warmup steps")
+    train.add_argument("--eval-every", type=int, default=100)
+    train.add_argument("--eval-samples", type=int, default=16, help="val images per evaluation (0 = all)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    train.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 on a busy machine)")
+    train.add_argument("--out", required=True, help="checkpoint folder (last.pt, best.pt)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.add_argument("-v", "--verbose", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    ev = commands.add_parser("eval", help="mIoU of a checkpoint (default: the demo) on a dataset split")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--model", default="hrvit_b1")
+    ev.add_argument("--checkpoint")
+    ev.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
+    ev.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N images")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ev.add_argument("-v", "--verbose", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -5,20 +5,30 @@
 yields that, so training, QAT, calibration and evaluation take any of them.
 """
 
+from hrvit_mobile.data.ade20k import ADE20KSegmentation
+from hrvit_mobile.data.cityscapes import CityscapesSegmentation
 from hrvit_mobile.data.folder import (
     IMAGE_EXTENSIONS,
     DatasetError,
     FolderSegmentation,
     SegmentationDataset,
+    detect_layout,
     normalize_image,
     open_dataset,
 )
+from hrvit_mobile.data.synthetic import SYNTHETIC_CLASSES, generate_sample, write_synthetic
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "SYNTHETIC_CLASSES",
+    "ADE20KSegmentation",
+    "CityscapesSegmentation",
     "DatasetError",
     "FolderSegmentation",
     "SegmentationDataset",
+    "detect_layout",
+    "generate_sample",
     "normalize_image",
     "open_dataset",
+    "write_synthetic",
 ]
