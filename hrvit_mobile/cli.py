@@ -155,8 +155,8 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     artifacts = args.artifact
     if args.target:
-        from hrvit_mobile.deploy import deploy
         from hrvit_mobile.data.calibration import calibration_images
+        from hrvit_mobile.deploy import deploy
         from hrvit_mobile.exporters import ExportSpec
 
         targets = bundle.check_targets(args.app, args.target)  # refuse before building anything
