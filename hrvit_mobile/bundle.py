@@ -211,6 +211,8 @@ def _bundled_sidecar(target: str, meta: dict[str, Any], labels: LabelSet, root: 
     side = {k: v for k, v in meta.items() if k not in _VOLATILE}
     if side.get("parity"):
         side["parity"] = {k: v for k, v in side["parity"].items() if k != "seconds"}
+    if isinstance(side.get("details"), dict):  # per-step export timings
+        side["details"] = {k: v for k, v in side["details"].items() if k != "step_seconds"}
     side["artifact"] = name
     side["classes"] = list(labels.classes)
     side["files"] = [f for f in _files_of(root) if f["path"] == name or f["path"].startswith(name + "/")]
