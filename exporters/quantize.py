@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from hrvit_mobile.quant.recipes import PT2ERecipe, QuantRecipe, get_recipe
+from hrvit_mobile.quant.recipes import Prequantized, PT2ERecipe, QuantRecipe, get_recipe
 
 from .contract import ExportError, ExportSpec, step
 
@@ -31,6 +31,8 @@ def keep_float_names(spec: ExportSpec) -> list[str]:
 def recipe_for(spec: ExportSpec) -> QuantRecipe:
     """The recipe a resolved spec asks for (its own ``recipe`` wins)."""
     if spec.recipe is not None:
+        if spec.keep_float is not None and isinstance(spec.recipe, Prequantized):
+            raise ExportError("--keep-float does not apply to a graph quantized already (QAT)")
         return spec.recipe
     assert spec.activations is not None, "resolve the spec first"
     recipe = get_recipe(spec.target, spec.bits, spec.activations, min_ios=spec.min_ios)
@@ -74,7 +76,7 @@ def quantize_pt2e(
     ``keep_float="auto"`` which groups were kept float and the figures that chose them.
     """
     info: dict[str, Any] = {**recipe.describe(), "calibration_samples": len(calib)}
-    if spec.keep_float == AUTO and getattr(recipe, "source", None) is None:
+    if spec.keep_float == AUTO and not isinstance(recipe, Prequantized):
         from hrvit_mobile.quant.sensitivity import auto_keep_float
 
         thresholds = spec.resolved_thresholds()

@@ -104,8 +104,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if is_qat_checkpoint(args.checkpoint):
         return _export_qat(args, spec)
     if args.target != "all":  # refuse a bad pair or a missing package before building anything
-        resolve(spec)
+        resolved, _ = resolve(spec)
         check_dependencies(spec.target)
+        if spec.keep_float is not None:
+            from hrvit_mobile.exporters.quantize import recipe_for
+
+            recipe_for(resolved)  # --keep-float on a post-conversion variant
     model = _build_model(args, size)
     calib = load_calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
     deployed = deploy(model, img_size=size)

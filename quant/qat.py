@@ -246,9 +246,8 @@ def is_qat_checkpoint(path: str | Path | None) -> bool:
     return isinstance(state, dict) and state.get("format") == FORMAT
 
 
-def converted_from_checkpoint(path: str | Path) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+def converted_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The int8 graph (``convert_pt2e``) of a QAT checkpoint and its run's config, ready to export."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
 
     import hrvit_mobile
 
@@ -259,9 +258,25 @@ def converted_from_checkpoint(path: str | Path) -> tuple[torch.fx.GraphModule, d
     recipe = get_qat_recipe(ident["target"])
     prepared, _ = build_qat_model(model.eval(), tuple(ident["img_size"]), recipe)
     prepared.load_state_dict(state["model"])
-    converted = recipe.convert(prepared)
-    allow_exported_model_train_eval(converted)
-    return converted, {**ident, "step": state["step"], "recipe": recipe.name}
+    return ConvertedGraph(recipe.convert(prepared)), {**ident, "step": state["step"], "recipe": recipe.name}
+
+
+class ConvertedGraph(nn.Module):
+    """A converted PT2E graph as a module the exporters can call ``.eval()`` on.
+
+    Exported graphs refuse ``train()``/``eval()``; the converted deploy form has no mode-dependent ops
+    (BatchNorm is folded, there is no dropout), so switching modes is a no-op here.
+    """
+
+    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(x)
+
+    def train(self, mode: bool = True) -> ConvertedGraph:
+        return self
 
 
 def prequantized_recipe(meta: dict[str, Any]) -> Prequantized:

@@ -75,16 +75,26 @@ class PT2ERecipe(QuantRecipe):
     def _float_names(self) -> list[str]:
         return [k for k in self.keep_float if isinstance(k, str)]
 
-    @contextlib.contextmanager
-    def _annotation_context(self) -> Iterator[None]:
-        yield
+    # the module whose ``_get_aten_graph_module_for_pattern`` the quantizer calls (see fast_pattern_capture)
+    pattern_utils: str = ""
 
-    def prepare(self, model: nn.Module, example: torch.Tensor, strict: bool = False) -> torch.fx.GraphModule:
-        """Capture ``model`` with ``torch.export`` and insert observers (PTQ) or fake-quant modules (QAT)."""
+    def _annotation_context(self) -> contextlib.AbstractContextManager[None]:
+        return fast_pattern_capture(self.pattern_utils) if self.pattern_utils else contextlib.nullcontext()
+
+    @staticmethod
+    def capture(model: nn.Module, example: torch.Tensor, strict: bool = False) -> torch.fx.GraphModule:
+        """The graph PT2E works on; capture once and pass copies to :meth:`prepare` to try many recipes."""
+        return torch.export.export(model, (example,), strict=strict).module()
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, strict: bool = False, captured: bool = False
+    ) -> torch.fx.GraphModule:
+        """Capture ``model`` with ``torch.export`` (unless ``captured``: it is a :meth:`capture` result,
+        consumed) and insert observers (PTQ) or fake-quant modules (QAT)."""
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
         t0 = time.perf_counter()
-        gm = torch.export.export(model, (example,), strict=strict).module()
+        gm = model if captured else self.capture(model, example, strict)
         with self._annotation_context():
             prepared = (prepare_qat_pt2e if self.qat else prepare_pt2e)(gm, self.quantizer())
         log.debug("[%s] prepared (%s) in %.1f s", self.target, self.name, time.perf_counter() - t0)
@@ -116,8 +126,12 @@ class PT2ERecipe(QuantRecipe):
         strict: bool = False,
         progress: bool = True,
     ) -> torch.fx.GraphModule:
-        """PTQ in one call: prepare, calibrate on ``calib``, convert."""
-        prepared = self.prepare(model.eval(), example, strict=strict)
+        """PTQ in one call: prepare, calibrate on ``calib``, convert. ``model`` may be a :meth:`capture`
+        result (it is copied, not consumed)."""
+        if isinstance(model, torch.fx.GraphModule):
+            prepared = self.prepare(copy.deepcopy(model), example, captured=True)
+        else:
+            prepared = self.prepare(model.eval(), example, strict=strict)
         self.calibrate(prepared, calib, progress=progress)
         return self.convert(prepared)
 
@@ -139,6 +153,7 @@ class XNNPACKInt8(PT2ERecipe):
     target: str = "executorch"
     per_channel: bool = True
     scheme: str = "PT2E XNNPACKQuantizer: int8 per-channel weights, static int8 activations"
+    pattern_utils: str = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils"
 
     def quantizer(self) -> Any:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -151,7 +166,9 @@ class XNNPACKInt8(PT2ERecipe):
         for module_type in self._float_types():
             quantizer.set_module_type(module_type, None)
         for name in self._float_names():
-            quantizer.set_module_name(name, None)
+            # set_module_name() asserts on None, but annotate() skips a None entry and the global
+            # config excludes every named module: exactly "leave this module float"
+            quantizer.module_name_config[name] = None
         return quantizer
 
 
@@ -167,6 +184,7 @@ class LiteRTInt8(PT2ERecipe):
     target: str = "tflite"
     per_channel: bool = True
     scheme: str = "PT2E litert_torch PT2EQuantizer: int8 per-channel weights, static int8 activations"
+    pattern_utils: str = "litert_torch.quantize.pt2e_quantizer_utils"
 
     def quantizer(self) -> Any:
         from litert_torch.quantize import pt2e_quantizer as pt2eq
@@ -176,7 +194,9 @@ class LiteRTInt8(PT2ERecipe):
         for module_type in self._float_types():
             quantizer.set_module_type(module_type, None)
         for name in self._float_names():
-            quantizer.set_module_name(name, None)
+            # set_module_name() asserts on None, but annotate() skips a None entry and the global
+            # config excludes every named module: exactly "leave this module float"
+            quantizer.module_name_config[name] = None
         return quantizer
 
 
@@ -184,17 +204,20 @@ _PATTERN_CACHE: dict[Any, Any] = {}
 
 
 @contextlib.contextmanager
-def fast_coreml_pattern_capture() -> Iterator[None]:
-    """Make CoreMLQuantizer's annotation take ~10 s instead of ~60 s (a fixed cost, any model size).
+def fast_pattern_capture(utils_module: str) -> Iterator[None]:
+    """Make a PT2E quantizer's pattern annotation several times faster (a fixed cost, any model size).
 
-    ``CoreMLQuantizer.annotate`` captures each of its ~400 small op patterns with a *strict*
-    ``torch.export`` (~0.15 s each through TorchDynamo). Non-strict capture yields the same aten pattern
-    graphs (checked: identical q/dq placement and outputs on the test models) several times faster, and the
-    patterns do not depend on the model, so they are also cached for later exports in this process.
-    The hook is a private function of ExecuTorch's quantizer; if it moves, this degrades to the slow path.
+    The quantizers (``CoreMLQuantizer``: ~400 patterns, ``XNNPACKQuantizer``/litert-torch: conv-BN ones)
+    capture each small op pattern with a *strict* ``torch.export`` (~0.15-2 s each through TorchDynamo),
+    via ``_get_aten_graph_module_for_pattern`` imported into ``utils_module``. Non-strict capture yields
+    the same aten pattern graphs (checked: identical q/dq placement and outputs on the test models) much
+    faster, and the patterns do not depend on the model, so they are also cached for later calls in this
+    process. The hook is a private name of each quantizer; if it moves, this degrades to the slow path.
     """
+    import importlib
+
     try:
-        from executorch.backends.apple.coreml.quantizer import _coreml_quantizer_utils as cu
+        cu = importlib.import_module(utils_module)
     except ImportError:
         yield
         return
@@ -239,6 +262,10 @@ def fast_coreml_pattern_capture() -> Iterator[None]:
         cu._get_aten_graph_module_for_pattern = original
 
 
+def fast_coreml_pattern_capture() -> contextlib.AbstractContextManager[None]:
+    return fast_pattern_capture("executorch.backends.apple.coreml.quantizer._coreml_quantizer_utils")
+
+
 @dataclass
 class CoreMLW8A8(PT2ERecipe):
     """Core ML W8A8 on the PyTorch side (ExecuTorch's ``CoreMLQuantizer``), converted by ``ct.convert``.
@@ -250,6 +277,7 @@ class CoreMLW8A8(PT2ERecipe):
     name: str = "coreml_w8a8"
     target: str = "coreml"
     scheme: str = "PT2E CoreMLQuantizer: int8 per-channel weights, uint8 static activations"
+    pattern_utils: str = "executorch.backends.apple.coreml.quantizer._coreml_quantizer_utils"
 
     def quantizer(self) -> Any:
         from coremltools.optimize.torch.quantization.quantization_config import (
@@ -272,10 +300,6 @@ class CoreMLW8A8(PT2ERecipe):
         }
         return CoreMLQuantizer(LinearQuantizerConfig.from_dict(cfg))
 
-    @contextlib.contextmanager
-    def _annotation_context(self) -> Iterator[None]:
-        with fast_coreml_pattern_capture():
-            yield
 
 
 @dataclass
@@ -430,10 +454,12 @@ class Prequantized(PT2ERecipe):
 
 
 def is_quantized_graph(model: nn.Module) -> bool:
-    """True for a converted PT2E graph (it holds quantize/dequantize ops)."""
-    if not isinstance(model, torch.fx.GraphModule):
-        return False
-    return any("quantize_per" in str(n.target) for n in model.graph.nodes if n.op == "call_function")
+    """True when ``model`` is or wraps a converted PT2E graph (one holding quantize/dequantize ops)."""
+    return any(
+        isinstance(m, torch.fx.GraphModule)
+        and any("quantize_per" in str(n.target) for n in m.graph.nodes if n.op == "call_function")
+        for m in model.modules()
+    )
 
 
 # (target, bits, activations) -> recipe factory; the post-conversion recipes take their variant here.

@@ -135,11 +135,12 @@ def analyze(
     model = model.eval()
     groups = list(groups) if groups is not None else module_groups(model)
     references = _outputs(model, calib)
-    full, _ = _quantized_agreement(model, recipe, example, calib, references, ())
+    graph = recipe.capture(model, example)  # one capture, a copy per recipe tried
+    full, _ = _quantized_agreement(graph, recipe, example, calib, references, ())
     results = []
     bar = tqdm(groups, desc=f"[{recipe.target}] sensitivity", disable=not progress or None, leave=False)
     for name in bar:
-        kept, _ = _quantized_agreement(model, recipe, example, calib, references, (name,))
+        kept, _ = _quantized_agreement(graph, recipe, example, calib, references, (name,))
         results.append(GroupSensitivity(name, kept, kept.sqnr_db - full.sqnr_db))
     results.sort(key=lambda g: g.gain_db, reverse=True)
     return SensitivityReport(recipe.name, full, results)
@@ -188,6 +189,7 @@ def auto_keep_float(
     min_cosine: float | None = 0.98,
     min_argmax: float | None = 0.90,
     max_groups: int | None = None,
+    groups: Sequence[str] | None = None,
     progress: bool = True,
 ) -> KeepFloatResult:
     """Keep the most sensitive groups float, greedily, until ``min_cosine``/``min_argmax`` are met.
@@ -200,11 +202,12 @@ def auto_keep_float(
     model = model.eval()
     target = {"min_cosine": min_cosine, "min_argmax": min_argmax}
     references = _outputs(model, calib)
-    full, quantized = _quantized_agreement(model, recipe, example, calib, references, ())
+    graph = recipe.capture(model, example)
+    full, quantized = _quantized_agreement(graph, recipe, example, calib, references, ())
     trail = [{"kept_float": [], **full.as_dict()}]
     if _meets(full, min_cosine, min_argmax):
         return KeepFloatResult([], True, target, full, trail, None, quantized)
-    report = analyze(model, recipe, example, calib, progress=progress)
+    report = analyze(model, recipe, example, calib, groups=groups, progress=progress)
     order = [g.name for g in report.groups if g.gain_db > 0]
     if max_groups is not None:
         order = order[:max_groups]
@@ -213,7 +216,7 @@ def auto_keep_float(
     bar = tqdm(order, desc=f"[{recipe.target}] keep-float auto", disable=not progress or None, leave=False)
     for name in bar:
         kept.append(name)
-        current, quantized = _quantized_agreement(model, recipe, example, calib, references, kept)
+        current, quantized = _quantized_agreement(graph, recipe, example, calib, references, kept)
         trail.append({"kept_float": list(kept), **current.as_dict()})
         log.info("[%s] keep-float auto: + %s -> cosine %.4f, argmax %.3f",
                  recipe.target, name, current.cosine, current.argmax)
