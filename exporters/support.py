@@ -156,5 +156,7 @@ def conversion_inputs(
 
         recipe_for(spec)  # --keep-float on a post-conversion variant fails here, before any work
     example = to_tensors(spec.normalization.apply(synthetic_images(1, spec.img_size, seed=spec.seed)))[0]
-    calib_t = calibration_tensors(spec, calib) if variant in calibrated_variants else []
+    # a graph quantized already (QAT) is lowered as it is: nothing to calibrate
+    prequantized = getattr(spec.recipe, "source", None) is not None
+    calib_t = calibration_tensors(spec, calib) if variant in calibrated_variants and not prequantized else []
     return ConversionInputs(spec, variant, example, calib_t)

@@ -227,7 +227,8 @@ def fast_pattern_capture(utils_module: str) -> Iterator[None]:
         return
 
     def capture(pattern: Any, example_inputs: tuple[Any, ...], is_cuda: bool = False, **kwargs: Any) -> Any:
-        fwd = type(pattern).forward
+        # CoreML/XNNPACK pass pattern modules, litert-torch plain functions
+        fwd = type(pattern).forward if isinstance(pattern, nn.Module) else pattern
         try:
             key = (
                 fwd.__code__,
@@ -237,7 +238,7 @@ def fast_pattern_capture(utils_module: str) -> Iterator[None]:
                 tuple(sorted(kwargs.items())),
             )
             hash(key)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, AttributeError):
             key = None
         if key is None or key not in _PATTERN_CACHE:
             real_export = torch.export.export

@@ -61,6 +61,9 @@ def qat_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return train_qat(_config(data_dir, out)), out
 
 
+# The QAT runs below take minutes on this shared 2-core machine (8 steps of batch 2 plus builds and
+# evaluations per run): slow, run with -m slow.
+@pytest.mark.slow
 def test_qat_loss_falls_and_int8_miou_beats_ptq(qat_run, data_dir: Path) -> None:
     result, out = qat_run
     losses = [h["loss"] for h in result.history]
@@ -80,6 +83,7 @@ def test_qat_loss_falls_and_int8_miou_beats_ptq(qat_run, data_dir: Path) -> None
     assert is_qat_checkpoint(out / "last.pt") and (out / "qat_log.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_matches_an_uninterrupted_run(qat_run, data_dir: Path, tmp_path: Path) -> None:
     reference, _ = qat_run
 
@@ -104,12 +108,18 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(qat_run, data_dir: 
     assert resumed.final_miou == pytest.approx(reference.final_miou)
 
 
-def test_resume_with_other_settings_is_refused(qat_run, data_dir: Path) -> None:
-    _, out = qat_run
-    with pytest.raises(QATError, match=r"other settings.*steps 8 vs 9"):
-        train_qat(_config(data_dir, out, steps=9, resume=True))
+def test_resume_with_other_settings_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """Checked before any model is built: a checkpoint of 8 steps cannot be resumed as a 9-step run."""
+    from hrvit_mobile.quant.qat import FORMAT, _identity
+
+    cfg = _config(data_dir, tmp_path)
+    torch.save({"format": FORMAT, "config": _identity(cfg, 3), "step": 4}, tmp_path / "last.pt")
+    assert is_qat_checkpoint(tmp_path / "last.pt")
+    with pytest.raises(QATError, match=r"other settings \(steps 8 vs 9\)"):
+        train_qat(_config(data_dir, tmp_path, steps=9, resume=True))
     with pytest.raises(QATError, match="no checkpoint"):
-        train_qat(_config(data_dir, out / "nowhere", resume=True))
+        train_qat(_config(data_dir, tmp_path / "nowhere", resume=True))
+    assert not is_qat_checkpoint(data_dir / "classes.txt")
 
 
 def _env() -> dict[str, str]:
@@ -120,7 +130,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.ci
 def test_ddp_two_processes_with_gloo(data_dir: Path, tmp_path: Path) -> None:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "hrvit_mobile.cli", "qat", "--data", str(data_dir), "--target", "executorch", "--steps", "3",
         "--model", "hrvit_nano", "--img-size", "32x32", "--batch-size", "1", "--lr", "1e-3",
         "--eval-limit", "2", "--out", str(tmp_path),
