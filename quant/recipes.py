@@ -203,6 +203,15 @@ class LiteRTInt8(PT2ERecipe):
 _PATTERN_CACHE: dict[Any, Any] = {}
 
 
+class _FunctionModule(nn.Module):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
 @contextlib.contextmanager
 def fast_pattern_capture(utils_module: str) -> Iterator[None]:
     """Make a PT2E quantizer's pattern annotation several times faster (a fixed cost, any model size).
@@ -248,7 +257,9 @@ def fast_pattern_capture(utils_module: str) -> Iterator[None]:
 
             torch.export.export = non_strict
             try:
-                gm = original(pattern, example_inputs, is_cuda, **kwargs)
+                # torch.export takes modules only; litert-torch still hands it plain functions
+                module = pattern if isinstance(pattern, nn.Module) else _FunctionModule(pattern)
+                gm = original(module, example_inputs, is_cuda, **kwargs)
             finally:
                 torch.export.export = real_export
             if key is None:
