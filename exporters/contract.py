@@ -127,6 +127,12 @@ class ExportSpec:
     calib_samples: int = 8
     seed: int = 0
     run_parity: bool = True
+    # int8-activation exports: module groups kept float (names), or "auto" (the most sensitive groups
+    # until the parity thresholds are met; see hrvit_mobile.quant.sensitivity)
+    keep_float: str | Sequence[str] | None = None
+    # a hrvit_mobile.quant recipe overriding the one the (target, bits, activations) implies, e.g.
+    # Prequantized for a graph converted after QAT
+    recipe: Any = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)

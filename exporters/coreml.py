@@ -17,18 +17,18 @@ compressed as requested).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from hrvit_mobile.quant.recipes import CoreMLWeightOnly
 
 from .contract import (
     ArtifactResult,
@@ -45,7 +45,7 @@ from .contract import (
     step,
 )
 from .coreml_eval import RUNTIME as RUNTIME_EVALUATOR  # off macOS the serialized program runs here
-from .executorch import quantize_pt2e
+from .quantize import quantize_pt2e, recipe_for
 from .support import check_dependencies, conversion_inputs
 
 TARGET = "coreml"
@@ -116,118 +116,13 @@ def _ios_target(min_ios: int) -> Any:
     return target
 
 
-def _compress(mlmodel: Any, variant: str, min_ios: int) -> tuple[Any, dict[str, Any]]:
-    from coremltools.optimize import coreml as cto
-
-    if variant == "w8":
-        cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
-        with step(TARGET, "linear_quantize_weights int8"):
-            out = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=cfg))
-        return out, {
-            "scheme": "weight-only int8, symmetric, per-channel (coremltools linear_quantize_weights)",
-            "weight_threshold": cfg.weight_threshold,
-        }
-    nbits = 6 if variant == "pal6" else 4
-    # Grouped-channel LUTs keep 4-bit usable, but need iOS 18; before that one LUT per tensor.
-    if min_ios >= 18:
-        cfg = cto.OpPalettizerConfig(
-            nbits=nbits, mode="kmeans", granularity="per_grouped_channel", group_size=16
-        )
-    else:
-        cfg = cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", granularity="per_tensor")
-    with step(TARGET, f"palettize_weights {nbits}-bit k-means"):
-        out = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=cfg))
-    granularity = "per_grouped_channel" if min_ios >= 18 else "per_tensor"
-    return out, {
-        "scheme": f"{nbits}-bit k-means palettization, {granularity}"
-        + (f" (group {cfg.group_size})" if min_ios >= 18 else "")
-        + ", fp16 compute",
-        "weight_threshold": cfg.weight_threshold,
-    }
-
-
-def _w8a8_quantizer() -> Any:
-    from coremltools.optimize.torch.quantization.quantization_config import (
-        LinearQuantizerConfig,
-        QuantizationScheme,
-    )
-    from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
-
-    from hrvit_mobile.models.float_islands import float_module_types
-
-    cfg = LinearQuantizerConfig.from_dict(
-        {
-            "global_config": {
-                "quantization_scheme": QuantizationScheme.symmetric,
-                "activation_dtype": torch.quint8,
-                "weight_dtype": torch.qint8,
-                "weight_per_channel": True,
-            },
-            # LayerNorm and the masked softmax stay float: quantizing LayerNorm's variance path
-            # rounds ``variance + eps`` to 0 on b1 and rsqrt turns it into inf (seen in calibration)
-            "module_type_configs": {t: None for t in float_module_types()},
-        }
-    )
-    return CoreMLQuantizer(cfg)
-
-
-_PATTERN_CACHE: dict[Any, Any] = {}
-
-
-@contextlib.contextmanager
-def _fast_pattern_capture() -> Iterator[None]:
-    """Make CoreMLQuantizer's annotation take ~10 s instead of ~60 s (a fixed cost, any model size).
-
-    ``CoreMLQuantizer.annotate`` captures each of its ~400 small op patterns with a *strict*
-    ``torch.export`` (~0.15 s each through TorchDynamo). Non-strict capture yields the same aten pattern
-    graphs (checked: identical q/dq placement and outputs on the test models) several times faster, and the
-    patterns do not depend on the model, so they are also cached for later exports in this process.
-    The hook is a private function of ExecuTorch's quantizer; if it moves, this degrades to the slow path.
-    """
-    try:
-        from executorch.backends.apple.coreml.quantizer import _coreml_quantizer_utils as cu
-    except ImportError:
-        yield
-        return
-    original = getattr(cu, "_get_aten_graph_module_for_pattern", None)
-    if original is None:
-        yield
-        return
-
-    def capture(pattern: Any, example_inputs: tuple[Any, ...], is_cuda: bool = False, **kwargs: Any) -> Any:
-        fwd = type(pattern).forward
-        try:
-            key = (
-                fwd.__code__,
-                tuple(c.cell_contents for c in (fwd.__closure__ or ())),
-                tuple((tuple(t.shape), t.dtype) for t in example_inputs),
-                is_cuda,
-                tuple(sorted(kwargs.items())),
-            )
-            hash(key)
-        except (TypeError, ValueError):
-            key = None
-        if key is None or key not in _PATTERN_CACHE:
-            real_export = torch.export.export
-
-            def non_strict(*a: Any, **k: Any) -> Any:
-                return real_export(*a, **{**k, "strict": False})
-
-            torch.export.export = non_strict
-            try:
-                gm = original(pattern, example_inputs, is_cuda, **kwargs)
-            finally:
-                torch.export.export = real_export
-            if key is None:
-                return gm
-            _PATTERN_CACHE[key] = gm
-        return copy.deepcopy(_PATTERN_CACHE[key])  # the matcher must not share one graph between matches
-
-    cu._get_aten_graph_module_for_pattern = capture
-    try:
-        yield
-    finally:
-        cu._get_aten_graph_module_for_pattern = original
+def _compress(mlmodel: Any, spec: ExportSpec) -> tuple[Any, dict[str, Any]]:
+    """The spec's weight-only recipe (linear int8 or k-means palettes) over the converted ML program."""
+    recipe = recipe_for(spec)
+    if not isinstance(recipe, CoreMLWeightOnly):
+        raise ExportError(f"Core ML weight compression needs a weight-only recipe, got {recipe.name}")
+    with step(TARGET, f"compress weights ({recipe.mode}, {recipe.bits}-bit)"):
+        return recipe.apply(mlmodel)
 
 
 def _set_metadata(mlmodel: Any, spec: ExportSpec, variant: str, scale: float, bias: list[float]) -> None:
@@ -286,12 +181,9 @@ def convert(
         details: dict[str, Any] = {"quantization": None}
         if variant == "w8a8":
             # the quantizer sees the graph the app will run: std correction included
-            with _fast_pattern_capture():
-                graph = quantize_pt2e(graph, example, _w8a8_quantizer(), calib_t, spec.strict_export, TARGET)
-            details["quantization"] = {
-                "scheme": "PT2E CoreMLQuantizer: int8 per-channel weights, uint8 static activations",
-                "calibration_samples": len(calib_t),
-            }
+            quant_info: dict[str, Any] = {}
+            graph = quantize_pt2e(graph, example, recipe_for(spec), calib_t, spec, TARGET, quant_info)
+            details["quantization"] = quant_info
         with step(TARGET, "torch.export + run_decompositions"), torch.no_grad():
             ep = torch.export.export(graph, (example,), strict=spec.strict_export).run_decompositions({})
         outputs = [ct.TensorType(name=OUTPUT_NAME)]
@@ -317,7 +209,7 @@ def convert(
                 skip_model_load=True,  # compiling needs macOS; the package is what we ship
             )
         if variant in ("w8", "pal6", "pal4"):
-            mlmodel, details["quantization"] = _compress(mlmodel, variant, spec.min_ios)
+            mlmodel, details["quantization"] = _compress(mlmodel, spec)
         _set_metadata(mlmodel, spec, variant, scale, bias)
         details["compute_precision"] = "float32" if variant == "fp32" else "float16"
         details["minimum_deployment_target"] = f"iOS{spec.min_ios}"

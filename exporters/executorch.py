@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .contract import (
     ArtifactResult,
@@ -36,6 +35,7 @@ from .contract import (
     step,
     to_tensors,
 )
+from .quantize import quantize_pt2e, recipe_for
 from .support import conversion_inputs
 
 TARGET = "executorch"
@@ -150,39 +150,11 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
         xnnpack_passes._transform = original
 
 
-def quantize_pt2e(
-    model: torch.nn.Module,
-    example: torch.Tensor,
-    quantizer: Any,
-    calib: Sequence[torch.Tensor],
-    strict: bool,
-    target: str,
-) -> torch.fx.GraphModule:
-    """PT2E post-training quantization: capture, insert observers, calibrate, convert."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    with step(target, "capture for quantization"):
-        gm = torch.export.export(model, (example,), strict=strict).module()
-    with step(target, "prepare (annotate, insert observers)"):
-        prepared = prepare_pt2e(gm, quantizer)
-    with step(target, f"calibrate on {len(calib)} inputs"), torch.no_grad():
-        for x in tqdm(calib, desc=f"[{target}] calibrate", disable=None, leave=False):
-            prepared(x)
-    return convert_pt2e(prepared)
-
-
 def xnnpack_int8_quantizer() -> Any:
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    """The PT2E quantizer of the int8 recipe (kept for callers that build their own flow)."""
+    from hrvit_mobile.quant.recipes import XNNPACKInt8
 
-    from hrvit_mobile.models.float_islands import float_module_types
-
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    for module_type in float_module_types():  # masked softmax and LayerNorm run in float
-        quantizer.set_module_type(module_type, None)
-    return quantizer
+    return XNNPACKInt8().quantizer()
 
 
 def non_delegated_ops(edge_program: Any) -> Counter[str]:
@@ -209,6 +181,8 @@ def convert(
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
     model = model.eval()
 
+    quant_info: dict[str, Any] = {}
+
     def build(stage: Path) -> Built:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -221,9 +195,7 @@ def convert(
                 with step(TARGET, "torch.export (fp16)"):
                     ep = torch.export.export(_Float16Graph(model), (example,), strict=spec.strict_export)
             else:
-                q = quantize_pt2e(
-                    model, example, xnnpack_int8_quantizer(), calib_t, spec.strict_export, TARGET
-                )
+                q = quantize_pt2e(model, example, recipe_for(spec), calib_t, spec, TARGET, quant_info)
                 with step(TARGET, "torch.export (quantized)"):
                     ep = torch.export.export(q, (example,), strict=spec.strict_export)
         lowering = step(TARGET, "lower to XNNPACK")
@@ -253,14 +225,7 @@ def convert(
             "delegate_calls": n_delegates,
             "non_delegated_compute_nodes": sum(outside.values()),
             "non_delegated_ops": dict(outside),
-            "quantization": (
-                {
-                    "scheme": "PT2E XNNPACKQuantizer: int8 per-channel weights, static int8 activations",
-                    "calibration_samples": len(calib_t),
-                }
-                if variant == "int8"
-                else None
-            ),
+            "quantization": quant_info if variant == "int8" else None,
             "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
             "xnnpack_passes_skipped": sorted(skipped),
         }

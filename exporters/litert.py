@@ -20,9 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.quant.recipes import LiteRTPostTraining
+
 from .contract import (
     ArtifactResult,
     Built,
+    ExportError,
     ExportSpec,
     Normalization,
     ParityResult,
@@ -35,6 +38,7 @@ from .contract import (
     run_build,
     step,
 )
+from .quantize import recipe_for
 from .support import conversion_inputs
 
 TARGET = "tflite"
@@ -56,49 +60,16 @@ class _NamedIO(torch.nn.Module):
 
 
 def _quantize(
-    float_model: bytes, variant: str, calib: Sequence[torch.Tensor]
+    float_model: bytes, spec: ExportSpec, calib: Sequence[torch.Tensor]
 ) -> tuple[bytes, dict[str, Any]]:
-    from ai_edge_quantizer import qtyping, quantizer, recipe
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-    q = quantizer.Quantizer(bytearray(float_model))
-    if variant == "fp16":
-        q.add_weight_only_config(
-            regex=".*",
-            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-            num_bits=16,
-            algorithm_key=AlgorithmName.FLOAT_CASTING,
-        )
-        info = {"scheme": "ai_edge_quantizer float_casting: fp16 weights, fp32 compute"}
-    elif variant == "int8dr":
-        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-        info = {
-            "scheme": "ai_edge_quantizer dynamic_wi8_afp32: int8 per-channel weights, "
-            "activations quantized at run time"
-        }
-    elif variant == "int8":
-        q.load_quantization_recipe(recipe.static_wi8_ai8())
-        # Keep the graph's input and output float32: the converter then puts QUANTIZE/DEQUANTIZE
-        # at the boundary instead of making the app feed int8.
-        for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-            q.update_quantization_recipe(
-                regex=".*", operation_name=io, algorithm_key=AlgorithmName.NO_QUANTIZE
-            )
-        info = {
-            "scheme": "ai_edge_quantizer static_wi8_ai8: int8 per-channel weights, int8 activations "
-            "(per-tensor, calibrated); float32 graph input/output",
-            "calibration_samples": len(calib),
-        }
-    else:
-        raise AssertionError(variant)
-    calibration = None
-    if q.need_calibration:
-        with step(TARGET, f"calibrate on {len(calib)} inputs"):
-            data = {SIGNATURE: [{INPUT_NAME: x.numpy()} for x in calib]}
-            calibration = q.calibrate(data, num_threads=os.cpu_count() or 1)
-    with step(TARGET, f"quantize ({variant})"):
-        result = q.quantize(calibration, enable_progress_report=False)
-    return bytes(result.quantized_model), info
+    """The spec's post-conversion recipe (ai_edge_quantizer) over the float .tflite."""
+    recipe = recipe_for(spec)
+    if not isinstance(recipe, LiteRTPostTraining):
+        raise ExportError(f"LiteRT exports quantize the converted graph; recipe {recipe.name} does not apply")
+    calibrating = recipe.needs_calibration
+    what = f"quantize ({recipe.variant})" + (f", calibrate on {len(calib)} inputs" if calibrating else "")
+    with step(TARGET, what):
+        return recipe.apply(float_model, calib if recipe.needs_calibration else ())
 
 
 def compact_tensor_names(model: bytes) -> bytes:
@@ -176,7 +147,7 @@ def convert(
         out = stage / f"{spec.name}.tflite"
         data = float_path.read_bytes()
         if variant != "fp32":
-            data, details["quantization"] = _quantize(data, variant, calib_t)
+            data, details["quantization"] = _quantize(data, spec, calib_t)
         compact = compact_tensor_names(data)
         details["tensor_names"] = f"shortened to the last scope component (-{len(data) - len(compact)} bytes)"
         out.write_bytes(compact)

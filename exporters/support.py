@@ -151,6 +151,12 @@ def conversion_inputs(
     spec, variant = resolve(spec)
     if spec.target != target:
         raise ValueError(f"spec.target is {spec.target!r}, this is the {target} exporter")
+    if spec.keep_float is not None or spec.recipe is not None:
+        from .quantize import recipe_for
+
+        recipe_for(spec)  # --keep-float on a post-conversion variant fails here, before any work
     example = to_tensors(spec.normalization.apply(synthetic_images(1, spec.img_size, seed=spec.seed)))[0]
-    calib_t = calibration_tensors(spec, calib) if variant in calibrated_variants else []
+    # a graph quantized already (QAT) is lowered as it is: nothing to calibrate
+    prequantized = getattr(spec.recipe, "source", None) is not None
+    calib_t = calibration_tensors(spec, calib) if variant in calibrated_variants and not prequantized else []
     return ConversionInputs(spec, variant, example, calib_t)

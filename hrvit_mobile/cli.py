@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -119,9 +120,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         thresholds=thresholds,
         run_parity=not args.no_parity,
     )
+    if args.keep_float is not None:
+        spec.keep_float = "auto" if args.keep_float == "auto" else args.keep_float
+    from hrvit_mobile.quant.qat import is_qat_checkpoint
+
+    if is_qat_checkpoint(args.checkpoint):
+        return _export_qat(args, spec)
     if args.target != "all":  # refuse a bad pair or a missing package before building anything
-        resolve(spec)
+        resolved, _ = resolve(spec)
         check_dependencies(spec.target)
+        if spec.keep_float is not None:
+            from hrvit_mobile.exporters.quantize import recipe_for
+
+            recipe_for(resolved)  # --keep-float on a post-conversion variant
     model = _build_model(args, size)
     calib = calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
     deployed = deploy(model, img_size=size)
@@ -258,6 +269,57 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               f"on {result.samples} images")
         for name, iou in zip(dataset.classes, result.per_class_iou):
             print(f"  {name:20s} {iou:.4f}")
+
+
+def _export_qat(args: argparse.Namespace, spec) -> int:
+    """A QAT checkpoint exports its converted int8 graph as it is: no calibration, the run's own size."""
+    import dataclasses
+
+    from hrvit_mobile.exporters import export, resolve
+    from hrvit_mobile.quant.qat import converted_from_checkpoint, load_qat_checkpoint, prequantized_recipe
+
+    meta = load_qat_checkpoint(args.checkpoint)["config"]
+    if args.target != meta["target"] or spec.bits != 8 or spec.activations not in (None, "int8"):
+        raise HRViTMobileError(
+            f"{args.checkpoint} is a QAT checkpoint for --target {meta['target']}: export it with "
+            f"--target {meta['target']} --bits 8 --activations 8"
+        )
+    if spec.keep_float is not None:
+        raise HRViTMobileError("--keep-float does not apply to a QAT checkpoint (it is quantized already)")
+    if meta["target"] == "tflite":
+        # litert-torch's conversion of a converted PT2E graph is not wired into the LiteRT exporter yet
+        raise HRViTMobileError(
+            f"{args.checkpoint}: exporting a LiteRT QAT checkpoint is not supported yet; "
+            "QAT checkpoints export to --target executorch or coreml"
+        )
+    spec = dataclasses.replace(
+        spec, activations="int8", img_size=tuple(meta["img_size"]), num_classes=meta["num_classes"],
+        model_name=meta["model"],
+    )
+    resolve(spec)
+    converted, info = converted_from_checkpoint(args.checkpoint)
+    spec.recipe = prequantized_recipe(info)
+    report = export(converted, spec)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cmd_qat(args: argparse.Namespace) -> int:
+    from hrvit_mobile.quant.qat import QATConfig, train_qat
+
+    _setup_logging(args.verbose)
+    cfg = QATConfig(
+        data=args.data, target=args.target, steps=args.steps, model=args.model, checkpoint=args.checkpoint,
+        img_size=_size(args.img_size), num_classes=args.num_classes, batch_size=args.batch_size, lr=args.lr,
+        eval_every=args.eval_every, save_every=args.save_every, eval_limit=args.eval_limit, out=args.out,
+        resume=args.resume, seed=args.seed,
+    )
+    result = train_qat(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        ckpt = result.checkpoint
+        print(f"qat {cfg.target}: {result.step} steps, last loss {result.history[-1]['loss']:.4f}, "
+              f"int8 mIoU {result.final_miou:.4f}, checkpoint {ckpt} "
+              f"(export: hrvit-mobile export --target {cfg.target} --bits 8 --checkpoint {ckpt})")
     return 0
 
 
@@ -333,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-parity", action="store_true", help="skip the parity run")
     export.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                         help="write report.json/.md/.html beside the artifacts (default: on)")
+    export.add_argument("--keep-float", metavar="auto|NAMES",
+                        help="int8 activations: module groups to keep float (comma-separated names), or "
+                        "'auto' (the most sensitive groups until the parity thresholds are met)")
     export.add_argument("-v", "--verbose", action="store_true")
     export.set_defaults(func=_cmd_export)
 
@@ -460,6 +525,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ev.add_argument("-v", "--verbose", action="store_true")
     ev.set_defaults(func=_cmd_eval)
+
+    qat = commands.add_parser(
+        "qat",
+        help="quantization-aware fine-tuning with the target's quantizer (runs under torchrun too)",
+        description="QAT of the deploy form with the target's PT2E quantizer in QAT mode; the checkpoint "
+        "exports with: hrvit-mobile export --target T --bits 8 --checkpoint OUT/last.pt",
+    )
+    qat.add_argument("--data", required=True, help="images/ + masks/ folder (or train/ and val/ inside)")
+    qat.add_argument("--target", required=True, choices=["executorch", "tflite", "coreml"])
+    qat.add_argument("--steps", type=int, required=True)
+    qat.add_argument("--model", default="hrvit_b1")
+    qat.add_argument("--checkpoint", help="trained float weights to start from")
+    qat.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
+    qat.add_argument("--num-classes", type=int, help="default: from the data's classes.txt")
+    qat.add_argument("--batch-size", type=int, default=8, help="per process")
+    qat.add_argument("--lr", type=float, default=1e-4)
+    qat.add_argument("--eval-every", type=int, default=0, help="steps between int8 mIoU evaluations")
+    qat.add_argument("--save-every", type=int, default=0, help="steps between checkpoints")
+    qat.add_argument("--eval-limit", type=int, help="evaluate on at most this many samples")
+    qat.add_argument("--seed", type=int, default=0)
+    qat.add_argument("--out", default="qat_out")
+    qat.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    qat.add_argument("-v", "--verbose", action="store_true")
+    qat.set_defaults(func=_cmd_qat)
     return parser
 
 

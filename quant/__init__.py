@@ -1,1 +1,48 @@
-"""Quantization recipes (PTQ/QAT) per backend; installed as ``hrvit_mobile.quant``."""
+"""Quantization recipes (PTQ/QAT) per backend, sensitivity, keep-float; installed as ``hrvit_mobile.quant``.
+
+    from hrvit_mobile.quant import get_recipe, auto_keep_float, QATConfig, train_qat
+    int8 = get_recipe("executorch", 8, "int8").quantize(deployed, example, calib)
+"""
+
+from .qat import QATConfig, QATError, QATResult, converted_from_checkpoint, is_qat_checkpoint, train_qat
+from .recipes import (
+    CoreMLW8A8,
+    CoreMLWeightOnly,
+    LiteRTInt8,
+    LiteRTPostTraining,
+    PostConversionRecipe,
+    Prequantized,
+    PT2ERecipe,
+    QuantRecipe,
+    QuantRecipeError,
+    XNNPACKInt8,
+    get_qat_recipe,
+    get_recipe,
+)
+from .sensitivity import KeepFloatResult, SensitivityReport, analyze, auto_keep_float, module_groups
+
+__all__ = [
+    "CoreMLW8A8",
+    "CoreMLWeightOnly",
+    "KeepFloatResult",
+    "LiteRTInt8",
+    "LiteRTPostTraining",
+    "PT2ERecipe",
+    "PostConversionRecipe",
+    "Prequantized",
+    "QATConfig",
+    "QATError",
+    "QATResult",
+    "QuantRecipe",
+    "QuantRecipeError",
+    "SensitivityReport",
+    "XNNPACKInt8",
+    "analyze",
+    "auto_keep_float",
+    "converted_from_checkpoint",
+    "get_qat_recipe",
+    "get_recipe",
+    "is_qat_checkpoint",
+    "module_groups",
+    "train_qat",
+]

@@ -1,0 +1,464 @@
+"""Quantization-aware fine-tuning with the target's PT2E quantizer in QAT mode.
+
+What is trained is the graph that gets exported: the deploy form (BatchNorms folded into their convs,
+static stripes, batch 1) captured with ``torch.export`` and prepared with ``prepare_qat_pt2e``. Training
+the folded form also sidesteps PT2E's simulated conv-BN fold, which divides by the BN scale and so turns
+the official init's ``attn_bn.weight = 0`` into NaN; here a zero scale is just a zero conv weight that
+trains. The graph has a fixed batch of 1, so a batch of B samples is B forward/backward passes whose
+gradients add up; with no BatchNorm left that is the same gradient as one batched pass.
+
+Loop: AdamW, poly learning-rate decay, cross-entropy (ignore 255) on logits upsampled to the mask, tqdm
+progress, periodic mIoU of the *converted* int8 model (``convert_pt2e``: the quantize/dequantize graph the
+exporters lower, run in PyTorch), checkpoints written atomically (model, optimizer, scheduler, step, RNG)
+so that ``resume`` continues exactly where a run stopped. Under ``torchrun`` (``WORLD_SIZE`` > 1) it
+initialises gloo, gives every rank its slice of each global batch, averages gradients and observer
+statistics with ``all_reduce``, and only rank 0 evaluates and writes.
+
+The checkpoint exports with no extra step: ``hrvit-mobile export --checkpoint OUT/last.pt`` recognises it
+(:func:`is_qat_checkpoint`) and lowers the converted graph without recalibrating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.metrics import IGNORE_INDEX
+
+from .recipes import Prequantized, PT2ERecipe, get_qat_recipe
+
+log = logging.getLogger("hrvit_mobile.quant")
+
+FORMAT = "hrvit-mobile.qat/1"
+CHECKPOINT_NAME = "last.pt"
+LOG_NAME = "qat_log.json"
+
+
+class QATError(HRViTMobileError):
+    """A QAT run that cannot start or resume; one line."""
+
+
+@dataclass
+class QATConfig:
+    """One QAT run. ``eval_every``/``save_every`` of 0 mean: only at the end."""
+
+    data: str
+    target: str = "executorch"
+    steps: int = 100
+    model: str = "hrvit_b1"
+    checkpoint: str | None = None  # float weights to start from (trained); None = embedded default
+    img_size: tuple[int, int] = (512, 512)
+    num_classes: int | None = None  # from the dataset's classes.txt when None
+    batch_size: int = 8  # per process
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    poly_power: float = 0.9
+    eval_every: int = 0
+    save_every: int = 0
+    eval_limit: int | None = None
+    calib_batches: int = 4  # observer warm-up before the first step (fresh runs only)
+    out: str = "qat_out"
+    resume: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    # what must match between a checkpoint and a run resuming it
+    IDENTITY = ("target", "model", "img_size", "num_classes", "steps", "batch_size", "lr", "seed")
+
+
+@dataclass
+class QATResult:
+    checkpoint: Path
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)  # per step: loss, lr
+    evals: list[dict[str, Any]] = field(default_factory=list)  # per evaluation: step, miou, ...
+
+    @property
+    def final_miou(self) -> float | None:
+        return self.evals[-1]["miou"] if self.evals else None
+
+
+# --- distributed -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _init_distributed() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return _Dist(world, torch.distributed.get_rank())
+
+
+def _sum_gradients(model: nn.Module, dist: _Dist) -> None:
+    """DDP by hand (the prepared GraphModule is not a module DistributedDataParallel can wrap reliably).
+
+    Each rank's loss is its share of one global mean (divided by the global count of labelled pixels),
+    so the sum of the ranks' gradients is the gradient of the global batch, as on one process.
+    """
+    if dist.world <= 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+
+
+def _sync_buffers(model: nn.Module, dist: _Dist) -> None:
+    """Observer statistics (moving min/max, scales) saw different data on every rank: average the
+    floating ones, take rank 0's integer ones (zero points, flags), so all ranks hold one model."""
+    if dist.world <= 1:
+        return
+    for b in model.buffers():
+        if b.is_floating_point():
+            torch.distributed.all_reduce(b, op=torch.distributed.ReduceOp.SUM)
+            b.div_(dist.world)
+        else:
+            torch.distributed.broadcast(b, 0)
+
+
+def _broadcast_state(model: nn.Module, dist: _Dist) -> None:
+    if dist.world <= 1:
+        return
+    for t in [*model.parameters(), *model.buffers()]:
+        torch.distributed.broadcast(t.data, 0)
+
+
+# --- model --------------------------------------------------------------------------------------------
+
+
+def _float_model(cfg: QATConfig, num_classes: int) -> nn.Module:
+    import hrvit_mobile
+    from hrvit_mobile.weights import load_recipe_weights
+
+    model = hrvit_mobile.create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size)
+    if cfg.checkpoint:
+        hrvit_mobile.load_checkpoint(model, cfg.checkpoint)
+    else:
+        log.warning("qat: no --checkpoint, starting from the embedded default %s (untrained recipe weights); "
+                    "QAT is meant to start from trained weights", cfg.model)
+        load_recipe_weights(model)
+    return model.eval()
+
+
+def build_qat_model(
+    model: nn.Module, img_size: tuple[int, int], recipe: PT2ERecipe
+) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    """The deploy form of ``model`` (training form), captured and prepared for QAT with ``recipe``."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    import hrvit_mobile
+
+    deployed = hrvit_mobile.deploy(model, img_size=img_size).requires_grad_(True)
+    example = torch.zeros(1, 3, *img_size)
+    prepared = recipe.prepare(deployed, example)
+    allow_exported_model_train_eval(prepared)  # .train()/.eval() switch observers the PT2E way
+    return prepared, example
+
+
+def _seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over labelled pixels of logits upsampled to the mask's size."""
+    up = F.interpolate(logits, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+    return F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _poly(total: int, power: float) -> Callable[[int], float]:
+    return lambda step: max(0.0, 1.0 - step / max(1, total)) ** power
+
+
+def _batch_indices(n: int, step: int, batch: int, dist: _Dist, seed: int) -> list[int]:
+    """This rank's sample indices for global ``step``: a fixed shuffled stream over epochs, sliced into
+    global batches of ``batch * world`` (DistributedSampler's partition, but addressable by step so that
+    a resumed run reads exactly the samples an uninterrupted one would)."""
+    global_batch = batch * dist.world
+    out = []
+    start = step * global_batch + dist.rank * batch
+    perms: dict[int, list[int]] = {}
+    for k in range(start, start + batch):
+        epoch = k // n
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        out.append(perms[epoch][k % n])
+    return out
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+
+def _identity(cfg: QATConfig, num_classes: int) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["num_classes"] = num_classes
+    d["img_size"] = list(cfg.img_size)
+    return {k: d[k] for k in QATConfig.IDENTITY}
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    """Write next to the target, then rename: an interrupted save never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_qat_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise QATError(f"QAT checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise QATError(f"{path} is not a hrvit-mobile QAT checkpoint (format {FORMAT})")
+    return state
+
+
+def is_qat_checkpoint(path: str | Path | None) -> bool:
+    """True when ``path`` is a checkpoint written by :func:`train_qat` (cheap: reads it once)."""
+    if not path or not Path(path).is_file():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an official .pth, a safetensors file: not ours
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def converted_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The int8 graph (``convert_pt2e``) of a QAT checkpoint and its run's config, ready to export."""
+
+    import hrvit_mobile
+
+    state = load_qat_checkpoint(path)
+    ident = state["config"]
+    model = hrvit_mobile.create_model(ident["model"], num_classes=ident["num_classes"],
+                                      img_size=tuple(ident["img_size"]))
+    recipe = get_qat_recipe(ident["target"])
+    prepared, _ = build_qat_model(model.eval(), tuple(ident["img_size"]), recipe)
+    prepared.load_state_dict(state["model"])
+    return ConvertedGraph(recipe.convert(prepared)), {**ident, "step": state["step"], "recipe": recipe.name}
+
+
+class ConvertedGraph(nn.Module):
+    """A converted PT2E graph as a module the exporters can call ``.eval()`` on.
+
+    Exported graphs refuse ``train()``/``eval()``; the converted deploy form has no mode-dependent ops
+    (BatchNorm is folded, there is no dropout), so switching modes is a no-op here.
+    """
+
+    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(x)
+
+    def train(self, mode: bool = True) -> ConvertedGraph:
+        return self
+
+
+def prequantized_recipe(meta: dict[str, Any]) -> Prequantized:
+    """The exporters' recipe for a converted QAT graph: lowered as it is, no calibration."""
+    return Prequantized(
+        target=meta["target"],
+        qat=True,
+        source="QAT",
+        info={"qat_recipe": meta["recipe"], "qat_steps": meta["step"]},
+    )
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def _convert_copy(prepared: torch.fx.GraphModule, recipe: PT2ERecipe) -> torch.fx.GraphModule:
+    import copy
+
+    return recipe.convert(copy.deepcopy(prepared))
+
+
+def evaluate_int8(prepared: torch.fx.GraphModule, recipe: PT2ERecipe, dataset, num_classes: int,
+                  limit: int | None = None, progress: bool = False):
+    """mIoU of the converted int8 graph (PyTorch quantize/dequantize reference ops) on ``dataset``."""
+    from hrvit_mobile.evaluate import evaluate
+
+    converted = _convert_copy(prepared, recipe)
+    return evaluate(lambda x: converted(x), dataset, num_classes, progress=progress, limit=limit)
+
+
+def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = None) -> QATResult:
+    """Run (or resume) QAT as ``cfg`` says; returns the history and the final checkpoint's path.
+
+    ``on_step(step, loss)`` is called after every completed step (after any checkpoint of that step).
+    A KeyboardInterrupt saves the last completed step before it propagates.
+    """
+    from tqdm import tqdm
+
+    from hrvit_mobile.data import open_dataset
+
+    if cfg.steps < 1:
+        raise QATError(f"--steps must be >= 1, got {cfg.steps}")
+    dist = _init_distributed()
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    train_ds = open_dataset(cfg.data, split="train", img_size=cfg.img_size, num_classes=cfg.num_classes)
+    val_ds = open_dataset(cfg.data, split="val", img_size=cfg.img_size, num_classes=cfg.num_classes)
+    num_classes = cfg.num_classes or train_ds.num_classes
+    if num_classes < 1:
+        raise QATError(f"{cfg.data}: no classes; give --num-classes or a classes.txt")
+    state = None
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise QATError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
+        state = load_qat_checkpoint(ckpt_path)
+        saved, now = state["config"], _identity(cfg, num_classes)
+        diff = [k for k in QATConfig.IDENTITY if saved.get(k) != now.get(k)]
+        if diff:
+            raise QATError(f"--resume: {ckpt_path} was trained with other settings ("
+                           + ", ".join(f"{k} {saved.get(k)} vs {now.get(k)}" for k in diff) + ")")
+
+    torch.manual_seed(cfg.seed)
+    recipe = get_qat_recipe(cfg.target)
+    model = _float_model(cfg, num_classes) if state is None else _shell_model(cfg, num_classes)
+    prepared, _ = build_qat_model(model, cfg.img_size, recipe)
+    params = [p for p in prepared.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(cfg.steps, cfg.poly_power))
+    history: list[dict[str, float]] = []
+    evals: list[dict[str, Any]] = []
+    start = 0
+    if state is not None:
+        prepared.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start, history, evals = int(state["step"]), list(state["history"]), list(state["evals"])
+        log.info("qat: resumed from %s at step %d/%d", ckpt_path, start, cfg.steps)
+    else:
+        _warm_up_observers(prepared, train_ds, cfg, dist)
+    _broadcast_state(prepared, dist)
+
+    def save(step: int) -> None:
+        if dist.main:
+            _save(ckpt_path, {
+                "format": FORMAT,
+                "config": _identity(cfg, num_classes),
+                "step": step,
+                "model": prepared.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "evals": evals,
+            })
+            log_text = json.dumps({"step": step, "history": history, "evals": evals}, indent=1)
+            (out / LOG_NAME).write_text(log_text)
+        dist.barrier()
+
+    def run_eval(step: int) -> None:
+        if dist.main:
+            t0 = time.perf_counter()
+            r = evaluate_int8(prepared, recipe, val_ds, num_classes, limit=cfg.eval_limit)
+            evals.append({"step": step, "miou": r.miou, "pixel_accuracy": r.pixel_accuracy,
+                          "samples": r.samples, "model": "converted int8 (convert_pt2e), PyTorch"})
+            log.info("qat: step %d int8 mIoU %.4f (%d samples, %.1f s)", step, r.miou, r.samples,
+                     time.perf_counter() - t0)
+        dist.barrier()
+
+    prepared.train()
+    bar = tqdm(range(start, cfg.steps), desc=f"qat {cfg.target}", initial=start, total=cfg.steps,
+               disable=not (cfg.progress and dist.main) or None)
+    step = start
+    try:
+        for step in bar:
+            loss = _train_step(prepared, train_ds, step, cfg, dist, optimizer)
+            scheduler.step()
+            history.append({"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"]})
+            bar.set_postfix(loss=f"{loss:.4f}")
+            done = step + 1
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                run_eval(done)
+                prepared.train()
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+                save(done)
+            if on_step is not None:
+                on_step(done, loss)
+    except KeyboardInterrupt:
+        completed = len(history)
+        log.warning("qat: interrupted; saving step %d to %s (continue with --resume)", completed, ckpt_path)
+        save(completed)
+        raise
+    run_eval(cfg.steps)
+    save(cfg.steps)
+    bar.close()
+    return QATResult(ckpt_path, cfg.steps, history, evals)
+
+
+def _shell_model(cfg: QATConfig, num_classes: int) -> nn.Module:
+    """The architecture only: every weight comes from the checkpoint being resumed."""
+    import hrvit_mobile
+
+    return hrvit_mobile.create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size).eval()
+
+
+@torch.no_grad()
+def _warm_up_observers(prepared: torch.fx.GraphModule, dataset, cfg: QATConfig, dist: _Dist) -> None:
+    """Initialise the fake-quant ranges on a few training batches before the first step (as PTQ would),
+    so the first steps do not train against ranges seen on one image."""
+    prepared.train()
+    for b in range(cfg.calib_batches):
+        for i in _batch_indices(len(dataset), b, 1, dist, cfg.seed + 7919):
+            prepared(dataset[i][0][None])
+    _sync_buffers(prepared, dist)
+
+
+def _train_step(prepared: torch.fx.GraphModule, dataset, step: int, cfg: QATConfig, dist: _Dist,
+                optimizer: torch.optim.Optimizer) -> float:
+    """One optimizer step over this rank's share of the global batch; returns the global mean loss."""
+    indices = _batch_indices(len(dataset), step, cfg.batch_size, dist, cfg.seed)
+    samples = [dataset[i] for i in indices]
+    labelled = torch.tensor(float(sum(int((m != IGNORE_INDEX).sum()) for _, m in samples)))
+    if dist.world > 1:  # normalise by the global count of labelled pixels
+        torch.distributed.all_reduce(labelled)
+    labelled = labelled.clamp(min=1.0)
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros(())
+    for image, mask in samples:
+        loss = _seg_loss(prepared(image[None]), mask[None]) / labelled
+        loss.backward()
+        total += loss.detach()
+    _sum_gradients(prepared, dist)
+    if dist.world > 1:
+        torch.distributed.all_reduce(total)  # sum of per-rank shares of one global mean
+    for p in prepared.parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            raise QATError(
+                f"non-finite gradients at step {step + 1}: lower --lr, or start from trained weights"
+            )
+    optimizer.step()
+    _sync_buffers(prepared, dist)
+    value = float(total)
+    if not math.isfinite(value):
+        raise QATError(f"loss is {value} at step {step + 1}: lower --lr, or start from trained weights")
+    return value

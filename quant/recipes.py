@@ -1,0 +1,528 @@
+"""Quantization recipes: small objects applied to a model, one per backend scheme.
+
+A recipe knows its backend's quantizer and nothing about files. Two kinds:
+
+- :class:`PT2ERecipe` acts on the PyTorch graph (``prepare -> calibrate or QAT -> convert``):
+  :class:`XNNPACKInt8` (ExecuTorch), :class:`CoreMLW8A8` (ExecuTorch's ``CoreMLQuantizer``, then
+  ``ct.convert``) and :class:`LiteRTInt8` (litert-torch's ``PT2EQuantizer``). ``qat=True`` gives the
+  same quantizer in QAT mode (fake-quant modules that train).
+- :class:`PostConversionRecipe` acts on the converted artifact: :class:`CoreMLWeightOnly` (linear int8
+  or k-means palettization of an ML program) and :class:`LiteRTPostTraining` (``ai_edge_quantizer`` on the
+  float .tflite: fp16 weights, dynamic-range int8, static int8).
+
+``keep_float`` lists module names (``features.3.branches.1``) or types left in float; HRViT's float
+islands (masked softmax, LayerNorm, see :mod:`hrvit_mobile.models.float_islands`) are always added.
+:func:`get_recipe` maps an export's (target, bits, activations) to its recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrvit_mobile.errors import HRViTMobileError
+
+log = logging.getLogger("hrvit_mobile.quant")
+
+KeepFloat = tuple[str | type[nn.Module], ...]
+
+
+class QuantRecipeError(HRViTMobileError):
+    """A recipe that does not exist or cannot apply; the message is one line."""
+
+
+@dataclass
+class QuantRecipe:
+    """What every recipe has: a name for reports, its target, and the modules it leaves float."""
+
+    name: str = "recipe"
+    target: str = ""
+    keep_float: KeepFloat = ()
+    qat: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        names = [k for k in self.keep_float if isinstance(k, str)]
+        return {"recipe": self.name, "qat": self.qat, "keep_float": names}
+
+
+@dataclass
+class PT2ERecipe(QuantRecipe):
+    """A PT2E quantizer on the exported graph: ``prepare`` -> ``calibrate`` (or train) -> ``convert``."""
+
+    float_islands: bool = True
+    scheme: str = ""
+
+    def quantizer(self) -> Any:  # pragma: no cover - every concrete recipe overrides it
+        raise NotImplementedError
+
+    def _float_types(self) -> list[type[nn.Module]]:
+        from hrvit_mobile.models.float_islands import float_module_types
+
+        types = [k for k in self.keep_float if isinstance(k, type)]
+        if self.float_islands:
+            types.extend(float_module_types())
+        return types
+
+    def _float_names(self) -> list[str]:
+        return [k for k in self.keep_float if isinstance(k, str)]
+
+    # the module whose ``_get_aten_graph_module_for_pattern`` the quantizer calls (see fast_pattern_capture)
+    pattern_utils: str = ""
+
+    def _annotation_context(self) -> contextlib.AbstractContextManager[None]:
+        return fast_pattern_capture(self.pattern_utils) if self.pattern_utils else contextlib.nullcontext()
+
+    @staticmethod
+    def capture(model: nn.Module, example: torch.Tensor, strict: bool = False) -> torch.fx.GraphModule:
+        """The graph PT2E works on; capture once and pass copies to :meth:`prepare` to try many recipes."""
+        return torch.export.export(model, (example,), strict=strict).module()
+
+    def prepare(
+        self, model: nn.Module, example: torch.Tensor, strict: bool = False, captured: bool = False
+    ) -> torch.fx.GraphModule:
+        """Capture ``model`` with ``torch.export`` (unless ``captured``: it is a :meth:`capture` result,
+        consumed) and insert observers (PTQ) or fake-quant modules (QAT)."""
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+        t0 = time.perf_counter()
+        gm = model if captured else self.capture(model, example, strict)
+        with self._annotation_context():
+            prepared = (prepare_qat_pt2e if self.qat else prepare_pt2e)(gm, self.quantizer())
+        log.debug("[%s] prepared (%s) in %.1f s", self.target, self.name, time.perf_counter() - t0)
+        return prepared
+
+    @torch.no_grad()
+    def calibrate(
+        self, prepared: torch.fx.GraphModule, batches: Iterable[torch.Tensor], progress: bool = True
+    ) -> torch.fx.GraphModule:
+        """Run ``batches`` (normalized (1, 3, H, W)) through the observers."""
+        from tqdm import tqdm
+
+        batches = list(batches)
+        for x in tqdm(batches, desc=f"[{self.target}] calibrate", disable=not progress or None, leave=False):
+            prepared(x)
+        return prepared
+
+    def convert(self, prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        """Observers/fake-quant -> quantize/dequantize pairs with the calibrated (or trained) parameters."""
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        return convert_pt2e(prepared)
+
+    def quantize(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        calib: Sequence[torch.Tensor],
+        strict: bool = False,
+        progress: bool = True,
+    ) -> torch.fx.GraphModule:
+        """PTQ in one call: prepare, calibrate on ``calib``, convert. ``model`` may be a :meth:`capture`
+        result (it is copied, not consumed)."""
+        if isinstance(model, torch.fx.GraphModule):
+            prepared = self.prepare(copy.deepcopy(model), example, captured=True)
+        else:
+            prepared = self.prepare(model.eval(), example, strict=strict)
+        self.calibrate(prepared, calib, progress=progress)
+        return self.convert(prepared)
+
+    def with_keep_float(self, keep_float: Iterable[str | type[nn.Module]]) -> PT2ERecipe:
+        """A copy that also leaves ``keep_float`` in float."""
+        out = copy.copy(self)
+        out.keep_float = (*self.keep_float, *keep_float)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "scheme": self.scheme, "float_islands": self.float_islands}
+
+
+@dataclass
+class XNNPACKInt8(PT2ERecipe):
+    """ExecuTorch/XNNPACK: int8 symmetric weights (per-channel by default), static int8 activations."""
+
+    name: str = "xnnpack_int8"
+    target: str = "executorch"
+    per_channel: bool = True
+    scheme: str = "PT2E XNNPACKQuantizer: int8 per-channel weights, static int8 activations"
+    pattern_utils: str = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils"
+
+    def quantizer(self) -> Any:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        config = get_symmetric_quantization_config(is_per_channel=self.per_channel, is_qat=self.qat)
+        quantizer = XNNPACKQuantizer().set_global(config)
+        for module_type in self._float_types():
+            quantizer.set_module_type(module_type, None)
+        for name in self._float_names():
+            # set_module_name() asserts on None, but annotate() skips a None entry and the global
+            # config excludes every named module: exactly "leave this module float"
+            quantizer.module_name_config[name] = None
+        return quantizer
+
+
+@dataclass
+class LiteRTInt8(PT2ERecipe):
+    """LiteRT: litert-torch's PT2E quantizer (int8 per-channel weights, static int8 activations).
+
+    Used for QAT toward LiteRT and for a PT2E-quantized ``litert_torch.convert``; post-training export to
+    .tflite uses :class:`LiteRTPostTraining`, which quantizes the converted graph itself.
+    """
+
+    name: str = "litert_int8"
+    target: str = "tflite"
+    per_channel: bool = True
+    scheme: str = "PT2E litert_torch PT2EQuantizer: int8 per-channel weights, static int8 activations"
+    pattern_utils: str = "litert_torch.quantize.pt2e_quantizer_utils"
+
+    def quantizer(self) -> Any:
+        from litert_torch.quantize import pt2e_quantizer as pt2eq
+
+        config = pt2eq.get_symmetric_quantization_config(is_per_channel=self.per_channel, is_qat=self.qat)
+        quantizer = pt2eq.PT2EQuantizer().set_global(config)
+        for module_type in self._float_types():
+            quantizer.set_module_type(module_type, None)
+        for name in self._float_names():
+            # set_module_name() asserts on None, but annotate() skips a None entry and the global
+            # config excludes every named module: exactly "leave this module float"
+            quantizer.module_name_config[name] = None
+        return quantizer
+
+
+_PATTERN_CACHE: dict[Any, Any] = {}
+
+
+class _FunctionModule(nn.Module):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+@contextlib.contextmanager
+def fast_pattern_capture(utils_module: str) -> Iterator[None]:
+    """Make a PT2E quantizer's pattern annotation several times faster (a fixed cost, any model size).
+
+    The quantizers (``CoreMLQuantizer``: ~400 patterns, ``XNNPACKQuantizer``/litert-torch: conv-BN ones)
+    capture each small op pattern with a *strict* ``torch.export`` (~0.15-2 s each through TorchDynamo),
+    via ``_get_aten_graph_module_for_pattern`` imported into ``utils_module``. Non-strict capture yields
+    the same aten pattern graphs (checked: identical q/dq placement and outputs on the test models) much
+    faster, and the patterns do not depend on the model, so they are also cached for later calls in this
+    process. The hook is a private name of each quantizer; if it moves, this degrades to the slow path.
+    """
+    import importlib
+
+    try:
+        cu = importlib.import_module(utils_module)
+    except ImportError:
+        yield
+        return
+    original = getattr(cu, "_get_aten_graph_module_for_pattern", None)
+    if original is None:
+        yield
+        return
+
+    def capture(pattern: Any, example_inputs: tuple[Any, ...], is_cuda: bool = False, **kwargs: Any) -> Any:
+        # CoreML/XNNPACK pass pattern modules, litert-torch plain functions
+        fwd = type(pattern).forward if isinstance(pattern, nn.Module) else pattern
+        try:
+            key = (
+                fwd.__code__,
+                tuple(c.cell_contents for c in (fwd.__closure__ or ())),
+                tuple((tuple(t.shape), t.dtype) for t in example_inputs),
+                is_cuda,
+                tuple(sorted(kwargs.items())),
+            )
+            hash(key)
+        except (TypeError, ValueError, AttributeError):
+            key = None
+        if key is None or key not in _PATTERN_CACHE:
+            real_export = torch.export.export
+
+            def non_strict(*a: Any, **k: Any) -> Any:
+                return real_export(*a, **{**k, "strict": False})
+
+            torch.export.export = non_strict
+            try:
+                # torch.export takes modules only; litert-torch still hands it plain functions
+                module = pattern if isinstance(pattern, nn.Module) else _FunctionModule(pattern)
+                gm = original(module, example_inputs, is_cuda, **kwargs)
+            finally:
+                torch.export.export = real_export
+            if key is None:
+                return gm
+            _PATTERN_CACHE[key] = gm
+        return copy.deepcopy(_PATTERN_CACHE[key])  # the matcher must not share one graph between matches
+
+    cu._get_aten_graph_module_for_pattern = capture
+    try:
+        yield
+    finally:
+        cu._get_aten_graph_module_for_pattern = original
+
+
+def fast_coreml_pattern_capture() -> contextlib.AbstractContextManager[None]:
+    return fast_pattern_capture("executorch.backends.apple.coreml.quantizer._coreml_quantizer_utils")
+
+
+@dataclass
+class CoreMLW8A8(PT2ERecipe):
+    """Core ML W8A8 on the PyTorch side (ExecuTorch's ``CoreMLQuantizer``), converted by ``ct.convert``.
+
+    Core ML's own activation calibration predicts, which needs macOS; PT2E calibrates anywhere. The
+    quantizer inserts FakeQuantize modules in both modes, so the same config serves PTQ and QAT.
+    """
+
+    name: str = "coreml_w8a8"
+    target: str = "coreml"
+    scheme: str = "PT2E CoreMLQuantizer: int8 per-channel weights, uint8 static activations"
+    pattern_utils: str = "executorch.backends.apple.coreml.quantizer._coreml_quantizer_utils"
+
+    def quantizer(self) -> Any:
+        from coremltools.optimize.torch.quantization.quantization_config import (
+            LinearQuantizerConfig,
+            QuantizationScheme,
+        )
+        from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
+
+        cfg: dict[str, Any] = {
+            "global_config": {
+                "quantization_scheme": QuantizationScheme.symmetric,
+                "activation_dtype": torch.quint8,
+                "weight_dtype": torch.qint8,
+                "weight_per_channel": True,
+            },
+            # LayerNorm and the masked softmax stay float: quantizing LayerNorm's variance path
+            # rounds ``variance + eps`` to 0 on b1 and rsqrt turns it into inf (seen in calibration)
+            "module_type_configs": {t: None for t in self._float_types()},
+            "module_name_configs": {n: None for n in self._float_names()},
+        }
+        return CoreMLQuantizer(LinearQuantizerConfig.from_dict(cfg))
+
+
+
+@dataclass
+class PostConversionRecipe(QuantRecipe):
+    """A pass over the converted artifact (ML program, .tflite flatbuffer) rather than the PyTorch graph."""
+
+    variant: str = ""
+
+
+@dataclass
+class CoreMLWeightOnly(PostConversionRecipe):
+    """Core ML weight compression of a converted ML program: int8 linear, or 6/4-bit k-means palettes."""
+
+    name: str = "coreml_weight_only"
+    target: str = "coreml"
+    bits: int = 8
+    mode: str = "linear"  # "linear" (int8 symmetric per-channel) or "kmeans" (palettization)
+    min_ios: int = 17
+
+    def __post_init__(self) -> None:
+        allowed = {("linear", 8), ("kmeans", 8), ("kmeans", 6), ("kmeans", 4)}
+        if (self.mode, self.bits) not in allowed:
+            raise QuantRecipeError(
+                f"Core ML weight-only mode {self.mode!r} with {self.bits} bits is not supported; "
+                "allowed: linear 8, kmeans 8/6/4"
+            )
+
+    def apply(self, mlmodel: Any) -> tuple[Any, dict[str, Any]]:
+        """The compressed ML program and a description of what was done."""
+        from coremltools.optimize import coreml as cto
+
+        if self.mode == "linear":
+            cfg = cto.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel"
+            )
+            out = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=cfg))
+            return out, {
+                "scheme": "weight-only int8, symmetric, per-channel (coremltools linear_quantize_weights)",
+                "weight_threshold": cfg.weight_threshold,
+                "recipe": self.name,
+            }
+        # Grouped-channel LUTs keep 4-bit usable, but need iOS 18; before that one LUT per tensor.
+        grouped = self.min_ios >= 18
+        if grouped:
+            cfg = cto.OpPalettizerConfig(
+                nbits=self.bits, mode="kmeans", granularity="per_grouped_channel", group_size=16
+            )
+        else:
+            cfg = cto.OpPalettizerConfig(nbits=self.bits, mode="kmeans", granularity="per_tensor")
+        out = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=cfg))
+        granularity = "per_grouped_channel" if grouped else "per_tensor"
+        return out, {
+            "scheme": f"{self.bits}-bit k-means palettization, {granularity}"
+            + (f" (group {cfg.group_size})" if grouped else "")
+            + ", fp16 compute",
+            "weight_threshold": cfg.weight_threshold,
+            "recipe": self.name,
+        }
+
+
+@dataclass
+class LiteRTPostTraining(PostConversionRecipe):
+    """``ai_edge_quantizer`` on the float .tflite: it quantizes exactly the ops the runtime will run.
+
+    ``variant``: ``fp16`` (fp16 weights), ``int8dr`` (dynamic-range int8), ``int8`` (static int8 with the
+    graph's input/output kept float32, so the app feeds the float image and reads float logits).
+    """
+
+    name: str = "litert_post_training"
+    target: str = "tflite"
+    variant: str = "int8"
+    signature: str = "serving_default"
+    input_name: str = "image"
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("fp16", "int8dr", "int8"):
+            raise QuantRecipeError(
+                f"LiteRT post-training variant {self.variant!r}; allowed: fp16, int8dr, int8"
+            )
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.variant == "int8"
+
+    def apply(self, float_model: bytes, calib: Sequence[torch.Tensor] = ()) -> tuple[bytes, dict[str, Any]]:
+        """The quantized flatbuffer and a description of what was done."""
+        from ai_edge_quantizer import qtyping, quantizer, recipe
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+        q = quantizer.Quantizer(bytearray(float_model))
+        if self.variant == "fp16":
+            q.add_weight_only_config(
+                regex=".*",
+                operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                num_bits=16,
+                algorithm_key=AlgorithmName.FLOAT_CASTING,
+            )
+            info: dict[str, Any] = {"scheme": "ai_edge_quantizer float_casting: fp16 weights, fp32 compute"}
+        elif self.variant == "int8dr":
+            q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+            info = {
+                "scheme": "ai_edge_quantizer dynamic_wi8_afp32: int8 per-channel weights, "
+                "activations quantized at run time"
+            }
+        else:
+            q.load_quantization_recipe(recipe.static_wi8_ai8())
+            # Keep the graph's input and output float32: the converter then puts QUANTIZE/DEQUANTIZE
+            # at the boundary instead of making the app feed int8.
+            for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+                q.update_quantization_recipe(
+                    regex=".*", operation_name=io, algorithm_key=AlgorithmName.NO_QUANTIZE
+                )
+            info = {
+                "scheme": "ai_edge_quantizer static_wi8_ai8: int8 per-channel weights, int8 activations "
+                "(per-tensor, calibrated); float32 graph input/output",
+                "calibration_samples": len(calib),
+            }
+        calibration = None
+        if q.need_calibration:
+            data = {self.signature: [{self.input_name: x.numpy()} for x in calib]}
+            calibration = q.calibrate(data, num_threads=os.cpu_count() or 1)
+        result = q.quantize(calibration, enable_progress_report=False)
+        info["recipe"] = self.name
+        return bytes(result.quantized_model), info
+
+
+@dataclass
+class Prequantized(PT2ERecipe):
+    """A graph quantized already (e.g. converted after QAT): exporters lower it as it is, no calibration."""
+
+    name: str = "prequantized"
+    source: str = "QAT"
+    scheme: str = "quantized before export (QAT); lowered without recalibration"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def quantize(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        calib: Sequence[torch.Tensor],
+        strict: bool = False,
+        progress: bool = True,
+    ) -> torch.fx.GraphModule:
+        if not is_quantized_graph(model):
+            raise QuantRecipeError(
+                "a prequantized export needs a converted PT2E graph (quantize/dequantize ops)"
+            )
+        return model  # type: ignore[return-value]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "source": self.source, **self.info}
+
+
+def is_quantized_graph(model: nn.Module) -> bool:
+    """True when ``model`` is or wraps a converted PT2E graph (one holding quantize/dequantize ops)."""
+    return any(
+        isinstance(m, torch.fx.GraphModule)
+        and any("quantize_per" in str(n.target) for n in m.graph.nodes if n.op == "call_function")
+        for m in model.modules()
+    )
+
+
+# (target, bits, activations) -> recipe factory; the post-conversion recipes take their variant here.
+_REGISTRY: dict[tuple[str, int, str], Any] = {
+    ("executorch", 8, "int8"): lambda **kw: XNNPACKInt8(**kw),
+    ("coreml", 8, "int8"): lambda **kw: CoreMLW8A8(**kw),
+    ("coreml", 8, "float"): lambda min_ios=17, **kw: CoreMLWeightOnly(bits=8, mode="linear", min_ios=min_ios),
+    ("coreml", 6, "float"): lambda min_ios=17, **kw: CoreMLWeightOnly(bits=6, mode="kmeans", min_ios=min_ios),
+    ("coreml", 4, "float"): lambda min_ios=17, **kw: CoreMLWeightOnly(bits=4, mode="kmeans", min_ios=min_ios),
+    ("tflite", 16, "float"): lambda **kw: LiteRTPostTraining(variant="fp16"),
+    ("tflite", 8, "float"): lambda **kw: LiteRTPostTraining(variant="int8dr"),
+    ("tflite", 8, "int8"): lambda **kw: LiteRTPostTraining(variant="int8"),
+}
+
+# QAT needs a PT2E quantizer in QAT mode: one per target.
+_QAT: dict[str, type[PT2ERecipe]] = {"executorch": XNNPACKInt8, "tflite": LiteRTInt8, "coreml": CoreMLW8A8}
+
+
+def recipe_keys() -> list[tuple[str, int, str]]:
+    return list(_REGISTRY)
+
+
+def get_recipe(
+    target: str,
+    bits: int,
+    activations: str = "int8",
+    keep_float: Sequence[str | type[nn.Module]] = (),
+    min_ios: int = 17,
+) -> QuantRecipe:
+    """The post-training recipe for an export's (target, bits, activations)."""
+    act = "int8" if str(activations).lower() in ("8", "int8") else "float"
+    factory = _REGISTRY.get((target, bits, act))
+    if factory is None:
+        allowed = ", ".join(f"{t} {b} {a}" for t, b, a in _REGISTRY)
+        raise QuantRecipeError(
+            f"no quantization recipe for {target} {bits}-bit {act}; recipes exist for: {allowed}"
+        )
+    recipe = factory(min_ios=min_ios) if "coreml" == target and act == "float" else factory()
+    if keep_float:
+        if not isinstance(recipe, PT2ERecipe):
+            raise QuantRecipeError(
+                f"keep-float applies to int8-activation recipes; {target} {bits}-bit {act} ({recipe.name}) "
+                "is a post-conversion pass"
+            )
+        recipe = recipe.with_keep_float(keep_float)
+    return recipe
+
+
+def get_qat_recipe(target: str, keep_float: Sequence[str | type[nn.Module]] = ()) -> PT2ERecipe:
+    """The target's PT2E quantizer in QAT mode."""
+    cls = _QAT.get(target)
+    if cls is None:
+        raise QuantRecipeError(f"no QAT recipe for target {target!r}; allowed: {', '.join(_QAT)}")
+    return cls(qat=True, keep_float=tuple(keep_float))

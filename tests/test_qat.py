@@ -1,0 +1,161 @@
+"""QAT on the tiny HRViT: loss falls, int8 mIoU beats PTQ, exact resume, DDP, export of the result."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hrvit_mobile
+from hrvit_mobile.data import open_dataset
+from hrvit_mobile.evaluate import evaluate
+from hrvit_mobile.quant.qat import QATConfig, QATError, is_qat_checkpoint, load_qat_checkpoint, train_qat
+from hrvit_mobile.quant.recipes import XNNPACKInt8
+from hrvit_mobile.weights import load_recipe_weights
+
+pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+
+SIZE = (32, 32)
+COLORS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
+
+
+def write_dataset(root: Path, n: int = 6, seed: int = 0) -> Path:
+    """Coloured rectangles on a background; the class is the colour, so a few steps can learn it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        mask = np.zeros(SIZE, np.uint8)
+        for c in (1, 2):
+            y, x = rng.integers(0, 12, 2)
+            mask[y : y + 16 + 4 * c, x : x + 14] = c
+        mask[0, :4] = 255  # a few ignored pixels
+        image = COLORS[np.minimum(mask, 2)] + rng.integers(0, 40, (*SIZE, 3)).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i:02d}.png")
+    (root / "classes.txt").write_text("background\nred\ngreen\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("qat") / "data")
+
+
+def _config(data: Path, out: Path, **kw) -> QATConfig:
+    base = dict(data=str(data), target="executorch", model="hrvit_nano", img_size=SIZE, steps=8,
+                batch_size=2, lr=2e-3, calib_batches=2, out=str(out), progress=False)
+    return QATConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def qat_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("qat_out")
+    return train_qat(_config(data_dir, out)), out
+
+
+# The QAT runs below take minutes on this shared 2-core machine (8 steps of batch 2 plus builds and
+# evaluations per run): slow, run with -m slow.
+@pytest.mark.slow
+def test_qat_loss_falls_and_int8_miou_beats_ptq(qat_run, data_dir: Path) -> None:
+    result, out = qat_run
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
+    lrs = [h["lr"] for h in result.history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2 * 2e-3  # poly decay
+    # PTQ of the same starting weights, calibrated on the same images, scored on the same data
+    model = load_recipe_weights(hrvit_mobile.create_model("hrvit_nano", num_classes=3, img_size=SIZE))
+    deployed = hrvit_mobile.deploy(model.eval(), img_size=SIZE)
+    data = open_dataset(data_dir, img_size=SIZE)
+    calib = [data[i][0][None] for i in range(len(data))]
+    ptq = XNNPACKInt8().quantize(deployed, calib[0], calib, progress=False)
+    ptq_miou = evaluate(lambda x: ptq(x), data, 3).miou
+    assert result.final_miou is not None and result.final_miou > ptq_miou
+    assert result.evals[-1]["model"].startswith("converted int8")
+    assert is_qat_checkpoint(out / "last.pt") and (out / "qat_log.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_matches_an_uninterrupted_run(qat_run, data_dir: Path, tmp_path: Path) -> None:
+    reference, _ = qat_run
+
+    def interrupt(step: int, loss: float) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_qat(_config(data_dir, tmp_path), on_step=interrupt)
+    saved = load_qat_checkpoint(tmp_path / "last.pt")
+    assert saved["step"] == 5 and len(saved["history"]) == 5
+    resumed = train_qat(_config(data_dir, tmp_path, resume=True))
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in reference.history],
+                                                                 rel=1e-5)
+    a = load_qat_checkpoint(tmp_path / "last.pt")
+    b = load_qat_checkpoint(reference.checkpoint)
+    assert a["step"] == b["step"] == 8
+    for key, value in b["model"].items():
+        torch.testing.assert_close(a["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-5, atol=1e-9)
+    assert resumed.final_miou == pytest.approx(reference.final_miou)
+
+
+def test_resume_with_other_settings_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """Checked before any model is built: a checkpoint of 8 steps cannot be resumed as a 9-step run."""
+    from hrvit_mobile.quant.qat import FORMAT, _identity
+
+    cfg = _config(data_dir, tmp_path)
+    torch.save({"format": FORMAT, "config": _identity(cfg, 3), "step": 4}, tmp_path / "last.pt")
+    assert is_qat_checkpoint(tmp_path / "last.pt")
+    with pytest.raises(QATError, match=r"other settings \(steps 8 vs 9\)"):
+        train_qat(_config(data_dir, tmp_path, steps=9, resume=True))
+    with pytest.raises(QATError, match="no checkpoint"):
+        train_qat(_config(data_dir, tmp_path / "nowhere", resume=True))
+    assert not is_qat_checkpoint(data_dir / "classes.txt")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_ddp_two_processes_with_gloo(data_dir: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "hrvit_mobile.cli", "qat", "--data", str(data_dir), "--target", "executorch", "--steps", "3",
+        "--model", "hrvit_nano", "--img-size", "32x32", "--batch-size", "1", "--lr", "1e-3",
+        "--eval-limit", "2", "--out", str(tmp_path),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_qat_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 3 and len(state["history"]) == 3
+    assert done.stdout.count("qat executorch: 3 steps") == 1  # rank 0 alone reports
+
+
+@pytest.mark.slow
+def test_qat_checkpoint_exports_without_recalibration(qat_run, tmp_path: Path) -> None:
+    """``hrvit-mobile export --checkpoint last.pt`` lowers the QAT-converted graph (parity vs that graph)."""
+    from hrvit_mobile.cli import main
+    from hrvit_mobile.exporters import read_sidecar
+
+    result, _ = qat_run
+    assert main(["export", "--target", "executorch", "--bits", "8", "--checkpoint", str(result.checkpoint),
+                 "--out", str(tmp_path)]) == 0
+    pte = next(tmp_path.glob("*.pte"))
+    meta = read_sidecar(pte)
+    assert meta["details"]["quantization"]["recipe"] == "prequantized"
+    assert meta["details"]["quantization"]["calibration_samples"] == 0
+    assert meta["parity"]["passed"] and meta["img_size"] == list(SIZE)
+    # a QAT checkpoint for one target cannot be exported to another
+    assert main(["export", "--target", "tflite", "--bits", "8", "--checkpoint", str(result.checkpoint),
+                 "--out", str(tmp_path)]) == 2

@@ -1,0 +1,129 @@
+"""Quantization recipes and sensitivity on the tiny HRViT (hrvit_nano, 32x32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hrvit_mobile
+from hrvit_mobile.quant.recipes import (
+    CoreMLW8A8,
+    CoreMLWeightOnly,
+    LiteRTInt8,
+    LiteRTPostTraining,
+    QuantRecipeError,
+    XNNPACKInt8,
+    get_qat_recipe,
+    get_recipe,
+)
+from hrvit_mobile.quant.sensitivity import agreement, analyze, auto_keep_float, module_groups
+from hrvit_mobile.weights import load_recipe_weights
+
+pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+
+SIZE = (32, 32)
+BROKEN = "features.3.branches.1"
+
+
+def _deployed(broken: bool = False) -> torch.nn.Module:
+    model = load_recipe_weights(hrvit_mobile.create_model("hrvit_nano", num_classes=3, img_size=SIZE))
+    deployed = hrvit_mobile.deploy(model.eval(), img_size=SIZE)
+    if broken:
+        # one outlier output channel: per-tensor int8 activations after it lose the other channels
+        conv = next(m for m in deployed.get_submodule(BROKEN).modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.no_grad():
+            conv.weight[0] *= 300.0
+    return deployed
+
+
+def _calib(n: int = 4) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 3, *SIZE, generator=g) for _ in range(n)]
+
+
+def test_registry_maps_export_pairs_to_recipes() -> None:
+    assert isinstance(get_recipe("executorch", 8, "int8"), XNNPACKInt8)
+    assert isinstance(get_recipe("coreml", 8, "int8"), CoreMLW8A8)
+    w8 = get_recipe("coreml", 8, "float")
+    assert isinstance(w8, CoreMLWeightOnly) and (w8.mode, w8.bits) == ("linear", 8)
+    pal4 = get_recipe("coreml", 4, "float", min_ios=18)
+    assert (pal4.mode, pal4.bits, pal4.min_ios) == ("kmeans", 4, 18)
+    assert get_recipe("tflite", 8, "int8").variant == "int8"
+    assert get_recipe("tflite", 8, "float").variant == "int8dr"
+    kept = get_recipe("executorch", 8, "int8", keep_float=["decode_head"])
+    assert "decode_head" in kept.keep_float and not get_recipe("executorch", 8, "int8").keep_float
+    assert get_qat_recipe("tflite").qat and isinstance(get_qat_recipe("tflite"), LiteRTInt8)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: get_recipe("executorch", 4, "float"),
+        lambda: get_recipe("coreml", 6, "float", keep_float=["stem"]),
+        lambda: get_qat_recipe("onnx"),
+        lambda: CoreMLWeightOnly(bits=6, mode="linear"),
+        lambda: LiteRTPostTraining(variant="int4"),
+    ],
+)
+def test_bad_recipes_are_one_line_errors(call) -> None:
+    with pytest.raises(QuantRecipeError) as e:
+        call()
+    assert "\n" not in str(e.value) and ("allowed" in str(e.value) or "exist" in str(e.value)
+                                         or "post-conversion" in str(e.value))
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        XNNPACKInt8(),
+        pytest.param(LiteRTInt8(), marks=pytest.mark.slow),
+        pytest.param(CoreMLW8A8(), marks=pytest.mark.slow),
+    ],
+    ids=lambda r: r.name,
+)
+def test_pt2e_recipe_quantizes_nano_close_to_float(recipe) -> None:
+    model, calib = _deployed(), _calib()
+    quantized = recipe.quantize(model, calib[0], calib, progress=False)
+    ops = {str(n.target) for n in quantized.graph.nodes if n.op == "call_function"}
+    assert any("quantize_per_tensor" in op for op in ops)  # really int8 activations
+    with torch.no_grad():
+        a = agreement([quantized(x).numpy() for x in calib], [model(x).numpy() for x in calib])
+    # measured on these inputs: XNNPACK cosine 0.9976, LiteRT 0.9973, Core ML W8A8 0.981
+    assert a.cosine > 0.97 and a.argmax > 0.9
+
+
+def test_module_groups_cover_stem_branches_and_head() -> None:
+    groups = module_groups(_deployed())
+    assert groups[0] == "stem" and groups[-1] == "decode_head"
+    assert BROKEN in groups and "features.7.branches.3" in groups  # every branch of every stage
+
+
+@pytest.fixture(scope="module")
+def broken():
+    return _deployed(broken=True), _calib()
+
+
+@pytest.mark.slow  # 5 PTQ runs: ~1 min on a quiet 2-core machine, several when it is shared
+def test_sensitivity_ranks_the_broken_group_first(broken) -> None:
+    model, calib = broken
+    groups = ["stem", BROKEN, "features.5.branches.0", "decode_head"]
+    report = analyze(model, XNNPACKInt8(), calib[0], calib, groups=groups, progress=False)
+    assert report.groups[0].name == BROKEN
+    # measured: +3.0 dB for the broken branch, <= 0.08 dB for the others
+    assert report.groups[0].gain_db > 1.0 + max(g.gain_db for g in report.groups[1:])
+
+
+@pytest.mark.slow  # 12 PTQ runs
+def test_keep_float_auto_meets_a_target_full_int8_misses(broken) -> None:
+    model, calib = broken
+    recipe = XNNPACKInt8()
+    groups = ["stem", BROKEN, "features.5.branches.0", "decode_head"]
+    probe = analyze(model, recipe, calib[0], calib, groups=groups, progress=False)
+    full, best = probe.full_int8.cosine, probe.groups[0].kept_float.cosine
+    assert best > full
+    target = (full + best) / 2
+    result = auto_keep_float(model, recipe, calib[0], calib, min_cosine=target, min_argmax=None,
+                             groups=groups, progress=False)
+    assert result.met and result.kept == [BROKEN]
+    assert result.final.cosine >= target > result.trail[0]["cosine"]
+    assert result.as_dict()["kept_float"] == [BROKEN]
