@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="re-measure latency on the artifacts of a previous run in --out (export figures carried over)",
     )
+    parser.add_argument("--skip", nargs="*", metavar="CASE/RUNTIME", help="pairs to leave out")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "RUNTIME"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     before = gemm_peak_gflops(args.threads)
     rows = []
-    pairs = [(c, r) for r in args.runtimes for c in args.cases]
+    pairs = [(c, r) for r in args.runtimes for c in args.cases if f"{c}/{r}" not in (args.skip or [])]
     for i, (case, runtime) in enumerate(pairs, 1):
         print(f"[{i}/{len(pairs)}] {case} / {runtime} ...", flush=True)
         rows.append(_spawn(case, runtime, args, out))
