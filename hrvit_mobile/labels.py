@@ -87,7 +87,11 @@ def labels_for(
     if labels is not None:
         chosen = load_labels(labels)
     elif names and len(names) == num_classes and names != [f"class_{i}" for i in range(num_classes)]:
-        chosen = LabelSet("custom", tuple(names), generated_palette(num_classes))
+        shipped = load_labels(_BY_COUNT[num_classes]) if num_classes in _BY_COUNT else None
+        if shipped is not None and list(shipped.classes) == list(names):
+            chosen = shipped  # e.g. the demo checkpoint's synthetic classes: keep their palette
+        else:
+            chosen = LabelSet("custom", tuple(names), generated_palette(num_classes))
     elif num_classes in _BY_COUNT:
         chosen = load_labels(_BY_COUNT[num_classes])
     else:
