@@ -253,8 +253,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     size = _size(args.img_size)
+    if args.artifact:  # the exported file in its own runtime, at the size it was exported for
+        from hrvit_mobile.evaluate import evaluate_artifact
+        from hrvit_mobile.exporters import open_artifact
+
+        runner = open_artifact(args.artifact, threads=args.threads)
+        size = runner.img_size
     dataset = open_dataset(args.data, split=args.split, img_size=size, num_classes=args.num_classes,
                            transform=eval_transform(size))
+    if args.artifact:
+        classes = runner.meta.get("num_classes") or len(runner.labels)
+        if classes != dataset.num_classes:
+            raise HRViTMobileError(f"{args.artifact} predicts {classes} classes, {args.data} has "
+                                   f"{dataset.num_classes}")
+        result = evaluate_artifact(runner, dataset, dataset.num_classes, transform=eval_transform(size),
+                                   progress=True, limit=args.limit)
+        print(f"runtime: {runner.runtime}")
+        return _print_eval(args, dataset, result)
     if args.num_classes is None and (args.checkpoint or args.model != DEMO_MODEL):
         args.num_classes = dataset.num_classes
     model = _build_model(args, size)
@@ -262,6 +277,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise HRViTMobileError(f"the model predicts {model.num_classes} classes, {args.data} has "
                                f"{dataset.num_classes}: pass the matching --checkpoint/--num-classes")
     result = evaluate(model, dataset, dataset.num_classes, progress=True, limit=args.limit)
+    return _print_eval(args, dataset, result)
+
+
+def _print_eval(args: argparse.Namespace, dataset, result) -> int:
     if args.json:
         print(json.dumps({**result.as_dict(), "classes": dataset.classes}, indent=2))
     else:
@@ -269,6 +288,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               f"on {result.samples} images")
         for name, iou in zip(dataset.classes, result.per_class_iou):
             print(f"  {name:20s} {iou:.4f}")
+    return 0
 
 
 def _export_qat(args: argparse.Namespace, spec) -> int:
@@ -518,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="val")
     ev.add_argument("--model", default="hrvit_b1")
     ev.add_argument("--checkpoint")
+    ev.add_argument("--artifact", help="score an exported .pte/.tflite/.mlpackage in its own runtime instead")
     ev.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
     ev.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
     ev.add_argument("--limit", type=int, help="evaluate only the first N images")

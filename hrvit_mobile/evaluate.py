@@ -60,3 +60,32 @@ def evaluate(
         if limit is not None and seen >= limit:
             break
     return EvalResult(cm.miou(), cm.pixel_accuracy(), cm.iou().tolist(), seen)
+
+
+def evaluate_artifact(
+    runner,
+    dataset,
+    num_classes: int,
+    transform=None,
+    progress: bool = False,
+    limit: int | None = None,
+) -> EvalResult:
+    """mIoU of an exported artifact in its own runtime (an :class:`~hrvit_mobile.exporters.ArtifactRunner`).
+
+    The runner takes uint8 RGB as an app would; ``transform`` maps the dataset's full-size
+    ``(rgb, mask)`` to the artifact's input size (e.g. ``eval_transform(runner.img_size)``).
+    """
+    cm = ConfusionMatrix(num_classes)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    indices = range(count)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"evaluate {runner.path.name}", unit="image", leave=False)
+    for i in indices:
+        rgb, mask = dataset.load_pair(i)
+        if transform is not None:
+            rgb, mask = transform(rgb, mask)
+        logits = runner.predict(np.ascontiguousarray(rgb, np.uint8)[None])[0]
+        cm.update(upsample_class_map(logits, tuple(mask.shape[-2:])), mask[None])
+    return EvalResult(cm.miou(), cm.pixel_accuracy(), cm.iou().tolist(), count)

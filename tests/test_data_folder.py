@@ -59,3 +59,24 @@ def test_evaluate_known_answer(tmp_path: Path) -> None:
     all_zero = evaluate(lambda x: torch.zeros(x.shape[0], 3, 8, 8), ds, 3, batch_size=2)
     # class 0 predicted everywhere: IoU(0) = 511/1023 (one ignored pixel), IoU(2) = 0, class 1 absent
     assert all_zero.miou == pytest.approx(511 / 1023 / 2) and all_zero.samples == 3
+
+
+def test_evaluate_artifact_matches_the_float_model(tmp_path: Path) -> None:
+    """An fp32 artifact scored in its runtime gives the float model's mIoU on the same data."""
+    pytest.importorskip("ai_edge_litert")
+    from hrvit_mobile.data.transforms import eval_transform
+    from hrvit_mobile.evaluate import evaluate_artifact
+    from hrvit_mobile.exporters import ExportSpec, export, open_artifact
+    from hrvit_mobile.exporters.testing import TinySegmenter
+
+    _write(tmp_path / "data", size=(40, 48))
+    model = TinySegmenter(num_classes=3).eval()
+    report = export(model, ExportSpec(target="tflite", img_size=(32, 32), num_classes=3,
+                                      out_dir=tmp_path / "out", run_parity=False))
+    transform = eval_transform((32, 32))
+    ds = open_dataset(tmp_path / "data", num_classes=3, transform=transform)
+    float_result = evaluate(model, ds, 3)
+    artifact_result = evaluate_artifact(open_artifact(report.artifact.path), ds, 3, transform=transform)
+    assert artifact_result.samples == 3
+    assert artifact_result.miou == pytest.approx(float_result.miou, abs=1e-6)
+    assert artifact_result.pixel_accuracy == pytest.approx(float_result.pixel_accuracy, abs=1e-6)
