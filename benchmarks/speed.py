@@ -88,20 +88,13 @@ def build_case(case: str, img_size: tuple[int, int], num_classes: int):
 
 
 def _eager_latency(model, img_size: tuple[int, int], runs: int, warmup: int) -> dict:
-    import numpy as np
     import torch
+
+    from hrvit_mobile.profile import time_calls
 
     x = torch.randn(1, 3, *img_size)
     with torch.no_grad():
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
-
+        return time_calls(lambda: model(x), runs, warmup)
 
 def run_worker(case: str, runtime: str, args: argparse.Namespace) -> dict:
     import torch

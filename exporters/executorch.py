@@ -22,7 +22,6 @@ from .contract import (
     ArtifactResult,
     Built,
     ExportSpec,
-    Normalization,
     ParityResult,
     ParityThresholds,
     compare,
@@ -33,7 +32,6 @@ from .contract import (
     read_sidecar,
     run_build,
     step,
-    to_tensors,
 )
 from .quantize import quantize_pt2e, recipe_for
 from .support import conversion_inputs
@@ -295,18 +293,15 @@ def validate(
 
     from executorch.runtime import Runtime
 
+    from .runtime import load_runner
+
     artifact = Path(artifact)
     meta = read_sidecar(artifact)
-    norm = Normalization(
-        mean=tuple(meta["input"]["normalization"]["mean"]), std=tuple(meta["input"]["normalization"]["std"])
-    )
     thresholds = thresholds or default_thresholds(meta["bits"], meta["activations"])
     t0 = time.perf_counter()
-    runtime = Runtime.get()
     try:
-        program = runtime.load_program(artifact)
-        method = program.load_method("forward")
-        outputs = [method.execute([x])[0].numpy().copy() for x in to_tensors(norm.apply(images))]
+        runner = load_runner(artifact, meta)
+        outputs = runner.predict(images)
     except RuntimeError as e:
         # The artifact exists but the runtime rejects it (e.g. a delegate fails to init): a parity
         # failure to report, not a crash of the export. The runtime's own log names the failing node.
@@ -320,9 +315,9 @@ def validate(
         )
     result = compare(outputs, references, thresholds, RUNTIME)
     result.seconds = time.perf_counter() - t0
-    mm = method.metadata
+    mm = runner.native.metadata
     result.structural = {
-        "backends_registered": sorted(runtime.backend_registry.registered_backend_names),
+        "backends_registered": sorted(Runtime.get().backend_registry.registered_backend_names),
         "method_inputs": mm.num_inputs(),
         "method_outputs": mm.num_outputs(),
         "non_delegated_compute_nodes": meta["details"].get("non_delegated_compute_nodes"),

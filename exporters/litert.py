@@ -10,7 +10,6 @@ logits (one QUANTIZE after the input, one DEQUANTIZE before the output), which i
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -27,7 +26,6 @@ from .contract import (
     Built,
     ExportError,
     ExportSpec,
-    Normalization,
     ParityResult,
     ParityThresholds,
     compare,
@@ -170,19 +168,15 @@ def validate(
     num_threads: int | None = None,
 ) -> ParityResult:
     """Run ``artifact`` (.tflite) in the LiteRT Interpreter on uint8 RGB ``images`` vs ``references``."""
-    from ai_edge_litert.interpreter import Interpreter
+    from .runtime import load_runner
 
     artifact = Path(artifact)
     meta = read_sidecar(artifact)
-    norm_meta = meta["input"]["normalization"]
-    norm = Normalization(mean=tuple(norm_meta["mean"]), std=tuple(norm_meta["std"]))
     thresholds = thresholds or default_thresholds(meta["bits"], meta["activations"])
     t0 = time.perf_counter()
     try:
-        it = Interpreter(model_path=str(artifact), num_threads=num_threads or os.cpu_count() or 1)
-        runner = it.get_signature_runner(SIGNATURE)
-        inputs = norm.apply(images)
-        outputs = [runner(**{INPUT_NAME: inputs[i : i + 1]})[OUTPUT_NAME] for i in range(inputs.shape[0])]
+        runner = load_runner(artifact, meta, threads=num_threads)
+        outputs = runner.predict(images)
     except (RuntimeError, ValueError) as e:
         # the interpreter rejects the file: report it as a failed parity, keep the artifact for inspection
         return ParityResult(
@@ -195,6 +189,7 @@ def validate(
         )
     result = compare(outputs, references, thresholds, RUNTIME)
     result.seconds = time.perf_counter() - t0
+    it = runner.native
     in_d, out_d = it.get_input_details()[0], it.get_output_details()[0]
     result.structural = {
         "input_dtype": np.dtype(in_d["dtype"]).name,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ class ArtifactRunner:
     runtime: str
     _run_one: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     """uint8 (H, W, 3) -> logits (1, K, h, w)."""
+    native: Any = field(default=None, repr=False)
+    """The runtime's own handle (ExecuTorch method, LiteRT interpreter), for structural checks."""
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -53,19 +54,10 @@ class ArtifactRunner:
 
     def latency(self, runs: int = 10, warmup: int = 2) -> dict[str, float]:
         """Median and p90 wall time (ms) of one image in this runtime, after ``warmup`` runs."""
+        from hrvit_mobile.profile import time_calls
+
         image = np.full((*self.img_size, 3), 127, np.uint8)
-        for _ in range(warmup):
-            self._run_one(image)
-        times = []
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            self._run_one(image)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return {
-            "median_ms": float(np.median(times)),
-            "p90_ms": float(np.percentile(times, 90)),
-            "runs": len(times),
-        }
+        return time_calls(lambda: self._run_one(image), runs=max(1, runs), warmup=warmup)
 
 
 def _normalization(meta: dict[str, Any]) -> Normalization:
@@ -87,7 +79,7 @@ def _executorch(path: Path, meta: dict[str, Any], threads: int | None) -> Artifa
         x = torch.from_numpy(np.ascontiguousarray(norm.apply(image[None])))
         return method.execute([x])[0].numpy().copy()
 
-    return ArtifactRunner(path, meta, RUNTIME, run_one)
+    return ArtifactRunner(path, meta, RUNTIME, run_one, native=method)
 
 
 def _tflite(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
@@ -102,7 +94,7 @@ def _tflite(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRu
     def run_one(image: np.ndarray) -> np.ndarray:
         return runner(**{INPUT_NAME: norm.apply(image[None])})[OUTPUT_NAME]
 
-    return ArtifactRunner(path, meta, RUNTIME, run_one)
+    return ArtifactRunner(path, meta, RUNTIME, run_one, native=interpreter)
 
 
 def _coreml(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
@@ -141,6 +133,12 @@ def open_artifact(path: Path | str, threads: int | None = None) -> ArtifactRunne
     target = canonical_target(meta["target"])
     check_dependencies(target)
     try:
-        return _OPENERS[target](path, meta, threads)
+        return load_runner(path, meta, threads)
     except (RuntimeError, ValueError) as e:
         raise ExportError(f"{path.name}: the {target} runtime could not load it: {e}") from e
+
+
+def load_runner(path: Path, meta: dict[str, Any], threads: int | None = None) -> ArtifactRunner:
+    """:func:`open_artifact` without its checks: the runtime's own errors (RuntimeError, ValueError)
+    pass through, for the validators that report them as parity failures."""
+    return _OPENERS[canonical_target(meta["target"])](Path(path), meta, threads)

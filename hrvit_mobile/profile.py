@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -31,18 +33,27 @@ def count_macs(model: nn.Module, img_size: tuple[int, int]) -> int:
     return counter.get_total_flops() // 2
 
 
+def time_calls(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Wall time of ``fn()`` over ``runs`` timed calls after ``warmup`` untimed ones: median and p90 in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": float(np.percentile(times, 90)),
+        "runs": len(times),
+    }
+
+
 @torch.no_grad()
 def median_latency(model: nn.Module, img_size: tuple[int, int], runs: int = 5, warmup: int = 1) -> float:
     """Median wall time in seconds of ``runs`` forward passes after ``warmup`` untimed ones."""
     x = torch.randn(1, 3, *img_size)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_calls(lambda: model(x), runs, warmup)["median_ms"] / 1e3
 
 
 def export_seconds(model: nn.Module, img_size: tuple[int, int]) -> float:
