@@ -358,7 +358,8 @@ def _add_report_args(parser: argparse.ArgumentParser, with_model: bool) -> None:
     parser.add_argument("--labels", help="folder of label PNGs named like the images (enables mIoU vs GT)")
     parser.add_argument("--reduce-zero-label", action="store_true",
                         help="labels: 0 is ignore, classes start at 1 (ADE20K)")
-    parser.add_argument("--samples", type=int, default=8, help="at most this many images from --images")
+    parser.add_argument("--samples", type=int, default=8,
+                        help="at most this many images from --images (or the demo checkpoint's val split)")
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer error of int8 variants")
     parser.add_argument("-v", "--verbose", action="store_true")

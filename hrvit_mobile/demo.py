@@ -91,3 +91,22 @@ def save_demo_weights(checkpoint: Path | str, out: Path | str = DEMO_WEIGHTS) ->
     save_file(half, str(tmp), metadata={"format": "pt", "source": Path(checkpoint).name})
     tmp.replace(out)
     return out
+
+
+def demo_verification_set(n: int, size: tuple[int, int]):
+    """The first ``n`` images of the demo checkpoint's held-out split, with their class maps.
+
+    Generated in memory from the seed the checkpoint's dataset was made with (the generator is
+    deterministic), so reports on the demo model score it on its own domain, with labels, offline.
+    Returns ``(uint8 (N, H, W, 3), int64 (N, H, W), description)``.
+    """
+    import numpy as np
+
+    from hrvit_mobile.data.synthetic import generate_sample
+
+    seed = int(demo_checkpoint().info.get("seed", 0))
+    pairs = [generate_sample(seed, "val", i, size) for i in range(n)]
+    images = np.stack([rgb for rgb, _ in pairs])
+    labels = np.stack([mask for _, mask in pairs]).astype(np.int64)
+    return images, labels, (f"{n} held-out synthetic val image(s) with labels (seed {seed}, the demo "
+                            "checkpoint's val split)")

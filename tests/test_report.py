@@ -272,3 +272,22 @@ def test_verification_set_crops_labels_like_images(tmp_path: Path) -> None:
     assert set(np.unique(labels[0, :, :16])) <= {0, 255} and set(np.unique(labels[0, :, 16:])) == {1}
     with pytest.raises(Exception, match="no label PNG"):
         load_verification_set(tmp_path / "img", (32, 32), tmp_path / "img")
+
+
+def test_default_verification_set_is_the_demo_val_split_for_the_demo_model() -> None:
+    from argparse import Namespace
+
+    from hrvit_mobile.data.synthetic import generate_sample
+    from hrvit_mobile.report.cli import verification_set
+
+    args = Namespace(images=None, labels=None, samples=2, checkpoint=None, model="hrvit_b1")
+    images, labels, source = verification_set(args, (64, 96), num_classes=8)
+    rgb, mask = generate_sample(0, "val", 1, (64, 96))
+    assert images.shape == (2, 64, 96, 3) and labels.shape == (2, 64, 96)
+    assert np.array_equal(images[1], rgb) and np.array_equal(labels[1], mask)
+    assert "val split" in source
+    # another model, another class count or an own checkpoint: no demo labels to score against
+    for change in ({"model": "hrvit_nano"}, {"checkpoint": "own.pth"}):
+        other = Namespace(**{**vars(args), **change})
+        assert verification_set(other, (64, 96), num_classes=8)[1] is None
+    assert verification_set(args, (64, 96), num_classes=150)[1] is None

@@ -21,7 +21,10 @@ BuildModel = Callable[[argparse.Namespace, tuple[int, int]], torch.nn.Module]
 def verification_set(
     args: argparse.Namespace, size: tuple[int, int], num_classes: int
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """(images, labels, description) from --images/--labels, or the export's synthetic parity images."""
+    """(images, labels, description) from --images/--labels; without them the demo checkpoint's held-out
+    synthetic val images (with labels) when the demo checkpoint is the model, else the export's
+    synthetic parity images."""
+    from hrvit_mobile.demo import demo_checkpoint_for, demo_verification_set
     from hrvit_mobile.exporters import synthetic_images
     from hrvit_mobile.metrics import IGNORE_INDEX
 
@@ -29,10 +32,13 @@ def verification_set(
 
     if args.labels and not args.images:
         raise HRViTMobileError("--labels needs --images (the images the labels belong to)")
-    if not args.images:
-        return synthetic_images(2, size, seed=1000), None, "2 synthetic images (the export's parity set)"
     if args.samples < 1:
         raise HRViTMobileError(f"--samples must be >= 1, got {args.samples}")
+    if not args.images:
+        demo = None if args.checkpoint else demo_checkpoint_for(args.model)
+        if demo is not None and num_classes == demo.num_classes:
+            return demo_verification_set(args.samples, size)
+        return synthetic_images(2, size, seed=1000), None, "2 synthetic images (the export's parity set)"
     images, labels = load_verification_set(
         args.images, size, args.labels, args.samples, args.reduce_zero_label
     )
@@ -125,7 +131,7 @@ def run_bench_command(args: argparse.Namespace, size: tuple[int, int], build_mod
     rows, html = run_bench(
         args.model, img_size, args.out, lambda: deploy(build_model(args, size), img_size=size),
         targets=args.targets, only=args.only, checkpoint=args.checkpoint, num_classes=args.num_classes,
-        images=images if args.images else None, labels=labels, images_source=source,
+        images=images, labels=labels, images_source=source,
         latency_runs=args.latency_runs, layer_error=not args.no_layers,
     )
     if args.json:
