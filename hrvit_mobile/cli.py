@@ -69,6 +69,20 @@ def _default_classes(args: argparse.Namespace) -> list[str] | None:
     return None
 
 
+def _calibration(args: argparse.Namespace, size: tuple[int, int], demo_model: bool):
+    """int8 calibration images: --calib, else the demo checkpoint's own train images when the demo model is
+    exported, else None (the exporter then calibrates on synthetic images and warns)."""
+    if args.calib:
+        from hrvit_mobile.data.calibration import calibration_images
+
+        return calibration_images(args.calib, size, limit=args.calib_samples)
+    if demo_model:
+        from hrvit_mobile.demo import demo_calibration_images
+
+        return demo_calibration_images(args.calib_samples, size)
+    return None
+
+
 def _log():
     import logging
 
@@ -87,7 +101,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hrvit_mobile.data.calibration import calibration_images
     from hrvit_mobile.deploy import deploy
     from hrvit_mobile.exporters import (
         ExportSpec,
@@ -121,7 +134,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         run_parity=not args.no_parity,
     )
     if args.keep_float is not None:
-        spec.keep_float = "auto" if args.keep_float == "auto" else args.keep_float
+        spec.keep_float = args.keep_float
     from hrvit_mobile.quant.qat import is_qat_checkpoint
 
     if is_qat_checkpoint(args.checkpoint):
@@ -134,7 +147,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
             recipe_for(resolved)  # --keep-float on a post-conversion variant
     model = _build_model(args, size)
-    calib = calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
+    calib = _calibration(args, size, demo_model=class_names is not None)
     deployed = deploy(model, img_size=size)
     reports = export_all(deployed, spec, calib) if args.target == "all" else [export(deployed, spec, calib)]
     for report in reports:
@@ -166,7 +179,6 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     artifacts = args.artifact
     if args.target:
-        from hrvit_mobile.data.calibration import calibration_images
         from hrvit_mobile.deploy import deploy
         from hrvit_mobile.exporters import ExportSpec
 
@@ -180,7 +192,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
             for t in targets
         ]
         model = _build_model(args, size)
-        calib = calibration_images(args.calib, size, limit=args.calib_samples) if args.calib else None
+        calib = _calibration(args, size, demo_model=class_names is not None)
         artifacts = bundle.export_artifacts(args.app, deploy(model, img_size=size), specs, calib)
     result = bundle.build_bundle(args.app, artifacts, args.out, labels=args.labels,
                                  allow_failed_parity=args.allow_failed_parity)

@@ -93,20 +93,33 @@ def save_demo_weights(checkpoint: Path | str, out: Path | str = DEMO_WEIGHTS) ->
     return out
 
 
-def demo_verification_set(n: int, size: tuple[int, int]):
-    """The first ``n`` images of the demo checkpoint's held-out split, with their class maps.
+def demo_samples(split: str, n: int, size: tuple[int, int]):
+    """The first ``n`` images of the demo checkpoint's synthetic ``split`` with their class maps,
+    generated in memory from the seed its dataset was made with (the generator is deterministic).
 
-    Generated in memory from the seed the checkpoint's dataset was made with (the generator is
-    deterministic), so reports on the demo model score it on its own domain, with labels, offline.
-    Returns ``(uint8 (N, H, W, 3), int64 (N, H, W), description)``.
+    Returns ``(uint8 (N, H, W, 3), int64 (N, H, W))``.
     """
     import numpy as np
 
     from hrvit_mobile.data.synthetic import generate_sample
 
     seed = int(demo_checkpoint().info.get("seed", 0))
-    pairs = [generate_sample(seed, "val", i, size) for i in range(n)]
-    images = np.stack([rgb for rgb, _ in pairs])
-    labels = np.stack([mask for _, mask in pairs]).astype(np.int64)
+    pairs = [generate_sample(seed, split, i, size) for i in range(n)]
+    return np.stack([rgb for rgb, _ in pairs]), np.stack([mask for _, mask in pairs]).astype(np.int64)
+
+
+def demo_verification_set(n: int, size: tuple[int, int]):
+    """Held-out images with labels, so reports score the demo model on its own domain, offline.
+
+    Returns ``(images, labels, description)``.
+    """
+    images, labels = demo_samples("val", n, size)
+    seed = int(demo_checkpoint().info.get("seed", 0))
     return images, labels, (f"{n} held-out synthetic val image(s) with labels (seed {seed}, the demo "
                             "checkpoint's val split)")
+
+
+def demo_calibration_images(n: int, size: tuple[int, int]):
+    """uint8 calibration images from the demo checkpoint's train split: what an int8 export of the demo
+    model calibrates on when no --calib is given (blobs from another domain would skew the ranges)."""
+    return demo_samples("train", n, size)[0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hrvit_mobile.cli import _build_model, _default_classes, main
+from hrvit_mobile.cli import _build_model, _calibration, _default_classes, main
 from hrvit_mobile.data import SYNTHETIC_CLASSES, generate_sample, normalize_image
 from hrvit_mobile.demo import DEMO_INFO, DEMO_WEIGHTS, demo_checkpoint, load_demo_model
 from hrvit_mobile.metrics import ConfusionMatrix, upsample_class_map
@@ -63,6 +63,20 @@ def test_cli_default_is_the_demo_for_b1_only() -> None:
     assert _default_classes(nano) is None and nano.num_classes == 150
     ade = _args(num_classes=150)  # asking for other classes: the recipe weights, as before
     assert _default_classes(ade) is None and _build_model(ade, (64, 64)).num_classes == 150
+
+
+def test_demo_model_calibrates_on_its_own_train_images(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    args = _args(calib=None, calib_samples=3)
+    calib = _calibration(args, (64, 96), demo_model=True)
+    assert calib.shape == (3, 64, 96, 3) and calib.dtype == np.uint8
+    assert np.array_equal(calib[2], generate_sample(0, "train", 2, (64, 96))[0])
+    assert _calibration(args, (64, 96), demo_model=False) is None  # the exporter's synthetic fallback
+    Image.fromarray(np.full((64, 96, 3), 7, np.uint8)).save(tmp_path / "a.png")
+    own = _calibration(_args(calib=str(tmp_path), calib_samples=3), (64, 96), demo_model=True)
+    assert own.shape == (1, 64, 96, 3) and int(own.max()) == 7  # --calib wins
 
 
 def test_cli_eval_defaults_to_the_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
