@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrvit_mobile.quant.recipes import LiteRTPostTraining
+from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
 from .contract import (
     ArtifactResult,
@@ -91,6 +91,59 @@ def compact_tensor_names(model: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 
+def float_io(model: bytes) -> tuple[bytes, list[str]]:
+    """Give an int8-in/int8-out .tflite a float32 input and output: QUANTIZE after the input, DEQUANTIZE
+    before the output, with the quantization parameters the graph already has.
+
+    litert-torch's conversion of a PT2E-quantized graph folds the first quantize and the last dequantize
+    into the graph's I/O types; the app contract (and the PTQ int8 .tflite) is float32 image in, float32
+    logits out. The new float tensors take over the I/O names and the signature entries, so an app
+    reading ``image``/``logits`` is unchanged; returns the new bytes and the names it changed.
+    """
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    sg = obj.subgraphs[0]
+    quantized = (fb.TensorType.INT8, fb.TensorType.UINT8)
+
+    def opcode(builtin: int) -> int:
+        for i, code in enumerate(obj.operatorCodes):
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+                return i
+        code = fb.OperatorCodeT(deprecatedBuiltinCode=builtin, version=2, builtinCode=builtin)
+        obj.operatorCodes.append(code)
+        return len(obj.operatorCodes) - 1
+
+    def float_twin(index: int) -> int:
+        """A float32 tensor shaped like ``index`` that takes over its name (the int8 one gets a suffix)."""
+        old = sg.tensors[index]
+        twin = fb.TensorT(shape=list(old.shape), type=fb.TensorType.FLOAT32, buffer=0, name=old.name,
+                          shapeSignature=old.shapeSignature, hasRank=old.hasRank)
+        old.name = (old.name or b"") + b"_int8"
+        sg.tensors.append(twin)
+        return len(sg.tensors) - 1
+
+    renamed: dict[int, int] = {}
+    for pos, index in enumerate(list(sg.inputs)):
+        if sg.tensors[index].type in quantized:
+            twin = float_twin(index)
+            sg.operators.insert(0, fb.OperatorT(opcodeIndex=opcode(fb.BuiltinOperator.QUANTIZE),
+                                                inputs=[twin], outputs=[index]))
+            sg.inputs[pos] = renamed[index] = twin
+    for pos, index in enumerate(list(sg.outputs)):
+        if sg.tensors[index].type in quantized:
+            twin = float_twin(index)
+            sg.operators.append(fb.OperatorT(opcodeIndex=opcode(fb.BuiltinOperator.DEQUANTIZE),
+                                             inputs=[index], outputs=[twin]))
+            sg.outputs[pos] = renamed[index] = twin
+    for sig in obj.signatureDefs or []:
+        for entry in [*(sig.inputs or []), *(sig.outputs or [])]:
+            entry.tensorIndex = renamed.get(entry.tensorIndex, entry.tensorIndex)
+    names = [sg.tensors[i].name.decode() for i in renamed.values()]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj)), names
+
+
 def _graph_facts(model_path: Path) -> dict[str, Any]:
     """Op histogram and I/O dtypes, read by the runtime's own interpreter."""
     from ai_edge_litert.interpreter import Interpreter
@@ -135,16 +188,28 @@ def convert(
     def build(stage: Path) -> Built:
         import litert_torch
 
+        recipe = recipe_for(spec) if variant != "fp32" else None
+        prequantized = isinstance(recipe, Prequantized)
+        kwargs: dict[str, Any] = {}
+        if prequantized:  # a converted PT2E graph (QAT): its quantize/dequantize pairs become int8 tensors
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            kwargs["quant_config"] = QuantConfig(pt2e_quantizer=LiteRTInt8().quantizer())
         with step(TARGET, "litert_torch.convert"), torch.no_grad():
             edge = litert_torch.convert(
-                _NamedIO(model).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export
+                _NamedIO(model).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export,
+                **kwargs,
             )
         float_path = stage / "float.tflite"
         edge.export(str(float_path))
         details: dict[str, Any] = {"quantization": None}
         out = stage / f"{spec.name}.tflite"
         data = float_path.read_bytes()
-        if variant != "fp32":
+        if prequantized:
+            data, changed = float_io(data)
+            details["quantization"] = {**recipe.describe(), "calibration_samples": 0,
+                                       "float_io": f"QUANTIZE/DEQUANTIZE added at {changed}"}
+        elif variant != "fp32":
             data, details["quantization"] = _quantize(data, spec, calib_t)
         compact = compact_tensor_names(data)
         details["tensor_names"] = f"shortened to the last scope component (-{len(data) - len(compact)} bytes)"

@@ -318,12 +318,6 @@ def _export_qat(args: argparse.Namespace, spec) -> int:
         )
     if spec.keep_float is not None:
         raise HRViTMobileError("--keep-float does not apply to a QAT checkpoint (it is quantized already)")
-    if meta["target"] == "tflite":
-        # litert-torch's conversion of a converted PT2E graph is not wired into the LiteRT exporter yet
-        raise HRViTMobileError(
-            f"{args.checkpoint}: exporting a LiteRT QAT checkpoint is not supported yet; "
-            "QAT checkpoints export to --target executorch or coreml"
-        )
     spec = dataclasses.replace(
         spec, activations="int8", img_size=tuple(meta["img_size"]), num_classes=meta["num_classes"],
         model_name=meta["model"],

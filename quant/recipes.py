@@ -22,7 +22,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.models.norm import DelegableLayerNorm
 
 log = logging.getLogger("hrvit_mobile.quant")
 
@@ -81,6 +82,10 @@ class PT2ERecipe(QuantRecipe):
     def _annotation_context(self) -> contextlib.AbstractContextManager[None]:
         return fast_pattern_capture(self.pattern_utils) if self.pattern_utils else contextlib.nullcontext()
 
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """A numerically identical rewrite of ``model`` that the target's quantized ops need (in place)."""
+        return model
+
     @staticmethod
     def capture(model: nn.Module, example: torch.Tensor, strict: bool = False) -> torch.fx.GraphModule:
         """The graph PT2E works on; capture once and pass copies to :meth:`prepare` to try many recipes."""
@@ -94,7 +99,7 @@ class PT2ERecipe(QuantRecipe):
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
         t0 = time.perf_counter()
-        gm = model if captured else self.capture(model, example, strict)
+        gm = model if captured else self.capture(self.adapt(model), example, strict)
         with self._annotation_context():
             prepared = (prepare_qat_pt2e if self.qat else prepare_pt2e)(gm, self.quantizer())
         log.debug("[%s] prepared (%s) in %.1f s", self.target, self.name, time.perf_counter() - t0)
@@ -172,6 +177,24 @@ class XNNPACKInt8(PT2ERecipe):
         return quantizer
 
 
+def _on_rank_three(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``forward`` over the last dim, leading dims but the first folded: (B, *, C) -> (B, N, C)."""
+    if x.dim() <= 3:
+        return forward(x)
+    y = forward(x.reshape(x.shape[0], -1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class RankThreeLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _on_rank_three(super().forward, x)
+
+
+class RankThreeLayerNorm(DelegableLayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _on_rank_three(super().forward, x)
+
+
 @dataclass
 class LiteRTInt8(PT2ERecipe):
     """LiteRT: litert-torch's PT2E quantizer (int8 per-channel weights, static int8 activations).
@@ -185,6 +208,23 @@ class LiteRTInt8(PT2ERecipe):
     per_channel: bool = True
     scheme: str = "PT2E litert_torch PT2EQuantizer: int8 per-channel weights, static int8 activations"
     pattern_utils: str = "litert_torch.quantize.pt2e_quantizer_utils"
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """Linears (and the LayerNorm's mean linears) on (B, H, W, C) tokens run on (B, H*W, C): LiteRT's
+        quantized batch_matmul takes rank 3 only (float conversion reshapes by itself; the quantized
+        path fails with "tfl.batch_matmul ... expected 3 but got 4")."""
+        swaps = {nn.Linear: RankThreeLinear, DelegableLayerNorm: RankThreeLayerNorm}
+        for module in model.modules():
+            if type(module) in swaps:
+                module.__class__ = swaps[type(module)]  # same parameters and names, another forward
+        return model
+
+    def convert(self, prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        """Quantize/dequantize pairs around float weights (``fold_quantize=False``): litert-torch's converter
+        turns each pair into a quantized tensor and refuses weights folded into int8 constants."""
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        return convert_pt2e(prepared, fold_quantize=False)
 
     def quantizer(self) -> Any:
         from litert_torch.quantize import pt2e_quantizer as pt2eq
