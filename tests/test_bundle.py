@@ -209,8 +209,14 @@ def test_shipped_label_sets() -> None:
         "background", "disc", "square", "triangle", "ring", "cross", "star", "stripes"
     )
     assert load_labels("cityscapes").palette[0] == (128, 64, 128)  # road
-    samples = sorted((assets_dir() / "samples").glob("*.png"))
+    samples = sorted((assets_dir() / "samples").glob("*.jpg"))
     assert len(samples) >= 3 and sum(p.stat().st_size for p in samples) < 200_000
+    from PIL import Image
+
+    for image in samples:  # each with its class map: same size, synthetic class indices
+        with Image.open(image) as im, Image.open(image.with_name(image.stem + "_mask.png")) as mask:
+            assert mask.size == im.size and mask.mode == "L"
+            assert int(np.asarray(mask).max()) < len(load_labels("synthetic").classes)
 
 
 # --------------------------------------------------------------------------------------------------

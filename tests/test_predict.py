@@ -16,7 +16,7 @@ from hrvit_mobile.exporters import Normalization
 from hrvit_mobile.labels import assets_dir
 from hrvit_mobile.predict import PredictError, _tile_origins, _upsample_argmax, predict
 
-SAMPLE = assets_dir() / "samples" / "shapes_301x227.png"  # non-square, odd-sized
+SAMPLE = assets_dir() / "samples" / "synthetic_227x301.jpg"  # non-square, odd-sized
 
 
 def _artifact(tiny_artifacts, target: str) -> Path:

@@ -1,68 +1,33 @@
 """Regenerate the sample images (deterministic): python demo_app_assets/samples/make_samples.py
 
-Scenes of the synthetic demo classes (disc, square, triangle, ring, cross, star, stripes) on a smooth
-background, at sizes an app or `hrvit-mobile predict` must handle: landscape, portrait, odd-sized.
+Images from the project's synthetic generator (the domain of the demo checkpoint), held out from both its
+train and its 100 val images (val indices 1000+), at sizes an app or `hrvit-mobile predict` must handle:
+landscape, portrait, odd-sized. Each image is a JPEG, as a camera frame would be, with its ground-truth
+class map beside it (`*_mask.png`, single-channel class indices) so a prediction can be scored.
 """
 
 from __future__ import annotations
 
-import math
-import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+
+from hrvit_mobile.data.synthetic import generate_sample
 
 HERE = Path(__file__).parent
-SAMPLES = {"shapes_640x480.png": (640, 480, 1), "shapes_360x640.png": (360, 640, 2), "shapes_301x227.png": (301, 227, 3)}
+SEED = 0  # the demo checkpoint's dataset seed
+# name -> (height, width, val index)
+SAMPLES = {"synthetic_480x640": (480, 640, 1000), "synthetic_640x360": (640, 360, 1001),
+           "synthetic_227x301": (227, 301, 1002)}
 
 
-def _colour(rng: random.Random) -> tuple[int, int, int]:
-    return tuple(rng.randint(40, 235) for _ in range(3))
-
-
-def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    pts = []
-    for i in range(10):
-        a = math.pi / 2 + i * math.pi / 5
-        rr = r if i % 2 == 0 else r * 0.45
-        pts.append((cx + rr * math.cos(a), cy - rr * math.sin(a)))
-    return pts
-
-
-def scene(w: int, h: int, seed: int) -> Image.Image:
-    rng = random.Random(seed)
-    top, bottom = _colour(rng), _colour(rng)
-    im = Image.new("RGB", (w, h))
-    d = ImageDraw.Draw(im)
-    for y in range(h):  # vertical gradient background
-        t = y / max(1, h - 1)
-        d.line([(0, y), (w, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
-    for kind in ("stripes", "disc", "square", "triangle", "ring", "cross", "star"):
-        r = rng.uniform(0.08, 0.16) * min(w, h)
-        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-        c = _colour(rng)
-        if kind == "disc":
-            d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=c)
-        elif kind == "square":
-            d.rectangle((cx - r, cy - r, cx + r, cy + r), fill=c)
-        elif kind == "triangle":
-            d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=c)
-        elif kind == "ring":
-            d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=c, width=max(2, round(r / 3)))
-        elif kind == "cross":
-            t = r / 3
-            d.rectangle((cx - r, cy - t, cx + r, cy + t), fill=c)
-            d.rectangle((cx - t, cy - r, cx + t, cy + r), fill=c)
-        elif kind == "star":
-            d.polygon(_star(cx, cy, r), fill=c)
-        else:
-            for i in range(5):
-                x0 = cx - r + i * 2 * r / 5
-                d.rectangle((x0, cy - r, x0 + r / 5, cy + r), fill=c)
-    return im.filter(ImageFilter.SMOOTH)
+def main() -> None:
+    for name, (h, w, index) in SAMPLES.items():
+        rgb, mask = generate_sample(SEED, "val", index, (h, w))
+        Image.fromarray(rgb).save(HERE / f"{name}.jpg", quality=90, optimize=True)
+        Image.fromarray(mask).save(HERE / f"{name}_mask.png", optimize=True)
+        print(name, (HERE / f"{name}.jpg").stat().st_size, "bytes")
 
 
 if __name__ == "__main__":
-    for name, (w, h, seed) in SAMPLES.items():
-        scene(w, h, seed).save(HERE / name, optimize=True)
-        print(name, (HERE / name).stat().st_size, "bytes")
+    main()
