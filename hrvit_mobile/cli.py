@@ -564,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     qat.add_argument("--target", required=True, choices=["executorch", "tflite", "coreml"])
     qat.add_argument("--steps", type=int, required=True)
     qat.add_argument("--model", default="hrvit_b1")
-    qat.add_argument("--checkpoint", help="trained float weights to start from")
+    qat.add_argument("--checkpoint",
+                     help="trained float weights to start from (default for hrvit_b1: the demo checkpoint)")
     qat.add_argument("--img-size", default="512x512", help="HEIGHTxWIDTH, multiples of 32")
     qat.add_argument("--num-classes", type=int, help="default: from the data's classes.txt")
     qat.add_argument("--batch-size", type=int, default=8, help="per process")

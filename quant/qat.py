@@ -58,7 +58,7 @@ class QATConfig:
     target: str = "executorch"
     steps: int = 100
     model: str = "hrvit_b1"
-    checkpoint: str | None = None  # float weights to start from (trained); None = embedded default
+    checkpoint: str | None = None  # float weights to start from (trained); None = embedded default/demo
     img_size: tuple[int, int] = (512, 512)
     num_classes: int | None = None  # from the dataset's classes.txt when None
     batch_size: int = 8  # per process
@@ -153,12 +153,18 @@ def _broadcast_state(model: nn.Module, dist: _Dist) -> None:
 
 
 def _float_model(cfg: QATConfig, num_classes: int) -> nn.Module:
+    """The trained float weights QAT starts from: --checkpoint, else the demo checkpoint when it fits."""
     import hrvit_mobile
+    from hrvit_mobile.demo import demo_checkpoint_for
     from hrvit_mobile.weights import load_recipe_weights
 
     model = hrvit_mobile.create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size)
+    demo = None if cfg.checkpoint else demo_checkpoint_for(cfg.model)
     if cfg.checkpoint:
         hrvit_mobile.load_checkpoint(model, cfg.checkpoint)
+    elif demo is not None and demo.num_classes == num_classes:
+        log.info("qat: no --checkpoint, starting from the embedded demo checkpoint %s", demo.path.name)
+        hrvit_mobile.load_checkpoint(model, demo.path)
     else:
         log.warning("qat: no --checkpoint, starting from the embedded default %s (untrained recipe weights); "
                     "QAT is meant to start from trained weights", cfg.model)

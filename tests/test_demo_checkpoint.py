@@ -93,3 +93,12 @@ def test_cli_eval_defaults_to_the_demo(tmp_path: Path, capsys: pytest.CaptureFix
     (other / "classes.txt").write_text("a\nb\nc\nd\ne\nf\ng\nh\ni\n")
     assert main(["eval", "--data", str(other), "--img-size", "64x64"]) == 2
     assert "predicts 8 classes" in capsys.readouterr().err
+
+
+def test_qat_starts_from_the_demo_checkpoint_by_default() -> None:
+    from hrvit_mobile.quant.qat import QATConfig, _float_model
+
+    model = _float_model(QATConfig(data="unused", model="hrvit_b1", img_size=(64, 64)), num_classes=8)
+    demo = load_demo_model((64, 64))
+    key = "decode_head.conv_seg.weight"
+    assert torch.equal(model.state_dict()[key], demo.state_dict()[key])
