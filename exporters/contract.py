@@ -125,6 +125,9 @@ class ExportSpec:
     thresholds: ParityThresholds | None = None
     parity_samples: int = 2
     calib_samples: int = 8
+    # where the calibration images came from (recorded in the sidecar, so a report can rebuild the set);
+    # None: the exporter's own synthetic images (EXPORTER_SYNTHETIC)
+    calib_source: str | None = None
     seed: int = 0
     run_parity: bool = True
     # int8-activation exports: module groups kept float (names), or "auto" (the most sensitive groups
@@ -646,6 +649,9 @@ def run_build(spec: ExportSpec, variant: str, suffix: str, build: Callable[[Path
     write_sidecar(spec, art, None)
     log.info("[%s] wrote %s (%.2f MB) in %.1f s", spec.target, final_main, art.size_bytes / 1e6, seconds)
     return art
+
+
+EXPORTER_SYNTHETIC = "the exporter's synthetic images"
 
 
 def calibration_tensors(

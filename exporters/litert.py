@@ -22,6 +22,7 @@ import torch
 from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
 from .contract import (
+    EXPORTER_SYNTHETIC,
     ArtifactResult,
     Built,
     ExportError,
@@ -67,7 +68,11 @@ def _quantize(
     calibrating = recipe.needs_calibration
     what = f"quantize ({recipe.variant})" + (f", calibrate on {len(calib)} inputs" if calibrating else "")
     with step(TARGET, what):
-        return recipe.apply(float_model, calib if recipe.needs_calibration else ())
+        data, info = recipe.apply(float_model, calib if recipe.needs_calibration else ())
+    if calibrating:
+        info = {**info, "calibration_samples": len(calib),
+                "calibration_source": spec.calib_source or EXPORTER_SYNTHETIC}
+    return data, info
 
 
 def compact_tensor_names(model: bytes) -> bytes:

@@ -13,7 +13,7 @@ import torch
 
 from hrvit_mobile.quant.recipes import Prequantized, PT2ERecipe, QuantRecipe, get_recipe
 
-from .contract import ExportError, ExportSpec, step
+from .contract import EXPORTER_SYNTHETIC, ExportError, ExportSpec, step
 
 AUTO = "auto"
 
@@ -75,7 +75,8 @@ def quantize_pt2e(
     ``report`` (when given) receives what was done: the recipe, calibration size, and for
     ``keep_float="auto"`` which groups were kept float and the figures that chose them.
     """
-    info: dict[str, Any] = {**recipe.describe(), "calibration_samples": len(calib)}
+    info: dict[str, Any] = {**recipe.describe(), "calibration_samples": len(calib),
+                            "calibration_source": spec.calib_source or EXPORTER_SYNTHETIC}
     if spec.keep_float == AUTO and not isinstance(recipe, Prequantized):
         from hrvit_mobile.quant.sensitivity import auto_keep_float
 

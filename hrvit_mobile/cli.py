@@ -70,17 +70,10 @@ def _default_classes(args: argparse.Namespace) -> list[str] | None:
 
 
 def _calibration(args: argparse.Namespace, size: tuple[int, int], demo_model: bool):
-    """int8 calibration images: --calib, else the demo checkpoint's own train images when the demo model is
-    exported, else None (the exporter then calibrates on synthetic images and warns)."""
-    if args.calib:
-        from hrvit_mobile.data.calibration import calibration_images
+    """(images, source) for int8 calibration; see ``hrvit_mobile.data.calibration.default_calibration``."""
+    from hrvit_mobile.data.calibration import default_calibration
 
-        return calibration_images(args.calib, size, limit=args.calib_samples)
-    if demo_model:
-        from hrvit_mobile.demo import demo_calibration_images
-
-        return demo_calibration_images(args.calib_samples, size)
-    return None
+    return default_calibration(args.calib, args.calib_samples, size, demo_model)
 
 
 def _log():
@@ -147,7 +140,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
             recipe_for(resolved)  # --keep-float on a post-conversion variant
     model = _build_model(args, size)
-    calib = _calibration(args, size, demo_model=class_names is not None)
+    calib, spec.calib_source = _calibration(args, size, demo_model=class_names is not None)
     deployed = deploy(model, img_size=size)
     reports = export_all(deployed, spec, calib) if args.target == "all" else [export(deployed, spec, calib)]
     for report in reports:
@@ -192,7 +185,9 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
             for t in targets
         ]
         model = _build_model(args, size)
-        calib = _calibration(args, size, demo_model=class_names is not None)
+        calib, source = _calibration(args, size, demo_model=class_names is not None)
+        for spec in specs:
+            spec.calib_source = source
         artifacts = bundle.export_artifacts(args.app, deploy(model, img_size=size), specs, calib)
     result = bundle.build_bundle(args.app, artifacts, args.out, labels=args.labels,
                                  allow_failed_parity=args.allow_failed_parity)
@@ -360,7 +355,8 @@ def _add_report_args(parser: argparse.ArgumentParser, with_model: bool) -> None:
         parser.add_argument("--model", help="model variant (default: from the sidecar)")
         parser.add_argument("--checkpoint", help="the checkpoint the artifacts were exported from")
         parser.add_argument("--num-classes", type=int, help="default: from the sidecar")
-    parser.add_argument("--images", help="folder of verification images (default: 2 synthetic images)")
+    parser.add_argument("--images", help="folder of verification images (default: the demo checkpoint's val "
+                        "images for the demo model, else 2 synthetic images)")
     parser.add_argument("--labels", help="folder of label PNGs named like the images (enables mIoU vs GT)")
     parser.add_argument("--reduce-zero-label", action="store_true",
                         help="labels: 0 is ignore, classes start at 1 (ADE20K)")
@@ -368,6 +364,9 @@ def _add_report_args(parser: argparse.ArgumentParser, with_model: bool) -> None:
                         help="at most this many images from --images (or the demo checkpoint's val split)")
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer error of int8 variants")
+    parser.add_argument("--calib", help="int8 calibration images (folder or dataset root) of the exports, "
+                        "for the per-layer simulation (default: what the sidecar records)")
+    parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("-v", "--verbose", action="store_true")
 
 

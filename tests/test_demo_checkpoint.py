@@ -69,14 +69,17 @@ def test_demo_model_calibrates_on_its_own_train_images(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
+    from hrvit_mobile.data.calibration import DEMO_CALIBRATION
+
     args = _args(calib=None, calib_samples=3)
-    calib = _calibration(args, (64, 96), demo_model=True)
-    assert calib.shape == (3, 64, 96, 3) and calib.dtype == np.uint8
+    calib, source = _calibration(args, (64, 96), demo_model=True)
+    assert calib.shape == (3, 64, 96, 3) and calib.dtype == np.uint8 and source == DEMO_CALIBRATION
     assert np.array_equal(calib[2], generate_sample(0, "train", 2, (64, 96))[0])
-    assert _calibration(args, (64, 96), demo_model=False) is None  # the exporter's synthetic fallback
+    assert _calibration(args, (64, 96), demo_model=False) == (None, None)  # the exporter's fallback
     Image.fromarray(np.full((64, 96, 3), 7, np.uint8)).save(tmp_path / "a.png")
-    own = _calibration(_args(calib=str(tmp_path), calib_samples=3), (64, 96), demo_model=True)
+    own, source = _calibration(_args(calib=str(tmp_path), calib_samples=3), (64, 96), demo_model=True)
     assert own.shape == (1, 64, 96, 3) and int(own.max()) == 7  # --calib wins
+    assert source == f"1 images of {tmp_path.resolve()}"
 
 
 def test_cli_eval_defaults_to_the_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -291,3 +291,35 @@ def test_default_verification_set_is_the_demo_val_split_for_the_demo_model() -> 
         other = Namespace(**{**vars(args), **change})
         assert verification_set(other, (64, 96), num_classes=8)[1] is None
     assert verification_set(args, (64, 96), num_classes=150)[1] is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="executorch not installed")
+def test_per_layer_simulation_calibrates_like_the_export(model, tmp_path: Path) -> None:
+    """The sidecar records the calibration source; the report rebuilds the demo set, refuses to guess a
+    folder it was not given, and uses a --calib it is given."""
+    import dataclasses
+
+    from hrvit_mobile.data.calibration import DEMO_CALIBRATION
+    from hrvit_mobile.demo import demo_calibration_images
+    from hrvit_mobile.exporters import read_sidecar
+
+    images = synthetic_images(1, SIZE, seed=5)
+    spec = ExportSpec(target="executorch", bits=8, img_size=SIZE, num_classes=K, out_dir=tmp_path / "a",
+                      model_name="tiny", run_parity=False, calib_source=DEMO_CALIBRATION)
+    demo = export(model, spec, demo_calibration_images(3, SIZE)).artifact.path
+    assert read_sidecar(demo)["details"]["quantization"]["calibration_source"] == DEMO_CALIBRATION
+    folder_spec = dataclasses.replace(spec, out_dir=tmp_path / "b", calib_source="3 images of /some/folder")
+    folder = export(model, folder_spec, synthetic_images(3, SIZE, seed=9)).artifact.path
+
+    def note(artifact: Path, **kw) -> str:
+        files = build_report([artifact], model, images, tmp_path / f"r{len(kw)}{artifact.parent.name}",
+                             latency_runs=1, **kw)
+        entry = json.loads(files.json.read_text())["artifacts"][0]
+        return entry["layers_note"], entry["layers"]
+
+    text, layers = note(demo)
+    assert text == f"calibrated like the export: 3 images of the {DEMO_CALIBRATION}" and layers["worst"]
+    text, layers = note(folder)
+    assert "skipped" in text and "/some/folder" in text and layers is None
+    text, layers = note(folder, calib=synthetic_images(3, SIZE, seed=9), calib_source="3 given images")
+    assert text == "calibrated on 3 images: 3 given images" and layers["worst"]

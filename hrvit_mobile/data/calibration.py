@@ -31,3 +31,27 @@ def calibration_images(root: Path | str, img_size: tuple[int, int], limit: int =
     from hrvit_mobile.exporters import load_calibration_images
 
     return load_calibration_images(image_folder(root, split), img_size, limit=limit)
+
+
+def default_calibration(
+    calib: Path | str | None, samples: int, img_size: tuple[int, int], demo_model: bool
+) -> tuple[np.ndarray | None, str | None]:
+    """The int8 calibration images of an export and where they came from: ``calib`` (a folder or dataset
+    root), else the demo checkpoint's own train images when the demo model is exported, else ``(None,
+    None)`` (the exporter then calibrates on its synthetic images and says so).
+
+    ``report`` and ``bench`` call this with the export's arguments to rebuild the same set for the
+    per-layer simulation.
+    """
+    if calib:
+        images = calibration_images(calib, img_size, limit=samples)
+        return images, f"{len(images)} images of {Path(calib).resolve()}"
+    if demo_model:
+        from hrvit_mobile.demo import demo_calibration_images
+
+        return demo_calibration_images(samples, img_size), DEMO_CALIBRATION
+    return None, None
+
+
+# the sidecar's ``calibration_source`` for an export of the demo model without --calib
+DEMO_CALIBRATION = "demo checkpoint's synthetic train split"

@@ -50,6 +50,7 @@ class BenchRow:
 def export_command(
     target: str, bits: int, activations: str, model: str, img_size: str, out: Path,
     checkpoint: str | None = None, num_classes: int | None = None, report: bool = False,
+    calib: str | None = None, calib_samples: int | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "hrvit_mobile.cli", "export", "--target", target, "--bits", str(bits),
            "--model", model, "--img-size", img_size, "--out", str(out)]
@@ -59,6 +60,10 @@ def export_command(
         cmd += ["--checkpoint", checkpoint]
     if num_classes:
         cmd += ["--num-classes", str(num_classes)]
+    if calib:
+        cmd += ["--calib", str(calib)]
+    if calib_samples:
+        cmd += ["--calib-samples", str(calib_samples)]
     if not report:
         cmd.append("--no-report")
     return cmd
@@ -105,6 +110,10 @@ def run_bench(
     images_source: str = "synthetic",
     latency_runs: int = 10,
     layer_error: bool = True,
+    calib_dir: str | None = None,
+    calib_samples: int | None = None,
+    calib: np.ndarray | None = None,
+    calib_source: str | None = None,
 ) -> tuple[list[BenchRow], Path | None]:
     """Export every pair, measure the artifacts, write bench.json, bench.md and report/ into ``out``.
 
@@ -137,7 +146,8 @@ def run_bench(
             row.status, row.reason = "skipped", str(e)
             print(f"[{row.format}] skipped: {e}", file=sys.stderr, flush=True)
             continue
-        cmd = export_command(target, bits, act, model, img_size, out / "artifacts", checkpoint, num_classes)
+        cmd = export_command(target, bits, act, model, img_size, out / "artifacts", checkpoint, num_classes,
+                             calib=calib_dir, calib_samples=calib_samples)
         row.command = " ".join(["hrvit-mobile", *cmd[3:]])
         print(f"[{row.format}] exporting ...", file=sys.stderr, flush=True)
         started = time.time()
@@ -164,7 +174,8 @@ def run_bench(
         if images is None:
             images = synthetic_images(2, size, seed=1000)  # the export's parity images
         files = build_report(artifacts, reference(), images, out / "report", labels,
-                             images_source=images_source, latency_runs=latency_runs, layer_error=layer_error)
+                             images_source=images_source, latency_runs=latency_runs, layer_error=layer_error,
+                             calib=calib, calib_source=calib_source)
         report_html = files.html
         by_path = {a.path: a for a in files.report.artifacts}
         for r in rows:

@@ -199,7 +199,8 @@ def collect(
     images_source: str = "synthetic images",
     latency_runs: int = 10,
     layer_error: bool = True,
-    calib: Sequence[torch.Tensor] | None = None,
+    calib: Sequence[torch.Tensor] | np.ndarray | None = None,
+    calib_source: str | None = None,
     threads: int | None = None,
 ) -> Report:
     """Measure every artifact against the float ``model`` on ``images`` (uint8 (N, H, W, 3) RGB).
@@ -208,7 +209,9 @@ def collect(
         model: the float model the artifacts came from (deploy form, eval), normalized (1, 3, H, W) in.
         labels: optional (N, H, W) ground truth class maps at the image size (255 = ignore).
         layer_error: per-layer SQNR for the PT2E int8 variants (PyTorch-side simulation).
-        calib: calibration inputs for that simulation; default: the exporter's synthetic calibration set.
+        calib: calibration inputs for that simulation (tensors, or uint8 images), described by
+            ``calib_source``; default: the set the sidecar says the export used (the demo checkpoint's
+            train images, or the exporter's synthetic images).
     """
     if not artifacts:
         raise HRViTMobileError("no artifacts given: pass one or more .pte, .tflite or .mlpackage paths")
@@ -259,7 +262,7 @@ def collect(
     for path, meta in tqdm(metas, desc="report", unit="artifact", disable=None):
         entry = _measure(path, meta, refs, ref_maps, images, labels, latency_runs, threads, report)
         if layer_error and entry.status == "measured" and layers_mod.supports(entry.target, entry.variant):
-            entry.layers, entry.layers_note = _layers(model, entry, meta, inputs, calib)
+            entry.layers, entry.layers_note = _layers(model, entry, meta, inputs, calib, calib_source)
         elif layers_mod.supports(entry.target, entry.variant):
             entry.layers_note = (
                 "not computed here (the artifact did not run, or it was skipped): "
@@ -358,21 +361,34 @@ def _layers(
     entry: ArtifactEntry,
     meta: dict[str, Any],
     inputs: list[torch.Tensor],
-    calib: Sequence[torch.Tensor] | None,
+    calib: Sequence[torch.Tensor] | np.ndarray | None,
+    calib_source: str | None = None,
 ) -> tuple[dict[str, Any] | None, str]:
+    from hrvit_mobile.data.calibration import DEMO_CALIBRATION
+    from hrvit_mobile.demo import demo_calibration_images
     from hrvit_mobile.exporters import ExportSpec
-    from hrvit_mobile.exporters.contract import calibration_tensors, synthetic_images
+    from hrvit_mobile.exporters.contract import EXPORTER_SYNTHETIC, calibration_tensors, synthetic_images
 
     spec = ExportSpec(target=entry.target, img_size=tuple(meta["img_size"]), num_classes=meta["num_classes"])
     example = to_tensors(spec.normalization.apply(synthetic_images(1, spec.img_size, seed=spec.seed)))[0]
-    if calib is None:
-        n = (meta.get("details") or {}).get("quantization", {}) or {}
-        spec.calib_samples = int(n.get("calibration_samples") or spec.calib_samples)
-        calib = calibration_tensors(spec, None)  # what the exporter used when given no --calib
-        note = (f"calibrated on the exporter's {len(calib)} synthetic images "
-                "(an export's own --calib folder is not recorded)")
+    if calib is not None:
+        calib = calibration_tensors(spec, calib) if isinstance(calib, np.ndarray) else list(calib)
+        note = f"calibrated on {len(calib)} images: {calib_source or 'given by the caller'}"
     else:
-        note = f"calibrated on {len(calib)} given images"
+        quant = (meta.get("details") or {}).get("quantization") or {}
+        spec.calib_samples = int(quant.get("calibration_samples") or spec.calib_samples)
+        source = quant.get("calibration_source")
+        if source == DEMO_CALIBRATION:  # rebuild the export's own set: the generator is deterministic
+            calib = calibration_tensors(spec, demo_calibration_images(spec.calib_samples, spec.img_size))
+            note = f"calibrated like the export: {len(calib)} images of the {source}"
+        elif source and source != EXPORTER_SYNTHETIC:
+            return None, (f"per-layer error skipped: the export calibrated on {source}; pass the same "
+                          "images with --calib to simulate it")
+        else:
+            calib = calibration_tensors(spec, None)  # what the exporter used when given no --calib
+            note = f"calibrated on the exporter's {len(calib)} synthetic images" + (
+                "" if source else " (the sidecar records no calibration source: an export's own --calib "
+                "is not known)")
     t0 = time.perf_counter()
     try:
         res = layers_mod.layer_errors(model, entry.target, entry.variant, example, calib, inputs)
