@@ -339,7 +339,8 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         ckpt = result.checkpoint
         print(f"qat {cfg.target}: {result.step} steps, last loss {result.history[-1]['loss']:.4f}, "
-              f"int8 mIoU {result.final_miou:.4f}, checkpoint {ckpt} "
+              f"int8 mIoU {result.final_miou:.4f} (same weights in float: "
+              f"{result.evals[-1].get('float_miou', float('nan')):.4f}), checkpoint {ckpt} "
               f"(export: hrvit-mobile export --target {cfg.target} --bits 8 --checkpoint {ckpt})")
     return 0
 

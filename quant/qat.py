@@ -313,6 +313,23 @@ def evaluate_int8(prepared: torch.fx.GraphModule, recipe: PT2ERecipe, dataset, n
     return evaluate(lambda x: converted(x), dataset, num_classes, progress=progress, limit=limit)
 
 
+def evaluate_float(prepared: torch.fx.GraphModule, dataset, num_classes: int, limit: int | None = None,
+                   progress: bool = False):
+    """mIoU of the QAT weights in float (fake-quant off): separates what quantization costs after QAT
+    from what the extra training steps gained."""
+    import copy
+
+    from torchao.quantization.pt2e import disable_fake_quant
+
+    from hrvit_mobile.evaluate import evaluate
+
+    float_graph = copy.deepcopy(prepared)
+    float_graph.apply(disable_fake_quant)
+    float_graph.eval()
+    with torch.no_grad():
+        return evaluate(lambda x: float_graph(x), dataset, num_classes, progress=progress, limit=limit)
+
+
 def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = None) -> QATResult:
     """Run (or resume) QAT as ``cfg`` says; returns the history and the final checkpoint's path.
 
@@ -416,6 +433,12 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
         save(completed)
         raise
     run_eval(cfg.steps)
+    if dist.main:  # the same weights without fake-quant: the float reference of the final int8 figure
+        t0 = time.perf_counter()
+        r = evaluate_float(prepared, val_ds, num_classes, limit=cfg.eval_limit)
+        evals[-1]["float_miou"] = r.miou
+        log.info("qat: step %d float mIoU of the QAT weights (fake-quant off) %.4f (%.1f s)", cfg.steps,
+                 r.miou, time.perf_counter() - t0)
     save(cfg.steps)
     bar.close()
     return QATResult(ckpt_path, cfg.steps, history, evals)

@@ -80,6 +80,7 @@ def test_qat_loss_falls_and_int8_miou_beats_ptq(qat_run, data_dir: Path) -> None
     ptq_miou = evaluate(lambda x: ptq(x), data, 3).miou
     assert result.final_miou is not None and result.final_miou > ptq_miou
     assert result.evals[-1]["model"].startswith("converted int8")
+    assert 0 < result.evals[-1]["float_miou"] <= 1  # the same weights with fake-quant off
     assert is_qat_checkpoint(out / "last.pt") and (out / "qat_log.json").exists()
 
 
@@ -187,3 +188,28 @@ def test_litert_qat_checkpoint_exports_with_float_io(data_dir: Path, tmp_path: P
     convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
     conv_out = [tensors[op["outputs"][0]]["dtype"] for op in convs]
     assert conv_out and all(d == np.int8 for d in conv_out)  # the convs run in int8
+
+
+def test_float_evaluation_of_qat_weights_turns_fake_quant_off(data_dir: Path) -> None:
+    """``evaluate_float`` runs the prepared graph with every fake-quant disabled: the float deploy form."""
+    import copy
+
+    from torchao.quantization.pt2e import disable_fake_quant
+
+    from hrvit_mobile.quant.qat import build_qat_model, evaluate_float
+
+    model = load_recipe_weights(hrvit_mobile.create_model("hrvit_nano", num_classes=3, img_size=SIZE)).eval()
+    prepared, _ = build_qat_model(model, SIZE, XNNPACKInt8(qat=True))
+    x = torch.randn(1, 3, *SIZE)
+    prepared.train()
+    prepared(x)  # the observers see data, so fake-quant changes the output
+    prepared.eval()
+    reference = hrvit_mobile.deploy(model, img_size=SIZE)(x)
+    off = copy.deepcopy(prepared)
+    off.apply(disable_fake_quant)
+    assert (prepared(x) - reference).abs().max() > 1e-2
+    assert torch.allclose(off(x), reference, atol=1e-4)
+    data = open_dataset(data_dir, img_size=SIZE)
+    deployed = hrvit_mobile.deploy(model, img_size=SIZE)
+    expected = evaluate(lambda t: deployed(t), data, 3).miou
+    assert evaluate_float(prepared, data, 3).miou == pytest.approx(expected)
