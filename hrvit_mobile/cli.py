@@ -275,8 +275,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                    f"{dataset.num_classes}")
         result = evaluate_artifact(runner, dataset, dataset.num_classes, transform=eval_transform(size),
                                    progress=True, limit=args.limit)
-        print(f"runtime: {runner.runtime}")
-        return _print_eval(args, dataset, result)
+        return _print_eval(args, dataset, result, runtime=runner.runtime)
     if args.num_classes is None and (args.checkpoint or args.model != DEMO_MODEL):
         args.num_classes = dataset.num_classes
     model = _build_model(args, size)
@@ -287,10 +286,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return _print_eval(args, dataset, result)
 
 
-def _print_eval(args: argparse.Namespace, dataset, result) -> int:
-    if args.json:
-        print(json.dumps({**result.as_dict(), "classes": dataset.classes}, indent=2))
+def _print_eval(args: argparse.Namespace, dataset, result, runtime: str = "PyTorch (float)") -> int:
+    if args.json:  # stdout is the JSON document alone
+        print(json.dumps({**result.as_dict(), "classes": dataset.classes, "runtime": runtime}, indent=2))
     else:
+        print(f"runtime: {runtime}")
         print(f"mIoU {result.miou:.4f}  pixel accuracy {result.pixel_accuracy:.4f}  "
               f"on {result.samples} images")
         for name, iou in zip(dataset.classes, result.per_class_iou):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_evaluate_known_answer(tmp_path: Path) -> None:
     assert all_zero.miou == pytest.approx(511 / 1023 / 2) and all_zero.samples == 3
 
 
-def test_evaluate_artifact_matches_the_float_model(tmp_path: Path) -> None:
+def test_evaluate_artifact_matches_the_float_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An fp32 artifact scored in its runtime gives the float model's mIoU on the same data."""
     pytest.importorskip("ai_edge_litert")
     from hrvit_mobile.data.transforms import eval_transform
@@ -80,3 +81,14 @@ def test_evaluate_artifact_matches_the_float_model(tmp_path: Path) -> None:
     assert artifact_result.samples == 3
     assert artifact_result.miou == pytest.approx(float_result.miou, abs=1e-6)
     assert artifact_result.pixel_accuracy == pytest.approx(float_result.pixel_accuracy, abs=1e-6)
+    # the CLI: stdout is one JSON document naming the runtime that produced the figure
+    from hrvit_mobile.cli import main
+
+    argv = ["eval", "--data", str(tmp_path / "data"), "--artifact", str(report.artifact.path), "--json",
+            "--num-classes", "3"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out)
+    assert printed["runtime"].startswith("ai_edge_litert") and printed["samples"] == 3
+    assert printed["miou"] == pytest.approx(float_result.miou, abs=1e-6)

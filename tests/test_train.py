@@ -83,3 +83,4 @@ def test_cli_train_then_eval(tiny_data: Path, tmp_path: Path, capsys: pytest.Cap
                  str(out / "best.pt"), "--img-size", "64x64", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["samples"] == 2 and 0.0 <= report["miou"] <= 1.0 and len(report["classes"]) == 8
+    assert report["runtime"] == "PyTorch (float)"
