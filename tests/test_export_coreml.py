@@ -89,6 +89,9 @@ def test_coreml_variant(
     meta = json.loads((tmp_path / (path.name + ".json")).read_text())
     assert meta["input"]["type"] == "ImageType" and meta["input"]["normalization"]["applied_by"] == "model"
     assert meta["files"] and all(len(f["sha256"]) == 64 for f in meta["files"])
+    # only what an app needs: ExecuTorch's delegate debug map is not shipped
+    assert not (path / "executorch_debug_handle_mapping.json").exists()
+    assert all("executorch_debug_handle" not in f["path"] for f in meta["files"])
 
     parity = report.parity
     assert parity is not None and parity.structural["ok"], parity.structural
