@@ -105,11 +105,7 @@ def layer_errors(
     inputs: Sequence[torch.Tensor],
 ) -> LayerReport:
     """Per-module SQNR of the PT2E-quantized ``model`` against itself in float, on ``inputs``."""
-    from torchao.quantization.pt2e import (
-        extract_results_from_loggers,
-        generate_numeric_debug_handle,
-        prepare_for_propagation_comparison,
-    )
+    from torchao.quantization.pt2e import generate_numeric_debug_handle, prepare_for_propagation_comparison
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     recipe = _pt2e_recipe(target, variant)
@@ -125,33 +121,84 @@ def layer_errors(
     for x in calib:
         prepared(x)
     quant = prepare_for_propagation_comparison(convert_pt2e(prepared))
-    for x in inputs:
-        ref(x)
-        quant(x)
-    ref_res, act_res = extract_results_from_loggers(ref), extract_results_from_loggers(quant)
     report = LayerReport(variant=f"{target}/{variant}", quantizer=name)
-    report.layers = _per_module(ref, ref_res, act_res)
+    report.layers = _per_module(ref, _streamed_sqnr(ref, quant, inputs))
     return report
 
 
-def _sqnr(actual: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
-    from hrvit_mobile.metrics import sqnr_db
+def _loggers(gm: torch.fx.GraphModule) -> dict[str, Any]:
+    """The numeric debugger's output loggers of ``gm``, by the float graph's node name."""
+    from torchao.quantization.pt2e._numeric_debugger import OutputLogger
 
-    a = [t.detach().float().numpy().ravel() for t in actual if isinstance(t, torch.Tensor)]
-    r = [t.detach().float().numpy().ravel() for t in reference if isinstance(t, torch.Tensor)]
-    if not a or len(a) != len(r) or any(x.shape != y.shape for x, y in zip(a, r)):
-        return float("nan")
-    return sqnr_db(np.concatenate(a), np.concatenate(r))
+    return {m.debug_info.name: m for m in gm.children() if isinstance(m, OutputLogger)}
 
 
-def _per_module(ref_gm: torch.fx.GraphModule, ref_res: dict, act_res: dict) -> list[LayerError]:
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _streamed_sqnr(
+    ref: torch.fx.GraphModule, quant: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]
+) -> dict[str, float]:
+    """Per logged node, SQNR of the quantized graph's output against the float graph's, over ``inputs``.
+
+    The debugger's loggers keep every node's output of every run: on b1 at 512x512 that is several GB per
+    image and graph (a bench was OOM-killed at 24 GB). Here one image at a time: the float outputs of that
+    image are kept, and each quantized output is reduced to signal and noise sums the moment it is
+    produced, then dropped.
+    """
+    ref_loggers, quant_loggers = _loggers(ref), _loggers(quant)
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    mismatched: set[str] = set()
+
+    def accumulate(name: str, reference: list[torch.Tensor], value: Any) -> Any:
+        actual = _tensors(value)
+        if len(actual) != len(reference) or any(a.shape != r.shape for a, r in zip(actual, reference)):
+            mismatched.add(name)
+            return value
+        for a, r in zip(actual, reference):
+            r64 = r.detach().double()
+            signal[name] = signal.get(name, 0.0) + float((r64 * r64).sum())
+            noise[name] = noise.get(name, 0.0) + float(((a.detach().double() - r64) ** 2).sum())
+        return value
+
+    for x in inputs:
+        ref(x)
+        reference = {}
+        for name, logger in ref_loggers.items():
+            if logger.stats:
+                reference[name] = _tensors(logger.stats[-1])
+            logger.stats.clear()
+        patched = [lg for name, lg in quant_loggers.items() if name in reference]
+        for lg in patched:  # an instance attribute shadows OutputLogger.forward for this run only
+            name = lg.debug_info.name
+            lg.forward = lambda value, _n=name, _r=reference[name]: accumulate(_n, _r, value)
+        try:
+            quant(x)
+        finally:
+            for lg in patched:
+                del lg.forward
+        del reference
+    out = {}
+    for name in signal:
+        if name in mismatched:
+            out[name] = float("nan")
+        elif noise[name] == 0.0:
+            out[name] = float("inf")
+        elif signal[name] == 0.0:
+            out[name] = float("-inf")
+        else:
+            out[name] = 10.0 * float(np.log10(signal[name] / noise[name]))
+    return out
+
+
+def _per_module(ref_gm: torch.fx.GraphModule, sqnr: dict[str, float]) -> list[LayerError]:
     """Group the logged nodes by innermost module; SQNR in = worst logged tensor entering from outside."""
-    by_name = {info.name: (info, stats) for info, (_n, _s, stats) in ref_res.items()}
-    act_by_name = {info.name: stats for info, (_n, _s, stats) in act_res.items()}
-    sqnr: dict[str, float] = {}
-    for node_name, (_info, ref_stats) in by_name.items():
-        if node_name in act_by_name:
-            sqnr[node_name] = _sqnr(act_by_name[node_name], ref_stats)
 
     def owner(node: torch.fx.Node) -> str:
         stack = node.meta.get("nn_module_stack") or {}
