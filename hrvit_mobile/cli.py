@@ -503,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only these formats, e.g. tflite/fp32 executorch/int8")
     bench.add_argument("--out", default="bench", help="output folder")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.add_argument("--reuse", action="store_true",
+                       help="measure artifacts already in OUT/artifacts (with sidecars) instead of "
+                       "exporting them again, e.g. after an interrupted run")
     _add_report_args(bench, with_model=False)
     bench.set_defaults(func=_cmd_bench)
 

@@ -220,6 +220,21 @@ def test_bench_gives_a_row_per_pair(tmp_path: Path, monkeypatch, capsys) -> None
     assert (tmp_path / "b" / "bench.md").read_text().count("\n| ") == 4  # header, rule, two rows
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None, reason="LiteRT not installed")
+def test_bench_reuse_measures_existing_artifacts_without_exporting(tmp_path: Path, capsys) -> None:
+    common = ["--model", "hrvit_nano", "--img-size", "64x64", "--num-classes", "4"]
+    out = str(tmp_path / "b" / "artifacts")
+    assert main(["export", "--target", "tflite", "--bits", "32", *common, "--out", out, "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["bench", *common, "--only", "tflite/fp32", "--reuse", "--latency-runs", "1", "--no-layers",
+                 "--out", str(tmp_path / "b")]) == 0
+    (row,) = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
+    assert row["status"] == "ok" and row["extra"] == {"reused": True} and row["process_s"] is None
+    assert row["cosine"] > 0.9999 and row["export_s"] > 0  # measured now; export figures from the sidecar
+    assert not (tmp_path / "b" / "logs").exists()  # nothing was exported
+    assert "reusing hrvit_nano_64x64_tflite_fp32.tflite" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_bench_real_exports(tmp_path: Path, capsys) -> None:
     code = main(["bench", "--model", "hrvit_nano", "--img-size", "64x64", "--num-classes", "4",

@@ -139,6 +139,7 @@ def run_bench_command(args: argparse.Namespace, size: tuple[int, int], build_mod
         images=images, labels=labels, images_source=source,
         latency_runs=args.latency_runs, layer_error=not args.no_layers,
         calib_dir=args.calib, calib_samples=args.calib_samples, calib=calib, calib_source=calib_source,
+        reuse=args.reuse,
     )
     if args.json:
         print(Path(args.out, "bench.json").read_text())
