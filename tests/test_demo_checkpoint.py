@@ -88,7 +88,7 @@ def test_cli_eval_defaults_to_the_demo(tmp_path: Path, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert main(["eval", "--data", str(tmp_path), "--img-size", "64x64", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("mIoU ") and "stripes" in out
+    assert out.startswith("runtime: PyTorch (float)\nmIoU ") and "stripes" in out
     other = tmp_path / "other"
     (other / "images").mkdir(parents=True)
     (tmp_path / "val" / "images" / "000000.png").rename(other / "images" / "000000.png")
