@@ -338,3 +338,37 @@ def test_per_layer_simulation_calibrates_like_the_export(model, tmp_path: Path) 
     assert "skipped" in text and "/some/folder" in text and layers is None
     text, layers = note(folder, calib=synthetic_images(3, SIZE, seed=9), calib_source="3 given images")
     assert text == "calibrated on 3 images: 3 given images" and layers["worst"]
+
+
+def test_per_layer_sqnr_is_the_same_in_one_pass_or_many() -> None:
+    """The memory budget only changes how many passes the simulation takes, never its figures."""
+    import copy
+
+    from torchao.quantization.pt2e import generate_numeric_debug_handle, prepare_for_propagation_comparison
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from hrvit_mobile.exporters.executorch import xnnpack_int8_quantizer
+    from hrvit_mobile.report.layers import _chunks, _streamed_sqnr
+
+    assert _chunks({"a": 5, "b": 5, "c": 20, "d": 1}, budget=10) == [{"a", "b"}, {"c"}, {"d"}]
+    torch.manual_seed(0)
+    model = TinySegmenter(num_classes=K).eval()
+    example = torch.randn(1, 3, *SIZE)
+    ep = torch.export.export(model, (example,), strict=False)
+    generate_numeric_debug_handle(ep)
+    gm = ep.module()
+    ref = prepare_for_propagation_comparison(copy.deepcopy(gm))
+    prepared = prepare_pt2e(gm, xnnpack_int8_quantizer())
+    for _ in range(2):
+        prepared(torch.randn(1, 3, *SIZE))
+    quant = prepare_for_propagation_comparison(convert_pt2e(prepared))
+    inputs = [torch.randn(1, 3, *SIZE) for _ in range(2)]
+    whole = _streamed_sqnr(ref, quant, inputs)
+    pieces = _streamed_sqnr(ref, quant, inputs, budget=1)  # one node per pass
+    assert len(whole) > 10 and whole.keys() == pieces.keys()
+    diff = {k: (whole[k], pieces[k]) for k in whole if whole[k] != pieces[k] and np.isfinite(whole[k])}
+    assert not diff, diff
+    assert any(np.isfinite(v) and v < 60 for v in whole.values())  # int8 is lossy somewhere
+    # nothing is left in the loggers: memory does not grow with the number of images
+    left = [type(m).__name__ for m in [*ref.children(), *quant.children()] if getattr(m, "stats", None)]
+    assert not left, left

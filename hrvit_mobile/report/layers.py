@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ class LayerReport:
     variant: str
     quantizer: str
     source: str = SOURCE
+    images: int = 0  # verification images the SQNRs are measured on
     layers: list[LayerError] = field(default_factory=list)  # graph order
 
     def worst(self, n: int = 10) -> list[LayerError]:
@@ -56,7 +57,8 @@ class LayerReport:
                     "loss_db": _num(x.loss_db), "order": x.order}
 
         return {"variant": self.variant, "quantizer": self.quantizer, "source": self.source,
-                "worst": [row(x) for x in self.worst(top)], "layers": [row(x) for x in self.layers]}
+                "images": self.images, "worst": [row(x) for x in self.worst(top)],
+                "layers": [row(x) for x in self.layers]}
 
 
 def _num(v: float) -> float | str:
@@ -121,16 +123,22 @@ def layer_errors(
     for x in calib:
         prepared(x)
     quant = prepare_for_propagation_comparison(convert_pt2e(prepared))
-    report = LayerReport(variant=f"{target}/{variant}", quantizer=name)
-    report.layers = _per_module(ref, _streamed_sqnr(ref, quant, inputs))
+    report = LayerReport(variant=f"{target}/{variant}", quantizer=name, images=min(len(inputs), LAYER_IMAGES))
+    report.layers = _per_module(ref, _streamed_sqnr(ref, quant, inputs[:LAYER_IMAGES]))
     return report
 
 
-def _loggers(gm: torch.fx.GraphModule) -> dict[str, Any]:
-    """The numeric debugger's output loggers of ``gm``, by the float graph's node name."""
+def _loggers(gm: torch.fx.GraphModule) -> dict[Any, tuple[str, bool]]:
+    """The numeric debugger's output loggers of ``gm``: logger -> (float graph node name, compared).
+
+    Several loggers can carry one node's name (a quantized graph duplicates dequantize nodes); as in
+    torchao's ``extract_results_from_loggers`` the last one of a name is the one compared.
+    """
     from torchao.quantization.pt2e._numeric_debugger import OutputLogger
 
-    return {m.debug_info.name: m for m in gm.children() if isinstance(m, OutputLogger)}
+    loggers = [m for m in gm.children() if isinstance(m, OutputLogger)]
+    last = {m.debug_info.name: m for m in loggers}
+    return {m: (m.debug_info.name, last[m.debug_info.name] is m) for m in loggers}
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -141,20 +149,64 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+# verification images the per-layer simulation runs (each costs a few passes of both graphs on a full model)
+LAYER_IMAGES = 2
+# float outputs of the reference graph held at once by the per-layer simulation; more logged output than
+# this is compared in several passes (a node's outputs are never split)
+LAYER_MEMORY_BUDGET = 2 * 2**30
+
+
+@contextlib.contextmanager
+def _logging_with(
+    loggers: dict[Any, tuple[str, bool]], forward_for: Callable[[str, bool], Callable[[Any], Any]]
+) -> Iterator[None]:
+    """Every logger runs ``forward_for(name, compared)`` instead of storing its output (an instance
+    attribute shadows ``OutputLogger.forward``), for the duration of the block."""
+    for logger, (name, compared) in loggers.items():
+        logger.forward = forward_for(name, compared)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            del logger.forward
+
+
+def _chunks(sizes: dict[str, int], budget: int) -> list[set[str]]:
+    """Consecutive groups of node names whose outputs together stay within ``budget`` bytes."""
+    chunks: list[set[str]] = []
+    current: set[str] = set()
+    used = 0
+    for name, size in sizes.items():
+        if current and used + size > budget:
+            chunks.append(current)
+            current, used = set(), 0
+        current.add(name)
+        used += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def _streamed_sqnr(
-    ref: torch.fx.GraphModule, quant: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]
+    ref: torch.fx.GraphModule,
+    quant: torch.fx.GraphModule,
+    inputs: Sequence[torch.Tensor],
+    budget: int = LAYER_MEMORY_BUDGET,
 ) -> dict[str, float]:
     """Per logged node, SQNR of the quantized graph's output against the float graph's, over ``inputs``.
 
-    The debugger's loggers keep every node's output of every run: on b1 at 512x512 that is several GB per
-    image and graph (a bench was OOM-killed at 24 GB). Here one image at a time: the float outputs of that
-    image are kept, and each quantized output is reduced to signal and noise sums the moment it is
-    produced, then dropped.
+    The debugger's loggers keep every node's output of every run: on b1 at 512x512 that is more than
+    10 GB per image and graph (a bench was OOM-killed at 24 GB). Here, per image: one pass measures the
+    outputs, then for each group of nodes within ``budget`` the float graph keeps that group's outputs
+    and the quantized graph reduces its own to signal and noise sums the moment they are produced.
     """
     ref_loggers, quant_loggers = _loggers(ref), _loggers(quant)
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
     mismatched: set[str] = set()
+
+    def passthrough(value: Any) -> Any:
+        return value
 
     def accumulate(name: str, reference: list[torch.Tensor], value: Any) -> Any:
         actual = _tensors(value)
@@ -168,22 +220,42 @@ def _streamed_sqnr(
         return value
 
     for x in inputs:
-        ref(x)
-        reference = {}
-        for name, logger in ref_loggers.items():
-            if logger.stats:
-                reference[name] = _tensors(logger.stats[-1])
-            logger.stats.clear()
-        patched = [lg for name, lg in quant_loggers.items() if name in reference]
-        for lg in patched:  # an instance attribute shadows OutputLogger.forward for this run only
-            name = lg.debug_info.name
-            lg.forward = lambda value, _n=name, _r=reference[name]: accumulate(_n, _r, value)
-        try:
-            quant(x)
-        finally:
-            for lg in patched:
-                del lg.forward
-        del reference
+        sizes: dict[str, int] = {}
+
+        def measure(name: str, compared: bool, _sizes: dict[str, int] = sizes) -> Callable[[Any], Any]:
+            if not compared:
+                return passthrough
+
+            def run(value: Any) -> Any:
+                _sizes[name] = sum(t.numel() * t.element_size() for t in _tensors(value))
+                return value
+            return run
+
+        with _logging_with(ref_loggers, measure):
+            ref(x)
+        for chunk in _chunks(sizes, budget):
+            reference: dict[str, list[torch.Tensor]] = {}
+
+            def keep(name: str, compared: bool, _chunk: set[str] = chunk, _ref: dict = reference
+                     ) -> Callable[[Any], Any]:
+                if not compared or name not in _chunk:
+                    return passthrough
+
+                def run(value: Any) -> Any:
+                    _ref[name] = [t.detach().clone() for t in _tensors(value)]
+                    return value
+                return run
+
+            def compare(name: str, compared: bool, _ref: dict = reference) -> Callable[[Any], Any]:
+                if not compared or name not in _ref:
+                    return passthrough
+                return lambda value: accumulate(name, _ref[name], value)
+
+            with _logging_with(ref_loggers, keep):
+                ref(x)
+            with _logging_with(quant_loggers, compare):
+                quant(x)
+            reference.clear()
     out = {}
     for name in signal:
         if name in mismatched:

@@ -124,7 +124,8 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         out += [f"## {a['target']}/{a['variant']}", ""]
         out += [f"- {n}" for n in _artifact_notes(a)] + [""]
         if a.get("layers"):
-            out += [f"Per-layer error ({a['layers']['source']}), {a['layers']['quantizer']}:", ""]
+            out += [f"Per-layer error ({a['layers']['source']}; {a['layers'].get('images', '?')} image(s)), "
+                    f"{a['layers']['quantizer']}:", ""]
             out += [*_md_table(*_layer_table(a["layers"])), ""]
             if f"layers:{a['name']}" in plots:
                 out += [f"![per-layer SQNR]({plots['layers:' + a['name']]})", ""]
@@ -192,6 +193,7 @@ def html_page(report: dict[str, Any], pngs: dict[str, bytes], plots: dict[str, s
         body.append("<ul>" + "".join(f"<li>{_md_inline(n)}</li>" for n in _artifact_notes(a)) + "</ul>")
         if a.get("layers"):
             body.append(f"<p class=cap>Per-layer error: {html.escape(a['layers']['source'])}; "
+                        f"{a['layers'].get('images', '?')} image(s); "
                         f"{html.escape(a['layers']['quantizer'])}. Worst layers:</p>")
             body.append(_html_table(*_layer_table(a["layers"])))
             key = f"layers:{a['name']}"
