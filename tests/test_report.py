@@ -372,3 +372,16 @@ def test_per_layer_sqnr_is_the_same_in_one_pass_or_many() -> None:
     # nothing is left in the loggers: memory does not grow with the number of images
     left = [type(m).__name__ for m in [*ref.children(), *quant.children()] if getattr(m, "stats", None)]
     assert not left, left
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
+def test_per_layer_error_for_every_pt2e_variant(model) -> None:
+    """Both PT2E int8 variants the report simulates build their quantizer and give per-layer figures."""
+    from hrvit_mobile.report.layers import layer_errors, supports
+
+    x = torch.randn(1, 3, *SIZE)
+    for target, variant in (("executorch", "int8"), ("coreml", "w8a8")):
+        assert supports(target, variant)
+        rep = layer_errors(model, target, variant, x, [x], [x])
+        assert rep.layers and rep.images == 1 and rep.worst(), (target, variant)
+    assert not supports("tflite", "int8")  # quantized after conversion: no PT2E graph to simulate

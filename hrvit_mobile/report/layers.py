@@ -65,22 +65,19 @@ def _num(v: float) -> float | str:
     return v if np.isfinite(v) else str(v)
 
 
-# (target, variant) -> (name, quantizer factory, graph wrapper, context for prepare): what the exporter does.
+# (target, variant) -> (name, quantizer factory, graph wrapper, context for prepare): what the exporter does,
+# through the same quant recipe object the exporter applies.
 def _pt2e_recipe(
     target: str, variant: str
 ) -> tuple[str, Callable[[], Any], Callable[[Any], Any], Callable[[], Any]] | None:
-    if (target, variant) == ("executorch", "int8"):
-        from hrvit_mobile.exporters.executorch import xnnpack_int8_quantizer
+    from hrvit_mobile.quant.recipes import CoreMLW8A8, XNNPACKInt8
 
-        return ("XNNPACKQuantizer (int8 per-channel, static activations)", xnnpack_int8_quantizer,
-                lambda m: m, contextlib.nullcontext)
+    if (target, variant) == ("executorch", "int8"):
+        recipe = XNNPACKInt8()
+        return ("XNNPACKQuantizer (int8 per-channel, static activations)", recipe.quantizer,
+                lambda m: m, recipe._annotation_context)
     if (target, variant) == ("coreml", "w8a8"):
-        from hrvit_mobile.exporters.coreml import (
-            _fast_pattern_capture,
-            _ImageModel,
-            _w8a8_quantizer,
-            image_preprocessing,
-        )
+        from hrvit_mobile.exporters.coreml import _ImageModel, image_preprocessing
 
         def wrap(model: torch.nn.Module) -> torch.nn.Module:
             from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD
@@ -88,8 +85,9 @@ def _pt2e_recipe(
             _scale, _bias, factor = image_preprocessing(IMAGENET_MEAN, IMAGENET_STD)
             return _ImageModel(model, factor, False).eval()
 
+        recipe = CoreMLW8A8()
         name = "CoreMLQuantizer (int8 weights, uint8 activations)"
-        return name, _w8a8_quantizer, wrap, _fast_pattern_capture
+        return name, recipe.quantizer, wrap, recipe._annotation_context
     return None
 
 
