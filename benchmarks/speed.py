@@ -96,6 +96,7 @@ def _eager_latency(model, img_size: tuple[int, int], runs: int, warmup: int) -> 
     with torch.no_grad():
         return time_calls(lambda: model(x), runs, warmup)
 
+
 def run_worker(case: str, runtime: str, args: argparse.Namespace) -> dict:
     import torch
 

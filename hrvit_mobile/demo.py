@@ -93,6 +93,11 @@ def save_demo_weights(checkpoint: Path | str, out: Path | str = DEMO_WEIGHTS) ->
     return out
 
 
+def demo_dataset_seed() -> int:
+    """The seed the demo checkpoint's synthetic dataset was generated with (recorded beside the weights)."""
+    return int(demo_checkpoint().info.get("seed", 0))
+
+
 def demo_samples(split: str, n: int, size: tuple[int, int]):
     """The first ``n`` images of the demo checkpoint's synthetic ``split`` with their class maps,
     generated in memory from the seed its dataset was made with (the generator is deterministic).
@@ -103,7 +108,7 @@ def demo_samples(split: str, n: int, size: tuple[int, int]):
 
     from hrvit_mobile.data.synthetic import generate_sample
 
-    seed = int(demo_checkpoint().info.get("seed", 0))
+    seed = demo_dataset_seed()
     pairs = [generate_sample(seed, split, i, size) for i in range(n)]
     return np.stack([rgb for rgb, _ in pairs]), np.stack([mask for _, mask in pairs]).astype(np.int64)
 
@@ -114,9 +119,8 @@ def demo_verification_set(n: int, size: tuple[int, int]):
     Returns ``(images, labels, description)``.
     """
     images, labels = demo_samples("val", n, size)
-    seed = int(demo_checkpoint().info.get("seed", 0))
-    return images, labels, (f"{n} held-out synthetic val image(s) with labels (seed {seed}, the demo "
-                            "checkpoint's val split)")
+    return images, labels, (f"{n} held-out synthetic val image(s) with labels (seed {demo_dataset_seed()}, "
+                            "the demo checkpoint's val split)")
 
 
 def demo_calibration_images(n: int, size: tuple[int, int]):

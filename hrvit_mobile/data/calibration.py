@@ -33,6 +33,10 @@ def calibration_images(root: Path | str, img_size: tuple[int, int], limit: int =
     return load_calibration_images(image_folder(root, split), img_size, limit=limit)
 
 
+# the sidecar's ``calibration_source`` for an export of the demo model without --calib
+DEMO_CALIBRATION = "demo checkpoint's synthetic train split"
+
+
 def default_calibration(
     calib: Path | str | None, samples: int, img_size: tuple[int, int], demo_model: bool
 ) -> tuple[np.ndarray | None, str | None]:
@@ -51,7 +55,3 @@ def default_calibration(
 
         return demo_calibration_images(samples, img_size), DEMO_CALIBRATION
     return None, None
-
-
-# the sidecar's ``calibration_source`` for an export of the demo model without --calib
-DEMO_CALIBRATION = "demo checkpoint's synthetic train split"

@@ -111,9 +111,7 @@ def run_bench(
     latency_runs: int = 10,
     layer_error: bool = True,
     calib_dir: str | None = None,
-    calib_samples: int | None = None,
-    calib: np.ndarray | None = None,
-    calib_source: str | None = None,
+    calib_samples: int = 32,
     reuse: bool = False,
 ) -> tuple[list[BenchRow], Path | None]:
     """Export every pair, measure the artifacts, write bench.json, bench.md and report/ into ``out``.
@@ -121,6 +119,7 @@ def run_bench(
     ``reference`` builds the float deploy-form model (called once, after the exports, so that it does
     not hold memory while they run). Returns the rows and the report.html path (None if no artifact).
     """
+    from hrvit_mobile.data.calibration import default_calibration
     from hrvit_mobile.exporters import SUPPORTED, check_dependencies, synthetic_images
     from hrvit_mobile.exporters.contract import atomic_write_text
 
@@ -152,8 +151,7 @@ def run_bench(
         row.command = " ".join(["hrvit-mobile", *cmd[3:]])
         art = find_artifact(out / "artifacts", model, img_size, target, variant) if reuse else None
         if art is not None:  # measured again below; its export figures are the sidecar's
-            parity = json.loads(art.with_name(art.name + ".json").read_text()).get("parity") or {}
-            code, seconds = (1 if parity.get("ran") and not parity.get("passed") else 0), 0.0
+            code, seconds = None, 0.0
             row.extra["reused"] = True
             print(f"[{row.format}] reusing {art.name}", file=sys.stderr, flush=True)
         else:
@@ -168,6 +166,9 @@ def run_bench(
             row.size_mb = meta["size_bytes"] / 1e6
             row.export_s = meta.get("export_seconds")
             row.peak_rss_gb = meta["peak_rss_bytes"] / 1e9 if meta.get("peak_rss_bytes") else None
+            if code is None:  # reused: its exit code is what its recorded parity says
+                parity = meta.get("parity") or {}
+                code = 1 if parity.get("ran") and not parity.get("passed") else 0
         if code != 0 or art is None:
             row.status = "fail"
             row.reason = (
@@ -182,6 +183,9 @@ def run_bench(
         size = tuple(int(v) for v in img_size.lower().split("x"))
         if images is None:
             images = synthetic_images(2, size, seed=1000)  # the export's parity images
+        # the exports' own --calib set for the per-layer simulation (without it, what the sidecars record)
+        calib, calib_source = (default_calibration(calib_dir, calib_samples, size, demo_model=False)
+                               if layer_error else (None, None))
         files = build_report(artifacts, reference(), images, out / "report", labels,
                              images_source=images_source, latency_runs=latency_runs, layer_error=layer_error,
                              calib=calib, calib_source=calib_source)

@@ -120,7 +120,6 @@ def report_after_export(reports: Sequence[Any], deployed: torch.nn.Module, args:
 
 def run_bench_command(args: argparse.Namespace, size: tuple[int, int], build_model: BuildModel) -> int:
     """``hrvit-mobile bench``: prints the table (or JSON); exit 0 even when pairs fail (they are rows)."""
-    from hrvit_mobile.data.calibration import default_calibration
     from hrvit_mobile.deploy import deploy
     from hrvit_mobile.models import list_models
 
@@ -131,15 +130,13 @@ def run_bench_command(args: argparse.Namespace, size: tuple[int, int], build_mod
     if args.latency_runs < 1:
         raise HRViTMobileError(f"--latency-runs must be >= 1, got {args.latency_runs}")
     images, labels, source = verification_set(args, size, args.num_classes)
-    calib, calib_source = default_calibration(args.calib, args.calib_samples, size, demo_model=False)
     img_size = f"{size[0]}x{size[1]}"
     rows, html = run_bench(
         args.model, img_size, args.out, lambda: deploy(build_model(args, size), img_size=size),
         targets=args.targets, only=args.only, checkpoint=args.checkpoint, num_classes=args.num_classes,
         images=images, labels=labels, images_source=source,
         latency_runs=args.latency_runs, layer_error=not args.no_layers,
-        calib_dir=args.calib, calib_samples=args.calib_samples, calib=calib, calib_source=calib_source,
-        reuse=args.reuse,
+        calib_dir=args.calib, calib_samples=args.calib_samples, reuse=args.reuse,
     )
     if args.json:
         print(Path(args.out, "bench.json").read_text())

@@ -372,7 +372,7 @@ def _layers(
     spec = ExportSpec(target=entry.target, img_size=tuple(meta["img_size"]), num_classes=meta["num_classes"])
     example = to_tensors(spec.normalization.apply(synthetic_images(1, spec.img_size, seed=spec.seed)))[0]
     if calib is not None:
-        calib = calibration_tensors(spec, calib) if isinstance(calib, np.ndarray) else list(calib)
+        calib = calibration_tensors(spec, calib)
         note = f"calibrated on {len(calib)} images: {calib_source or 'given by the caller'}"
     else:
         quant = (meta.get("details") or {}).get("quantization") or {}
