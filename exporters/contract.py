@@ -117,6 +117,9 @@ class ExportSpec:
     license: str = ""
     version: str = ""
     description: str = ""
+    # keep coremltools' PyTorch-derived op names and per-op small consts (for profiling in Xcode);
+    # by default they are compacted, which changes no op, value or weight (exporters.coreml_compact)
+    keep_op_names: bool = False
     # ExecuTorch
     bundled_program: bool = False
     etrecord: bool = False

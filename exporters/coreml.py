@@ -44,6 +44,7 @@ from .contract import (
     run_build,
     step,
 )
+from .coreml_compact import compact_program
 from .coreml_eval import RUNTIME as RUNTIME_EVALUATOR  # off macOS the serialized program runs here
 from .quantize import quantize_pt2e, recipe_for
 from .support import check_dependencies, conversion_inputs
@@ -124,6 +125,18 @@ def _compress(mlmodel: Any, spec: ExportSpec) -> tuple[Any, dict[str, Any]]:
         raise ExportError(f"Core ML weight compression needs a weight-only recipe, got {recipe.name}")
     with step(TARGET, f"compress weights ({recipe.mode}, {recipe.bits}-bit)"):
         return recipe.apply(mlmodel)
+
+
+def _compacted(mlmodel: Any) -> tuple[Any, dict[str, int]]:
+    """The same ML program with its description compacted (see ``exporters.coreml_compact``)."""
+    import coremltools as ct
+
+    model_spec = mlmodel.get_spec()
+    before = model_spec.ByteSize()
+    stats = compact_program(model_spec)
+    stats["description_bytes_before"], stats["description_bytes_after"] = before, model_spec.ByteSize()
+    compacted = ct.models.MLModel(model_spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+    return compacted, stats
 
 
 def _set_metadata(mlmodel: Any, spec: ExportSpec, variant: str, scale: float, bias: list[float]) -> None:
@@ -211,6 +224,9 @@ def convert(
             )
         if variant in ("w8", "pal6", "pal4"):
             mlmodel, details["quantization"] = _compress(mlmodel, spec)
+        if not spec.keep_op_names:
+            with step(TARGET, "compact program (merge small consts, short names)"):
+                mlmodel, details["program_compaction"] = _compacted(mlmodel)
         _set_metadata(mlmodel, spec, variant, scale, bias)
         details["compute_precision"] = "float32" if variant == "fp32" else "float16"
         details["minimum_deployment_target"] = f"iOS{spec.min_ios}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,48 @@ def test_fp16_in_band_and_stored_as_fp16(nano_fp16, images: np.ndarray, nano_ref
     # fp16 is lossy but not far off: the evaluator's fp16 emulation must not be fp32 in disguise
     err = float(np.abs(logits.astype(np.float32) - nano_refs[0]).max())
     assert 1e-5 < err < 0.05
+
+
+def _main_block(pkg: Path):
+    spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
+    (block,) = spec.mlProgram.functions["main"].block_specializations.values()
+    return block
+
+
+def test_compacted_program_computes_the_same(
+    nano_deployed: torch.nn.Module, nano_fp16, images: np.ndarray, tmp_path: Path
+) -> None:
+    """The default export merges duplicate small consts and shortens names; nothing else changes."""
+    full = _export(
+        nano_deployed, tmp_path, NANO, 7, 16, model_name="hrvit_nano", keep_op_names=True, run_parity=False
+    ).artifact.path
+    compact = nano_fp16.artifact.path
+    stats = nano_fp16.artifact.details["program_compaction"]
+    assert stats["consts_merged"] > 0 and stats["description_bytes_after"] < stats["description_bytes_before"]
+    assert "program_compaction" not in json.loads(Path(str(full) + ".json").read_text())["details"]
+
+    for img in images:
+        a, b = ce.evaluate(full, img), ce.evaluate(compact, img)
+        np.testing.assert_array_equal(a["logits"], b["logits"])
+    assert _weights_file(full).read_bytes() == _weights_file(compact).read_bytes()
+
+    full_block, compact_block = _main_block(full), _main_block(compact)
+    full_types = Counter(op.type for op in full_block.operations)
+    compact_types = Counter(op.type for op in compact_block.operations)
+    assert full_types - compact_types == Counter(const=stats["consts_merged"])
+    assert compact_types - full_types == Counter()
+    inline = [
+        (op.outputs[0].type.SerializeToString(), op.attributes["val"].SerializeToString())
+        for op in compact_block.operations
+        if op.type == "const" and not op.attributes["val"].HasField("blobFileValue")
+    ]
+    assert len(inline) == len(set(inline))  # one const per distinct value
+    names = [out.name for op in compact_block.operations for out in op.outputs]
+    assert list(compact_block.outputs) == ["logits"]
+    assert all(n == "logits" or (n[0] == "v" and int(n[1:], 16) >= 0) for n in names), names[:5]
+    assert len(set(names)) == len(names)
+    description = "Data/com.apple.CoreML/model.mlmodel"
+    assert (compact / description).stat().st_size < 0.7 * (full / description).stat().st_size
 
 
 def test_evaluate_function_and_argmax_output(tiny: TinySegmenter, tmp_path: Path) -> None:
