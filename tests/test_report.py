@@ -98,6 +98,24 @@ def test_mask_strip_panels_sizes_and_colours() -> None:
     assert len({tuple(c) for c in palette(20)}) == 20
 
 
+def test_mask_strip_shrinks_large_panels_and_keeps_every_disagreement() -> None:
+    h, w = 512, 384  # shrinks by 2 to 256 x 192
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, : w // 2] = 100
+    fmap = np.zeros((h, w), np.int64)
+    amap = fmap.copy()
+    amap[301, 77] = 3  # one pixel, not the first of its 2x2 block
+    strip = mask_strip(image, fmap, amap, K)
+    ph, pw = h // 2, w // 2
+    assert strip.shape == (ph, 4 * pw + 3 * GAP, 3)
+    panel = [strip[:, i * (pw + GAP) : i * (pw + GAP) + pw] for i in range(4)]
+    assert (panel[0][:, : pw // 2] == 100).all() and (panel[0][:, pw // 2 :] == 0).all()
+    red = (panel[3] == DISAGREE_RGB).all(-1)
+    assert red.sum() == 1 and red[150, 38]
+    small = mask_strip(image[:64, :64], fmap[:64, :64], amap[:64, :64], K)
+    assert small.shape == (64, 4 * 64 + 3 * GAP, 3)  # small panels keep their size
+
+
 # ------------------------------------------------------------------ report files end to end
 
 
@@ -146,7 +164,7 @@ def test_report_files_render_and_are_self_contained(model, artifacts, tmp_path: 
             assert a["parity"]["cosine_min"] > 0.99999 and a["parity"]["argmax_agreement"] > 0.999
             assert a["compression_vs_fp32"] == pytest.approx(1.0)
         elif a["variant"] == "fp16":  # no Core ML fp32 in the set: compared with 4 bytes per float param
-            assert a["compression_basis"] == "4 bytes x float params"
+            assert a["compression_basis"] == "float parameters at 4 bytes each"
             assert a["compression_vs_fp32"] == pytest.approx(4 * data["params"] / a["size_bytes"])
             assert a["layers"] is None
         else:  # int8: smaller, lossy, with its per-layer error from the simulation

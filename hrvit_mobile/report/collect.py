@@ -175,7 +175,7 @@ def _compression(entries: list[ArtifactEntry], params: int) -> None:
             e.compression_basis = f"{e.target} fp32 artifact"
         elif params:
             e.compression_vs_fp32 = 4 * params / e.size_bytes
-            e.compression_basis = "4 bytes x float params"
+            e.compression_basis = "float parameters at 4 bytes each"
 
 
 def _check_consistent(metas: list[tuple[Path, dict[str, Any]]]) -> tuple[list[int], int]:

@@ -7,8 +7,8 @@ import html
 from typing import Any
 
 SUMMARY_COLUMNS = (
-    "artifact", "runtime", "status", "size MB", "x vs fp32", "max abs", "mean abs", "cosine (min)", "SQNR dB",
-    "argmax agree", "mIoU vs float", "mIoU vs GT", "latency ms (median / p90)", "parity",
+    "artifact", "runtime", "status", "size MB", "size vs fp32", "max abs", "mean abs", "cosine (min)",
+    "SQNR dB", "argmax agree", "mIoU vs float", "mIoU vs GT", "latency ms (median / p90)", "parity",
 )
 
 
@@ -37,7 +37,7 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
             a["runtime"] or "-",
             a["status"],
             _f(a["size_bytes"] / 1e6, ".2f"),
-            _f(a.get("compression_vs_fp32"), ".2f"),
+            _f(1 / a["compression_vs_fp32"] if a.get("compression_vs_fp32") else None, ".3f"),
             _f(p.get("max_abs_err"), ".2e"),
             _f(p.get("mean_abs_err"), ".2e"),
             _f(p.get("cosine_min"), ".6f"),
@@ -72,7 +72,8 @@ def _intro(report: dict[str, Any]) -> list[str]:
 def _artifact_notes(a: dict[str, Any]) -> list[str]:
     notes = [f"file `{a['path']}`, {a['size_bytes']:,} bytes"]
     if a.get("compression_vs_fp32"):
-        notes[-1] += f", {a['compression_vs_fp32']:.2f}x smaller than {a['compression_basis']}"
+        c = a["compression_vs_fp32"]
+        notes[-1] += f", {1 / c:.3f}x the size of the {a['compression_basis']} ({c:.2f}x smaller)"
     if a["status"] != "measured":
         notes.append(f"**{a['status']}**: {a['reason']}")
     if a.get("verify_command"):
@@ -189,7 +190,8 @@ def html_page(report: dict[str, Any], pngs: dict[str, bytes], plots: dict[str, s
         if key in plots:
             body.append(_img(pngs[plots[key]], title))
     for a in report["artifacts"]:
-        body.append(f"<h2>{html.escape(a['target'] + '/' + a['variant'])}</h2>")
+        title = a["target"] + "/" + a["variant"]
+        body.append(f"<h2 id={html.escape(title.replace('/', '-'))}>{html.escape(title)}</h2>")
         body.append("<ul>" + "".join(f"<li>{_md_inline(n)}</li>" for n in _artifact_notes(a)) + "</ul>")
         if a.get("layers"):
             body.append(f"<p class=cap>Per-layer error: {html.escape(a['layers']['source'])}; "
