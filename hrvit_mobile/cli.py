@@ -334,7 +334,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
         data=args.data, target=args.target, steps=args.steps, model=args.model, checkpoint=args.checkpoint,
         img_size=_size(args.img_size), num_classes=args.num_classes, batch_size=args.batch_size, lr=args.lr,
         eval_every=args.eval_every, save_every=args.save_every, eval_limit=args.eval_limit, out=args.out,
-        resume=args.resume, seed=args.seed,
+        resume=args.resume, seed=args.seed, freeze_observers_at=args.freeze_observers_at,
     )
     result = train_qat(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
@@ -581,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     qat.add_argument("--save-every", type=int, default=0, help="steps between checkpoints")
     qat.add_argument("--eval-limit", type=int, help="evaluate on at most this many samples")
     qat.add_argument("--seed", type=int, default=0)
+    qat.add_argument("--freeze-observers-at", type=int, metavar="STEP",
+                     help="fix the fake-quant ranges from this step on (default: they adapt to the end)")
     qat.add_argument("--out", default="qat_out")
     qat.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     qat.add_argument("-v", "--verbose", action="store_true")

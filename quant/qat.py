@@ -69,13 +69,17 @@ class QATConfig:
     save_every: int = 0
     eval_limit: int | None = None
     calib_batches: int = 4  # observer warm-up before the first step (fresh runs only)
+    # from this step on the fake-quant ranges stay fixed, so the last steps train against the scales the
+    # int8 graph will use (None: ranges follow the activations to the end)
+    freeze_observers_at: int | None = None
     out: str = "qat_out"
     resume: bool = False
     seed: int = 0
     progress: bool = True
 
     # what must match between a checkpoint and a run resuming it
-    IDENTITY = ("target", "model", "img_size", "num_classes", "steps", "batch_size", "lr", "seed")
+    IDENTITY = ("target", "model", "img_size", "num_classes", "steps", "batch_size", "lr", "seed",
+                "freeze_observers_at")
 
 
 @dataclass
@@ -342,6 +346,10 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
 
     if cfg.steps < 1:
         raise QATError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.freeze_observers_at is not None and not 0 <= cfg.freeze_observers_at <= cfg.steps:
+        raise QATError(
+            f"--freeze-observers-at must be in 0..{cfg.steps} (--steps), got {cfg.freeze_observers_at}"
+        )
     dist = _init_distributed()
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT_NAME
@@ -415,6 +423,8 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
     step = start
     try:
         for step in bar:
+            if step == cfg.freeze_observers_at or (step == start and _frozen(cfg, start)):
+                _freeze_observers(prepared, step)
             loss = _train_step(prepared, train_ds, step, cfg, dist, optimizer)
             scheduler.step()
             history.append({"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"]})
@@ -442,6 +452,22 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
     save(cfg.steps)
     bar.close()
     return QATResult(ckpt_path, cfg.steps, history, evals)
+
+
+def _frozen(cfg: QATConfig, step: int) -> bool:
+    return cfg.freeze_observers_at is not None and step >= cfg.freeze_observers_at
+
+
+def _freeze_observers(prepared: torch.fx.GraphModule, step: int) -> None:
+    """Stop every fake-quant observer: scales and zero points keep their values from here on.
+
+    The on/off flag is a buffer of each fake-quant module, so a checkpoint carries it; the loop calls
+    this again when it resumes past the freeze step anyway, which is idempotent.
+    """
+    from torchao.quantization.pt2e import disable_observer
+
+    prepared.apply(disable_observer)
+    log.info("qat: step %d: observers frozen (fake-quant ranges fixed)", step)
 
 
 def _shell_model(cfg: QATConfig, num_classes: int) -> nn.Module:

@@ -109,6 +109,37 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(qat_run, data_dir: 
     assert resumed.final_miou == pytest.approx(reference.final_miou)
 
 
+def _fake_quant_scales(state: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if "activation_post_process" in k and k.endswith(".scale")}
+
+
+@pytest.mark.slow
+def test_frozen_observers_keep_their_ranges_through_a_resume(qat_run, data_dir: Path, tmp_path: Path) -> None:
+    """Frozen at step 4 of 8 (the run is interrupted there and resumed): the ranges of step 4 are final."""
+    reference, _ = qat_run  # the same run without freezing
+
+    def interrupt(step: int, loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_qat(_config(data_dir, tmp_path, freeze_observers_at=4), on_step=interrupt)
+    at_freeze = load_qat_checkpoint(tmp_path / "last.pt")["model"]
+    train_qat(_config(data_dir, tmp_path, freeze_observers_at=4, resume=True))
+    final = load_qat_checkpoint(tmp_path / "last.pt")["model"]
+    unfrozen = load_qat_checkpoint(reference.checkpoint)["model"]
+
+    scales = _fake_quant_scales(final)
+    assert scales and all(int(v) == 0 for k, v in final.items() if k.endswith(".observer_enabled"))
+    for key, value in scales.items():
+        torch.testing.assert_close(value, at_freeze[key], rtol=0, atol=0, msg=key)
+    # the weights kept training, and without the freeze the ranges would have moved on
+    assert any(not torch.equal(final[k], at_freeze[k]) for k in final if k.endswith("weight"))
+    assert any(not torch.equal(unfrozen[k], at_freeze[k]) for k in scales)
+    with pytest.raises(QATError, match=r"freeze-observers-at must be in 0\.\.8"):
+        train_qat(_config(data_dir, tmp_path / "x", freeze_observers_at=9))
+
+
 def test_resume_with_other_settings_is_refused(data_dir: Path, tmp_path: Path) -> None:
     """Checked before any model is built: a checkpoint of 8 steps cannot be resumed as a 9-step run."""
     from hrvit_mobile.quant.qat import FORMAT, _identity
