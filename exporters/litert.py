@@ -10,6 +10,7 @@ logits (one QUANTIZE after the input, one DEQUANTIZE before the output), which i
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.deploy.fold import use_resize_nearest
 from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
 from .contract import (
@@ -200,14 +202,18 @@ def convert(
             from litert_torch.quantize.quant_config import QuantConfig
 
             kwargs["quant_config"] = QuantConfig(pt2e_quantizer=LiteRTInt8().quantizer())
+        details: dict[str, Any] = {"quantization": None}
+        graph = model
+        if not prequantized:  # LiteRT has a nearest resize; the deploy form's upsampler is for XNNPACK
+            graph = copy.deepcopy(model)
+            details["nearest_upsamplers_as_resize"] = use_resize_nearest(graph)
         with step(TARGET, "litert_torch.convert"), torch.no_grad():
             edge = litert_torch.convert(
-                _NamedIO(model).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export,
+                _NamedIO(graph).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export,
                 **kwargs,
             )
         float_path = stage / "float.tflite"
         edge.export(str(float_path))
-        details: dict[str, Any] = {"quantization": None}
         out = stage / f"{spec.name}.tflite"
         data = float_path.read_bytes()
         if prequantized:

@@ -140,3 +140,22 @@ def test_create_model_rejects_bad_size_and_name() -> None:
         hrvit_mobile.create_model("hrvit_b1", img_size="513x512")
     with pytest.raises(ValueError, match="available: hrvit_b1, hrvit_b2, hrvit_b3"):
         hrvit_mobile.create_model("hrvit_b9")
+
+
+def test_resize_nearest_equals_the_transposed_conv_upsampler(nano_model) -> None:
+    from hrvit_mobile.deploy.fold import NearestUpsample, ResizeNearest, use_resize_nearest
+
+    up = NearestUpsample(6, 4)
+    x = torch.randn(2, 6, 5, 7)
+    y = up(x)
+    assert y.shape == (2, 6, 20, 28)
+    assert torch.equal(y[:, :, 4 * 3 + 1, 4 * 5 + 3], x[:, :, 3, 5])
+    deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96)).eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        before = deployed(image)
+        count = sum(type(m) is NearestUpsample for m in deployed.modules())
+        assert count > 0 and use_resize_nearest(deployed) == count
+        assert all(type(m) is not NearestUpsample for m in deployed.modules())
+        assert sum(type(m) is ResizeNearest for m in deployed.modules()) == count
+        torch.testing.assert_close(deployed(image), before, rtol=0, atol=0)

@@ -104,7 +104,10 @@ def test_int8_is_smaller_than_fp32(model: TinySegmenter, tmp_path: Path) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize(("bits", "activations"), [(32, None), (8, 8)])
 def test_litert_nano(nano_model: torch.nn.Module, tmp_path: Path, bits: int, activations: int | None) -> None:
-    """The real architecture, default thresholds (fp32: max |d| <= 1e-3, argmax >= 99.9 %)."""
+    """The real architecture. fp32 at the default thresholds (max |d| <= 1e-3, argmax >= 99.9 %); static
+    int8 of these untrained recipe weights, calibrated on 8 synthetic images, measured cosine 0.950 and
+    argmax 82.0 % (the trained b1 demo model: 0.996 / 99.8 % at the defaults, see the bench), so int8 is
+    held to looser bounds here: the test is that it converts, runs and tracks the float model."""
     import hrvit_mobile
 
     deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
@@ -118,6 +121,12 @@ def test_litert_nano(nano_model: torch.nn.Module, tmp_path: Path, bits: int, act
             num_classes=7,
             out_dir=tmp_path,
             model_name="hrvit_nano",
+            thresholds=None if bits == 32 else ParityThresholds(min_cosine=0.93, min_argmax_agreement=0.75),
         ),
     )
     assert report.ok, report.summary()
+    # the fusion upsamplers are LiteRT's nearest resize, not a per-channel split of a grouped TRANSPOSE_CONV
+    details = report.artifact.details
+    assert details["nearest_upsamplers_as_resize"] > 0
+    assert "TRANSPOSE_CONV" not in details["op_counts"]
+    assert details["op_counts"]["RESIZE_NEAREST_NEIGHBOR"] == details["nearest_upsamplers_as_resize"]

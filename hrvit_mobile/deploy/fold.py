@@ -53,15 +53,38 @@ def fold_affine_into_linear(
     return plain, fused
 
 
-def nearest_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
+class NearestUpsample(nn.ConvTranspose2d):
     """Nearest-neighbour upsampling by an integer factor as a depthwise transposed conv of ones.
 
     Exact (each input pixel fills its factor x factor block) and delegated by XNNPACK, which has
-    no nearest-resize op.
+    no nearest-resize op. Runtimes that have one (LiteRT's RESIZE_NEAREST_NEIGHBOR) get
+    :class:`ResizeNearest` instead (:func:`use_resize_nearest`): litert-torch splits a grouped
+    transposed conv into one slice + TRANSPOSE_CONV per channel (640 of each on b1).
     """
-    up = nn.ConvTranspose2d(channels, channels, factor, stride=factor, groups=channels, bias=False)
-    up.weight.fill_(1.0)
-    return up
+
+    def __init__(self, channels: int, factor: int) -> None:
+        super().__init__(channels, channels, factor, stride=factor, groups=channels, bias=False)
+        self.factor = factor
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+
+
+class ResizeNearest(NearestUpsample):
+    """The same module computing ``F.interpolate(mode="nearest")``: equal outputs, one resize op."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=self.factor, mode="nearest")
+
+
+def use_resize_nearest(model: nn.Module) -> int:
+    """Switch every :class:`NearestUpsample` in ``model`` to :class:`ResizeNearest` (in place); returns
+    how many. Parameters and names are unchanged."""
+    switched = 0
+    for module in model.modules():
+        if type(module) is NearestUpsample:
+            module.__class__ = ResizeNearest
+            switched += 1
+    return switched
 
 
 def merge_mixconv(mix: MixConv2d) -> nn.Conv2d:

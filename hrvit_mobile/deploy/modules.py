@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrvit_mobile.deploy.fold import (
+    NearestUpsample,
     bn_scale_shift,
     des_as_dense,
     fold_affine_into_linear,
     fold_bn_into_conv,
     fold_bn_into_linear,
     merge_mixconv,
-    nearest_upsampler,
 )
 from hrvit_mobile.deploy.layout import to_channels_first, to_channels_last
 from hrvit_mobile.models.attention import (
@@ -199,7 +199,7 @@ def _fold_path(path: nn.Module) -> nn.Module:
             i += 2
         elif isinstance(layer, nn.Upsample):
             channels = folded[-1].out_channels
-            folded.append(nearest_upsampler(channels, int(layer.scale_factor)))
+            folded.append(NearestUpsample(channels, int(layer.scale_factor)))
             i += 1
         else:
             folded.append(layer)
