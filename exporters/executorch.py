@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.deploy.channels_first import in_export_layout
+
 from .contract import (
     ArtifactResult,
     Built,
@@ -177,7 +179,8 @@ def convert(
     """Lower ``model`` (deploy form, fp32, eval) to a .pte in ``spec.out_dir``; writes the sidecar too."""
     inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
-    model = model.eval()
+    # the layout XNNPACK runs best (channels-first: no transposes around the depthwise convs)
+    model, layout = in_export_layout(model.eval(), TARGET)
 
     quant_info: dict[str, Any] = {}
 
@@ -226,6 +229,7 @@ def convert(
             "quantization": quant_info if variant == "int8" else None,
             "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
             "xnnpack_passes_skipped": sorted(skipped),
+            "layout": layout,
         }
         if spec.bundled_program:
             extras.append(_bundle(et_program, example, stage / f"{spec.name}.bpte"))

@@ -159,3 +159,63 @@ def test_resize_nearest_equals_the_transposed_conv_upsampler(nano_model) -> None
         assert all(type(m) is not NearestUpsample for m in deployed.modules())
         assert sum(type(m) is ResizeNearest for m in deployed.modules()) == count
         torch.testing.assert_close(deployed(image), before, rtol=0, atol=0)
+
+
+def _channels_first(deployed: nn.Module) -> tuple[nn.Module, int]:
+    import copy
+
+    from hrvit_mobile.deploy.channels_first import use_channels_first
+
+    switched = copy.deepcopy(deployed)
+    return switched, use_channels_first(switched)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64), (224, 160)])
+def test_channels_first_layout_computes_the_same_network(nano_model, size) -> None:
+    """Padded stripes in both directions, several heads: the same logits as the token layout."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 3, *size)
+    tokens = hrvit_mobile.deploy(nano_model, img_size=size)
+    switched, count = _channels_first(tokens)
+    assert count == sum(len(s.branches) for s in tokens.features if hasattr(s, "branches"))
+    with torch.no_grad():
+        assert (switched(x) - tokens(x)).abs().max() <= 1e-5
+        assert (switched(x) - nano_model(x)).abs().max() <= 1e-4
+
+
+def test_channels_first_layout_batch_two_and_key_mask(nano_model) -> None:
+    from hrvit_mobile.deploy.channels_first import ChannelsFirstStripeAttention
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 64, 96)
+    switched, _ = _channels_first(hrvit_mobile.deploy(nano_model, batch_size=2))
+    with torch.no_grad():
+        assert (switched(x) - nano_model(x)).abs().max() <= 1e-4
+        masked = [m for m in switched.modules()
+                  if isinstance(m, ChannelsFirstStripeAttention) and m.attend.key_mask is not None]
+        assert masked  # 64x96 does not tile into every stripe width
+        for m in masked:
+            m.attend.key_mask.zero_()  # dropping the mask changes the result: it is load-bearing
+        assert (switched(x) - nano_model(x)).abs().max() > 1e-3
+
+
+def test_channels_first_graph_has_no_permute_around_convs(nano_model) -> None:
+    """The point of the layout: no conv reads or feeds a permute, and rank stays <= 4."""
+    tokens = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+    switched, _ = _channels_first(tokens)
+
+    def permutes_at_convs(model: nn.Module) -> int:
+        ep = torch.export.export(model, (torch.randn(1, 3, 64, 96),), strict=True)
+        count = 0
+        for node in ep.graph.nodes:
+            if node.op == "call_function" and "conv2d" in str(node.target):
+                src = node.args[0]
+                count += src.op == "call_function" and "permute" in str(src.target)
+                count += sum("permute" in str(u.target) for u in node.users)
+        return count
+
+    assert permutes_at_convs(tokens) > 0  # the token layout: a permute on each side of the dwconvs
+    assert permutes_at_convs(switched) == 0
+    ops, max_rank, symbolic, matmuls = _exported_graph_facts(switched, (64, 96))
+    assert max_rank <= 4 and not symbolic and not matmuls
+    assert "aten.linear.default" not in ops  # every linear became a 1x1 conv

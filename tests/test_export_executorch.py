@@ -158,6 +158,9 @@ def test_executorch_nano_fp32(nano_model: torch.nn.Module, tmp_path: Path) -> No
     assert report.parity.max_abs_err <= 1e-3 and report.parity.argmax_agreement >= 0.999
     assert report.artifact.details["non_delegated_compute_nodes"] == 0
     assert report.artifact.details["delegate_calls"] == 1
+    # lowered in the channels-first layout, on a copy: the caller's deploy form keeps its own
+    assert report.artifact.details["layout"] == "channels_first"
+    assert any(type(m).__name__ == "DeployBranch" for m in deployed.modules())
 
 
 def test_runtime_rejecting_the_file_is_a_parity_failure(model: TinySegmenter, tmp_path: Path) -> None:

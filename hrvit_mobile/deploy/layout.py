@@ -1,9 +1,15 @@
-"""The deploy form's one layout decision, kept in one place.
+"""The deploy form's layout decision, kept in one place.
 
-Token maps flow through the transformer blocks channels-last as rank-4 (B, H, W, C) tensors, so
-linears and LayerNorm act on the last dim with no reshapes; convolutions (patch embedding,
-depthwise paths, fusion, head) take channels-first (B, C, H, W). These two permutes are the only
-layout changes in the deploy graph.
+Two layouts compute the same network:
+
+- ``tokens`` (what :func:`hrvit_mobile.deploy` builds): token maps flow through the transformer
+  blocks channels-last as rank-4 (B, H, W, C) tensors, so linears and LayerNorm act on the last
+  dim with no reshapes; convolutions (patch embedding, depthwise paths, fusion, head) take
+  channels-first (B, C, H, W), through the two permutes below.
+- ``channels_first`` (:mod:`hrvit_mobile.deploy.channels_first`): every map stays (B, C, H, W),
+  linears are 1x1 convs; a delegate that runs convs in NHWC keeps the data NHWC throughout.
+
+``EXPORT_LAYOUT`` says which one each exporter lowers, as measured in that runtime.
 """
 
 from __future__ import annotations
@@ -19,3 +25,9 @@ def to_channels_first(x: Tensor) -> Tensor:
 def to_channels_last(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, H, W, C)."""
     return x.permute(0, 2, 3, 1)
+
+
+# Measured per runtime (README "The deploy form"): XNNPACK runs the channels-first form faster and
+# lowers it faster. LiteRT and Core ML keep the token layout until measured there (Core ML cannot be
+# timed on Linux; litert-torch's own layout pass has not been compared).
+EXPORT_LAYOUT: dict[str, str] = {"executorch": "channels_first", "coreml": "tokens", "tflite": "tokens"}

@@ -52,6 +52,7 @@ class StripeAttention(nn.Module):
         super().__init__()
         self.heads, self.head_dim, _ = stripe_heads(channels, dim_head)
         self.horizontal = horizontal
+        self.stripe_width, self.batch_size = stripe_width, batch_size
         rows, cols = (height, width) if horizontal else (width, height)
         self.rows, self.cols, self.channels = rows, cols, channels
         self.pad_rows = padded_length(rows, stripe_width) - rows

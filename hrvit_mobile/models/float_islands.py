@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from hrvit_mobile.models.attention import MaskedSoftmax
-from hrvit_mobile.models.norm import DelegableLayerNorm
+from hrvit_mobile.models.norm import ChannelLayerNorm, DelegableLayerNorm
 
 
 def float_module_types(softmax: bool = True, layernorm: bool = True) -> tuple[type[nn.Module], ...]:
@@ -21,5 +21,5 @@ def float_module_types(softmax: bool = True, layernorm: bool = True) -> tuple[ty
     if softmax:
         types.append(MaskedSoftmax)
     if layernorm:
-        types.extend((nn.LayerNorm, DelegableLayerNorm))
+        types.extend((nn.LayerNorm, DelegableLayerNorm, ChannelLayerNorm))
     return tuple(types)

@@ -41,3 +41,32 @@ class DelegableLayerNorm(nn.Module):
         if self.weight is not None:
             y = y * self.weight + self.bias
         return y
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of a (B, C, H, W) map, the means as 1x1 convs to one channel.
+
+    The channels-first twin of :class:`DelegableLayerNorm` (same arithmetic: a mean row of 1/C,
+    eps as the variance conv's bias): delegates that keep feature maps NHWC between convs
+    (XNNPACK) run both means as convs with no layout change.
+    """
+
+    def __init__(self, dim: int, eps: float, weight: Tensor | None = None, bias: Tensor | None = None):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean_row", torch.full((1, dim, 1, 1), 1.0 / dim))
+        self.register_buffer("eps_bias", torch.full((1,), eps))
+        shape = (1, dim, 1, 1)
+        self.weight = None if weight is None else nn.Parameter(weight.detach().reshape(shape).clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().reshape(shape).clone())
+
+    @classmethod
+    def from_delegable(cls, norm: DelegableLayerNorm) -> ChannelLayerNorm:
+        return cls(norm.mean_row.shape[1], norm.eps, norm.weight, norm.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - F.conv2d(x, self.mean_row)
+        y = centred * torch.rsqrt(F.conv2d(centred * centred, self.mean_row, self.eps_bias))
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y
