@@ -6,8 +6,8 @@ layout (:mod:`hrvit_mobile.deploy.layout`) each depthwise conv sits between two 
 delegate runs four whole-tensor transposes per conv (permute, to NHWC, back, permute). Here the
 linears, the LayerNorm means and the depthwise convs are all convs, so data stays NHWC inside the
 delegate; the only layout copies left are at the stripe split and merge. Four b1 blocks at
-128x128 ran 0.70x the token layout's time and lowered in 0.8x the time (``benchmarks/speed.py``
-measures the whole network).
+128x128 run in 0.74x the token layout's time and lower in 0.84x
+(``python3 benchmarks/layout.py``; ``benchmarks/speed.py`` measures the whole network).
 
 Built from the token-layout deploy modules (:func:`use_channels_first`), so it computes with the
 very same folded weights, stripes and masks; the tokens of a vertical stripe come in another
