@@ -8,7 +8,11 @@ chosen:
     python3 benchmarks/layout.py --branch 0 --runtimes executorch tflite
 
 Prints lowering time, op count (LiteRT), max |diff| against the eager token layout, and the median
-and minimum latency of each layout, plus their ratio.
+and minimum latency of each layout, plus their ratio. ``--copies`` instead counts, for the whole b1
+deploy form at 512x512 in each layout, the nodes and the elements that transposes and layout copies
+move after XNNPACK's own preprocessing passes (what the delegate will run):
+
+    python3 benchmarks/layout.py --copies
 """
 
 from __future__ import annotations
@@ -80,6 +84,54 @@ def _tflite(model: nn.Module, x: torch.Tensor):
 
 
 RUNTIMES = {"executorch": _executorch, "tflite": _tflite}
+_COPY_OPS = ("permute_copy", "_to_copy", "slice_copy", "cat")
+
+
+def xnnpack_copy_counts(model: nn.Module, x: torch.Tensor) -> dict:
+    """Nodes, and nodes/elements per copying op, of ``model``'s graph after XNNPACK's preprocessing."""
+    import collections
+
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    ep = torch.export.export(model, (x,))
+    # XNNPACK's layout pass inserts _to_copy nodes, which the dim-order verifier would reject
+    edge = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    graph = XNNPACKPassManager(edge.exported_program()).transform().graph
+    nodes, elements = collections.Counter(), collections.Counter()
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target).split(": schema")[0].removeprefix("<EdgeOpOverload: ").rstrip(">")
+        nodes["all"] += 1
+        op = next((o for o in _COPY_OPS if f"aten.{o}." in name), None)
+        if op:
+            nodes[op] += 1
+            elements[op] += node.meta["val"].numel()
+    copies = {o: {"nodes": nodes[o], "elements": elements[o]} for o in _COPY_OPS}
+    return {"nodes": nodes["all"], "copies": copies}
+
+
+def _copies_main(as_json: bool) -> int:
+    import copy
+
+    import hrvit_mobile
+    from hrvit_mobile.deploy.channels_first import use_channels_first
+
+    tokens = hrvit_mobile.deploy(load_demo_model((512, 512)), img_size=(512, 512))
+    switched = copy.deepcopy(tokens)
+    use_channels_first(switched)
+    x = torch.zeros(1, 3, 512, 512)
+    rows = {"tokens": xnnpack_copy_counts(tokens, x), "channels_first": xnnpack_copy_counts(switched, x)}
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for layout, row in rows.items():
+        moved = sum(c["elements"] for o, c in row["copies"].items() if o in ("permute_copy", "_to_copy"))
+        print(f"{layout}: {row['nodes']} nodes; transposes + layout copies move {moved / 1e6:.1f} M elements")
+        for op, c in row["copies"].items():
+            print(f"   {op}: {c['nodes']} nodes, {c['elements'] / 1e6:.2f} M elements")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=4, help="blocks chained")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--runtimes", nargs="+", choices=sorted(RUNTIMES), default=["executorch"])
+    parser.add_argument("--copies", action="store_true",
+                        help="count the copies XNNPACK will run for the whole b1 (no timing)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.copies:
+        return _copies_main(args.json)
     torch.set_num_threads(2)
     model = load_demo_model((512, 512)).eval()
     stages = [f for f in model.backbone.features if hasattr(f, "branches")]
