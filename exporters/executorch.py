@@ -229,7 +229,8 @@ def convert(
             "quantization": quant_info if variant == "int8" else None,
             "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
             "xnnpack_passes_skipped": sorted(skipped),
-            "layout": layout,
+            # a graph quantized before export (QAT) keeps the layout it was trained in, as recorded
+            "layout": quant_info.get("layout", layout) if variant == "int8" else layout,
         }
         if spec.bundled_program:
             extras.append(_bundle(et_program, example, stage / f"{spec.name}.bpte"))

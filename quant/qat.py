@@ -235,6 +235,19 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _layout_of(recipe: PT2ERecipe) -> dict[str, str]:
+    """The deploy layout a recipe trains in, for the checkpoint (recipes without a choice: nothing)."""
+    layout = getattr(recipe, "layout", None)
+    return {} if layout is None else {"layout": layout}
+
+
+def _use_checkpoint_layout(recipe: PT2ERecipe, config: dict[str, Any]) -> None:
+    """Rebuild a checkpoint's graph in the layout it was trained in; checkpoints from before layouts
+    were recorded were trained in the token layout."""
+    if hasattr(recipe, "layout"):
+        recipe.layout = config.get("layout", "tokens")
+
+
 def load_qat_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -266,9 +279,11 @@ def converted_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, An
     model = hrvit_mobile.create_model(ident["model"], num_classes=ident["num_classes"],
                                       img_size=tuple(ident["img_size"]))
     recipe = get_qat_recipe(ident["target"])
+    _use_checkpoint_layout(recipe, ident)
     prepared, _ = build_qat_model(model.eval(), tuple(ident["img_size"]), recipe)
     prepared.load_state_dict(state["model"])
-    return ConvertedGraph(recipe.convert(prepared)), {**ident, "step": state["step"], "recipe": recipe.name}
+    info = {**ident, **_layout_of(recipe), "step": state["step"], "recipe": recipe.name}
+    return ConvertedGraph(recipe.convert(prepared)), info
 
 
 class ConvertedGraph(nn.Module):
@@ -295,7 +310,8 @@ def prequantized_recipe(meta: dict[str, Any]) -> Prequantized:
         target=meta["target"],
         qat=True,
         source="QAT",
-        info={"qat_recipe": meta["recipe"], "qat_steps": meta["step"]},
+        info={"qat_recipe": meta["recipe"], "qat_steps": meta["step"],
+              **({"layout": meta["layout"]} if "layout" in meta else {})},
     )
 
 
@@ -371,6 +387,8 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
 
     torch.manual_seed(cfg.seed)
     recipe = get_qat_recipe(cfg.target)
+    if state is not None:  # a resumed run keeps the deploy layout its checkpoint was trained in
+        _use_checkpoint_layout(recipe, state["config"])
     model = _float_model(cfg, num_classes) if state is None else _shell_model(cfg, num_classes)
     prepared, _ = build_qat_model(model, cfg.img_size, recipe)
     params = [p for p in prepared.parameters() if p.requires_grad]
@@ -394,7 +412,7 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
         if dist.main:
             _save(ckpt_path, {
                 "format": FORMAT,
-                "config": _identity(cfg, num_classes),
+                "config": {**_identity(cfg, num_classes), **_layout_of(recipe)},
                 "step": step,
                 "model": prepared.state_dict(),
                 "optimizer": optimizer.state_dict(),

@@ -159,6 +159,20 @@ class XNNPACKInt8(PT2ERecipe):
     per_channel: bool = True
     scheme: str = "PT2E XNNPACKQuantizer: int8 per-channel weights, static int8 activations"
     pattern_utils: str = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils"
+    # the deploy layout the graph is quantized (and QAT-trained) in; QAT checkpoints record it
+    layout: str = "channels_first"
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """The token-layout deploy form switched to ``layout`` (in place; numerically the same):
+        XNNPACK runs the channels-first form without transposes around its depthwise convs."""
+        if self.layout == "channels_first":
+            from hrvit_mobile.deploy.channels_first import use_channels_first
+
+            use_channels_first(model)
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "layout": self.layout}
 
     def quantizer(self) -> Any:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

@@ -188,6 +188,8 @@ def test_qat_checkpoint_exports_without_recalibration(qat_run, tmp_path: Path) -
     assert meta["details"]["quantization"]["recipe"] == "prequantized"
     assert meta["details"]["quantization"]["calibration_samples"] == 0
     assert meta["parity"]["passed"] and meta["img_size"] == list(SIZE)
+    # trained, saved and lowered in the layout XNNPACK runs best
+    assert meta["details"]["layout"] == meta["details"]["quantization"]["layout"] == "channels_first"
     # a QAT checkpoint for one target cannot be exported to another
     assert main(["export", "--target", "tflite", "--bits", "8", "--checkpoint", str(result.checkpoint),
                  "--out", str(tmp_path)]) == 2
@@ -244,3 +246,22 @@ def test_float_evaluation_of_qat_weights_turns_fake_quant_off(data_dir: Path) ->
     deployed = hrvit_mobile.deploy(model, img_size=SIZE)
     expected = evaluate(lambda t: deployed(t), data, 3).miou
     assert evaluate_float(prepared, data, 3).miou == pytest.approx(expected)
+
+
+def test_xnnpack_recipe_layout_and_old_checkpoints(nano_model) -> None:
+    """The ExecuTorch recipe quantizes (and QAT trains) the channels-first form; a checkpoint that
+    records no layout predates layouts and is rebuilt in the token layout it was trained in."""
+    from hrvit_mobile.deploy.channels_first import ChannelsFirstBranch
+    from hrvit_mobile.deploy.modules import DeployBranch
+    from hrvit_mobile.quant.qat import _layout_of, _use_checkpoint_layout
+
+    def kinds(recipe: XNNPACKInt8) -> set[type]:
+        adapted = recipe.adapt(hrvit_mobile.deploy(nano_model, img_size=(64, 96)))
+        return {type(m) for m in adapted.modules()} & {DeployBranch, ChannelsFirstBranch}
+
+    recipe = XNNPACKInt8(qat=True)
+    assert kinds(recipe) == {ChannelsFirstBranch} and _layout_of(recipe) == {"layout": "channels_first"}
+    _use_checkpoint_layout(recipe, {"target": "executorch"})  # a config written before layouts
+    assert recipe.layout == "tokens" and kinds(recipe) == {DeployBranch}
+    _use_checkpoint_layout(recipe, {"layout": "channels_first"})
+    assert kinds(recipe) == {ChannelsFirstBranch}
