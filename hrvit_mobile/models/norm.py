@@ -35,38 +35,39 @@ class DelegableLayerNorm(nn.Module):
             return cls(dim, norm.eps, norm.weight, norm.bias)
         return cls(dim, norm.eps)
 
+    def _mean(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Mean over the normalized dim (plus ``bias``), kept as a dim of size 1."""
+        return F.linear(x, self.mean_row, bias)
+
     def forward(self, x: Tensor) -> Tensor:
-        centred = x - F.linear(x, self.mean_row)
-        y = centred * torch.rsqrt(F.linear(centred * centred, self.mean_row, self.eps_bias))
+        centred = x - self._mean(x)
+        y = centred * torch.rsqrt(self._mean(centred * centred, self.eps_bias))
         if self.weight is not None:
             y = y * self.weight + self.bias
         return y
 
 
-class ChannelLayerNorm(nn.Module):
+class ChannelLayerNorm(DelegableLayerNorm):
     """LayerNorm over the channels of a (B, C, H, W) map, the means as 1x1 convs to one channel.
 
     The channels-first twin of :class:`DelegableLayerNorm` (same arithmetic: a mean row of 1/C,
     eps as the variance conv's bias): delegates that keep feature maps NHWC between convs
-    (XNNPACK) run both means as convs with no layout change.
+    (XNNPACK) run both means as convs with no layout change. A type of its own, so recipes that
+    swap :class:`DelegableLayerNorm` by exact type leave it alone.
     """
 
     def __init__(self, dim: int, eps: float, weight: Tensor | None = None, bias: Tensor | None = None):
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("mean_row", torch.full((1, dim, 1, 1), 1.0 / dim))
-        self.register_buffer("eps_bias", torch.full((1,), eps))
         shape = (1, dim, 1, 1)
-        self.weight = None if weight is None else nn.Parameter(weight.detach().reshape(shape).clone())
-        self.bias = None if bias is None else nn.Parameter(bias.detach().reshape(shape).clone())
+        super().__init__(
+            dim, eps,
+            None if weight is None else weight.detach().reshape(shape),
+            None if bias is None else bias.detach().reshape(shape),
+        )
+        self.mean_row = self.mean_row.reshape(shape)
 
     @classmethod
     def from_delegable(cls, norm: DelegableLayerNorm) -> ChannelLayerNorm:
         return cls(norm.mean_row.shape[1], norm.eps, norm.weight, norm.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        centred = x - F.conv2d(x, self.mean_row)
-        y = centred * torch.rsqrt(F.conv2d(centred * centred, self.mean_row, self.eps_bias))
-        if self.weight is not None:
-            y = y * self.weight + self.bias
-        return y
+    def _mean(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.conv2d(x, self.mean_row, bias)
