@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.deploy.layout import LAYOUTS
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.sizes import validate_img_size
 
@@ -124,6 +125,9 @@ class ExportSpec:
     bundled_program: bool = False
     etrecord: bool = False
     # common
+    # deploy layout to lower: "tokens" or "channels_first"; None: the target's measured choice
+    # (hrvit_mobile.deploy.layout.EXPORT_LAYOUT)
+    layout: str | None = None
     strict_export: bool = False  # non-strict torch.export is ~5x faster to trace and gives the same graph
     thresholds: ParityThresholds | None = None
     parity_samples: int = 2
@@ -152,6 +156,8 @@ class ExportSpec:
                     f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
                 )
         validate_img_size(self.img_size)
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ExportError(f"unknown layout {self.layout!r}; allowed: {', '.join(LAYOUTS)}")
 
     @property
     def labels(self) -> list[str]:

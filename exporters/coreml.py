@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.quant.recipes import CoreMLWeightOnly
 
 from .contract import (
@@ -185,14 +186,14 @@ def convert(
     if variant == "w8a8":
         check_dependencies("executorch")  # CoreMLQuantizer ships with ExecuTorch
     ios = _ios_target(spec.min_ios)
-    model = model.eval()
+    model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
     scale, bias, factor = image_preprocessing(spec.normalization.mean, spec.normalization.std)
 
     def build(stage: Path) -> Built:
         import coremltools as ct
 
         graph = _ImageModel(model, factor, spec.argmax_output).eval()
-        details: dict[str, Any] = {"quantization": None}
+        details: dict[str, Any] = {"quantization": None, "layout": layout}
         if variant == "w8a8":
             # the quantizer sees the graph the app will run: std correction included
             quant_info: dict[str, Any] = {}

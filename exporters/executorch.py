@@ -180,7 +180,7 @@ def convert(
     inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
     # the layout XNNPACK runs best (channels-first: no transposes around the depthwise convs)
-    model, layout = in_export_layout(model.eval(), TARGET)
+    model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
 
     quant_info: dict[str, Any] = {}
 
@@ -230,7 +230,7 @@ def convert(
             "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
             "xnnpack_passes_skipped": sorted(skipped),
             # a graph quantized before export (QAT) keeps the layout it was trained in, as recorded
-            "layout": quant_info.get("layout", layout) if variant == "int8" else layout,
+            "layout": quant_info.get("layout", layout) if layout == "as given" else layout,
         }
         if spec.bundled_program:
             extras.append(_bundle(et_program, example, stage / f"{spec.name}.bpte"))

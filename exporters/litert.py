@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.deploy.fold import use_resize_nearest
 from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
@@ -190,7 +191,7 @@ def convert(
     """Convert ``model`` (deploy form, fp32, eval) to a .tflite in ``spec.out_dir``, with its sidecar."""
     inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
-    model = model.eval()
+    model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
 
     def build(stage: Path) -> Built:
         import litert_torch
@@ -202,7 +203,7 @@ def convert(
             from litert_torch.quantize.quant_config import QuantConfig
 
             kwargs["quant_config"] = QuantConfig(pt2e_quantizer=LiteRTInt8().quantizer())
-        details: dict[str, Any] = {"quantization": None}
+        details: dict[str, Any] = {"quantization": None, "layout": layout}
         graph = model
         if not prequantized:  # LiteRT has a nearest resize; the deploy form's upsampler is for XNNPACK
             graph = copy.deepcopy(model)

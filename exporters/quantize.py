@@ -36,6 +36,8 @@ def recipe_for(spec: ExportSpec) -> QuantRecipe:
         return spec.recipe
     assert spec.activations is not None, "resolve the spec first"
     recipe = get_recipe(spec.target, spec.bits, spec.activations, min_ios=spec.min_ios)
+    if spec.layout is not None and hasattr(recipe, "layout"):
+        recipe.layout = spec.layout  # quantize in the layout the exporter lowers
     if spec.keep_float is not None and not isinstance(recipe, PT2ERecipe):
         raise ExportError(
             f"--keep-float applies to int8-activation exports; {spec.target} {spec.bits}-bit "

@@ -122,6 +122,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         min_ios=args.min_ios,
         argmax_output=args.argmax_output,
         keep_op_names=args.keep_op_names,
+        layout=getattr(args, "layout", None),
         bundled_program=args.bundled_program,
         etrecord=args.etrecord,
         thresholds=thresholds,
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="exports", help="output folder")
     export.add_argument("--min-ios", type=int, default=17, help="Core ML deployment target")
     export.add_argument("--argmax-output", action="store_true", help="Core ML: add a class-map output")
+    export.add_argument("--layout", choices=["tokens", "channels_first"],
+                        help="deploy layout to lower (default: the target's measured choice: "
+                             "channels_first for executorch, tokens for coreml and tflite)")
     export.add_argument("--keep-op-names", action="store_true",
                         help="Core ML: keep the PyTorch-derived op names and per-op small consts "
                         "(for profiling; about 0.6 MB larger on b1)")

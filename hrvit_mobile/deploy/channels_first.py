@@ -171,16 +171,17 @@ def use_channels_first(model: nn.Module) -> int:
     return switched
 
 
-def in_export_layout(model: nn.Module, target: str) -> tuple[nn.Module, str]:
-    """``model`` in the layout that ``target``'s exporter lowers (``layout.EXPORT_LAYOUT``).
+def in_export_layout(model: nn.Module, target: str, layout: str | None = None) -> tuple[nn.Module, str]:
+    """``model`` in ``layout`` (default: the one ``target``'s exporter lowers, ``layout.EXPORT_LAYOUT``).
 
-    A token-layout deploy form bound for a channels-first target comes back as a switched copy (the
-    caller's module is untouched); anything else (a quantized GraphModule, e.g. after QAT, which
-    keeps the layout it was trained in) comes back as it is. Returns the module and its layout.
+    A token-layout deploy form asked for channels-first comes back as a switched copy (the caller's
+    module is untouched); anything else (a quantized GraphModule, e.g. after QAT, which keeps the
+    layout it was trained in) comes back as it is. Returns the module and the layout it has.
     """
+    wanted = layout or EXPORT_LAYOUT.get(target, "tokens")
     has_tokens = any(isinstance(m, DeployBranch) for m in model.modules())
     has_channels_first = any(isinstance(m, ChannelsFirstBranch) for m in model.modules())
-    if EXPORT_LAYOUT.get(target) == "channels_first" and has_tokens:
+    if wanted == "channels_first" and has_tokens:
         model = copy.deepcopy(model)
         use_channels_first(model)
         return model, "channels_first"

@@ -31,4 +31,5 @@ def to_channels_last(x: Tensor) -> Tensor:
 # blocks at 128x128, the two layouts interleaved): ExecuTorch XNNPACK runs channels-first in 0.74x
 # the token layout's time, LiteRT in 1.17x (litert-torch moves NCHW graphs to NHWC with transposes
 # of its own). Core ML keeps the token layout: it cannot be timed on Linux, so it is not measured.
+LAYOUTS = ("tokens", "channels_first")
 EXPORT_LAYOUT: dict[str, str] = {"executorch": "channels_first", "coreml": "tokens", "tflite": "tokens"}

@@ -1,0 +1,38 @@
+"""Every exporter lowers either deploy layout on request, proven in its own runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import hrvit_mobile
+from hrvit_mobile.deploy.layout import EXPORT_LAYOUT
+from hrvit_mobile.exporters import ExportError, ExportSpec, export
+
+SIZE = (64, 96)
+
+
+@pytest.mark.parametrize(
+    ("target", "layout"),
+    [("executorch", "tokens"), ("executorch", None), ("coreml", "channels_first"),
+     ("tflite", "channels_first"), ("tflite", None)],
+)
+def test_export_in_either_layout(nano_model: torch.nn.Module, tmp_path: Path, target: str, layout) -> None:
+    modules = {"executorch": "executorch", "coreml": "coremltools", "tflite": "litert_torch"}
+    pytest.importorskip(modules[target])
+    deployed = hrvit_mobile.deploy(nano_model, img_size=SIZE)
+    spec = ExportSpec(target=target, bits=32, img_size=SIZE, num_classes=7, out_dir=tmp_path,
+                      model_name="hrvit_nano", layout=layout)
+    report = export(deployed, spec)
+    assert report.ok, report.summary()
+    assert report.artifact.details["layout"] == (layout or EXPORT_LAYOUT[target])
+    assert report.parity.max_abs_err <= 1e-3 and report.parity.argmax_agreement >= 0.999
+    # the caller's deploy form is left in its own (token) layout
+    assert any(type(m).__name__ == "DeployBranch" for m in deployed.modules())
+
+
+def test_unknown_layout_is_one_clear_error() -> None:
+    with pytest.raises(ExportError, match="unknown layout 'nhwc'; allowed: tokens, channels_first"):
+        ExportSpec(target="executorch", bits=32, img_size=SIZE, layout="nhwc")
