@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
+from hrvit_mobile.quant.recipes import Prequantized
 
 from .contract import (
     ArtifactResult,
@@ -183,6 +184,7 @@ def convert(
     model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
 
     quant_info: dict[str, Any] = {}
+    prequantized = variant == "int8" and isinstance(recipe_for(spec), Prequantized)
 
     def build(stage: Path) -> Built:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -230,7 +232,7 @@ def convert(
             "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
             "xnnpack_passes_skipped": sorted(skipped),
             # a graph quantized before export (QAT) keeps the layout it was trained in, as recorded
-            "layout": quant_info.get("layout", layout) if layout == "as given" else layout,
+            "layout": quant_info.get("layout", layout) if prequantized else layout,
         }
         if spec.bundled_program:
             extras.append(_bundle(et_program, example, stage / f"{spec.name}.bpte"))
