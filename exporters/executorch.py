@@ -184,7 +184,7 @@ def convert(
     model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
 
     quant_info: dict[str, Any] = {}
-    prequantized = variant == "int8" and isinstance(recipe_for(spec), Prequantized)
+    prequantized = isinstance(spec.recipe, Prequantized)
 
     def build(stage: Path) -> Built:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

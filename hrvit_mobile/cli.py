@@ -122,7 +122,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         min_ios=args.min_ios,
         argmax_output=args.argmax_output,
         keep_op_names=args.keep_op_names,
-        layout=getattr(args, "layout", None),
+        layout=args.layout,
         bundled_program=args.bundled_program,
         etrecord=args.etrecord,
         thresholds=thresholds,

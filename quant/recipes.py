@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hrvit_mobile.deploy.layout import EXPORT_LAYOUT
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.models.norm import DelegableLayerNorm
 
@@ -159,8 +160,9 @@ class XNNPACKInt8(PT2ERecipe):
     per_channel: bool = True
     scheme: str = "PT2E XNNPACKQuantizer: int8 per-channel weights, static int8 activations"
     pattern_utils: str = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils"
-    # the deploy layout the graph is quantized (and QAT-trained) in; QAT checkpoints record it
-    layout: str = "channels_first"
+    # the deploy layout the graph is quantized (and QAT-trained) in: the ExecuTorch exporter's;
+    # QAT checkpoints record it
+    layout: str = EXPORT_LAYOUT["executorch"]
 
     def adapt(self, model: nn.Module) -> nn.Module:
         """The token-layout deploy form switched to ``layout`` (in place; numerically the same):

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from hrvit_mobile.deploy.layout import EXPORT_LAYOUT
 from hrvit_mobile.deploy.modules import DeployAttentionBlock, DeployBranch, DeployStage, StripeAttention
-from hrvit_mobile.models.attention import PADDED_KEY_LOGIT, MaskedSoftmax
+from hrvit_mobile.models.attention import PADDED_KEY_LOGIT, MaskedSoftmax, padded_length
 from hrvit_mobile.models.norm import ChannelLayerNorm
 
 
@@ -55,7 +55,7 @@ class ChannelsFirstStripeAttention(nn.Module):
         self.channels, self.heads, self.head_dim = channels, heads, channels // heads
         self.horizontal, self.height, self.width, self.batch_size = horizontal, height, width, batch_size
         along, across = (height, width) if horizontal else (width, height)  # cut dim, other dim
-        self.padded = -(-along // stripe_width) * stripe_width
+        self.padded = padded_length(along, stripe_width)
         pad = self.padded - along
         self.per_group = self.padded // stripe_width  # stripes per (image, head)
         self.tokens = stripe_width * across
