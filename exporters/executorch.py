@@ -108,10 +108,29 @@ def _has_conv1d(ep: Any) -> bool:
     return False
 
 
+def _bilinear_patterns_rewrite(ep: Any) -> bool:
+    """Whether ConvertToUpsampleBilinear2d could rewrite anything in ``ep``.
+
+    It matches XNNPACK's bilinear pattern graphs and replaces each match's output with one
+    upsample_bilinear2d node, returning early where that output is one already. ExecuTorch keeps
+    upsample_bilinear2d whole for XNNPACK, so the patterns are that single node: every match is one,
+    and the pass only retraces. It applies where a pattern holds other ops, all present in ``ep``.
+    """
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d
+
+    present = _targets(ep)
+    for pattern in bilinear_2d.get_graphs_dict():
+        ops = {str(n.target) for n in pattern.graph.nodes if n.op == "call_function"}
+        if any("upsample_bilinear2d" not in op for op in ops) and ops <= present:
+            return True
+    return False
+
+
 # XNNPACK preprocessing passes that rewrite only nodes of a given kind, with the test for whether the
 # graph holds any. Each pass, even one with nothing to do, costs a full retrace + verification of the
 # graph (about 1/17 of XNNPACK preprocessing for the ~4,000-node b1 deploy graph).
 _PASS_APPLIES: dict[str, Callable[[Any], bool]] = {
+    "ConvertToUpsampleBilinear2d": _bilinear_patterns_rewrite,
     "FuseBatchNormPass": _has("batch_norm"),
     "DecomposeBatchNorm": _has("batch_norm"),
     "PReLUReshapePass": _has("prelu"),
@@ -151,6 +170,43 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
         xnnpack_passes._transform = original
 
 
+def _preserved_ops(ops: Sequence[Any]) -> list[Any]:
+    """``ops`` without those ExecuTorch refuses to preserve (mutable or aliasing): its own filter."""
+    from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
+
+    return _remove_invalid_ops_for_not_decompose(list(ops))
+
+
+def xnnpack_partitioner() -> Any:
+    """XNNPACK's partitioner, told when its per-node check on preserved ops has nothing to reject.
+
+    XnnpackPartitioner asks ExecuTorch to keep some aten ops whole (linear, hardswish, bilinear
+    upsample, ...) and hands it a per-node check, which sends ``to_edge_transform_and_lower`` down its
+    EDGE_DO_NOT_DECOMP path: two more ``run_decompositions`` retraces of the whole graph (about 10 s of
+    the ~60 s b1 fp32 lowering). Where every node of a preserved op passes that check, both paths keep
+    exactly the same nodes, so this partitioner then reports no check and the cheaper path runs; where
+    any node fails it, the original answer (and path) is kept. tests/test_export_executorch.py checks
+    the .pte is byte-identical either way.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class _CheckedXnnpackPartitioner(XnnpackPartitioner):
+        def ops_to_not_decompose(self, ep: Any) -> tuple[list[Any], Any]:
+            ops, check = super().ops_to_not_decompose(ep)
+            if check is None:
+                return ops, check
+            preserved = set(_preserved_ops(ops))
+            graphs = [ep.graph_module] + [m for m in ep.graph_module.modules() if m is not ep.graph_module]
+            for gm in graphs:
+                graph = getattr(gm, "graph", None)
+                for node in graph.nodes if graph is not None else ():
+                    if node.op == "call_function" and node.target in preserved and not check(node):
+                        return ops, check
+            return sorted(preserved, key=str), None
+
+    return _CheckedXnnpackPartitioner()
+
+
 def xnnpack_int8_quantizer() -> Any:
     """The PT2E quantizer of the int8 recipe (kept for callers that build their own flow)."""
     from hrvit_mobile.quant.recipes import XNNPACKInt8
@@ -187,7 +243,6 @@ def convert(
     prequantized = isinstance(spec.recipe, Prequantized)
 
     def build(stage: Path) -> Built:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
         with torch.no_grad():
@@ -204,7 +259,7 @@ def convert(
         lowering = step(TARGET, "lower to XNNPACK")
         with lowering, shared_node_provenance(), applicable_xnnpack_passes() as skipped:
             edge = to_edge_transform_and_lower(
-                ep, partitioner=[XnnpackPartitioner()], generate_etrecord=spec.etrecord
+                ep, partitioner=[xnnpack_partitioner()], generate_etrecord=spec.etrecord
             )
         outside = non_delegated_ops(edge.exported_program())
         n_delegates = sum(

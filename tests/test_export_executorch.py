@@ -174,16 +174,19 @@ def test_runtime_rejecting_the_file_is_a_parity_failure(model: TinySegmenter, tm
 
 
 def _lower(model: torch.nn.Module, size: tuple[int, int], skip: bool) -> tuple[bytes, list[str]]:
+    """The .pte of ``model``: with the exporter's lowering shortcuts (skipped passes, the checked
+    partitioner) when ``skip``, else with ExecuTorch's stock lowering."""
     from contextlib import nullcontext
 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from hrvit_mobile.exporters.executorch import applicable_xnnpack_passes
+    from hrvit_mobile.exporters.executorch import applicable_xnnpack_passes, xnnpack_partitioner
 
     ep = torch.export.export(model.eval(), (torch.randn(1, 3, *size),))
+    partitioner = xnnpack_partitioner() if skip else XnnpackPartitioner()
     with applicable_xnnpack_passes() if skip else nullcontext() as skipped:
-        buffer = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        buffer = to_edge_transform_and_lower(ep, partitioner=[partitioner]).to_executorch().buffer
     return buffer, sorted(skipped or [])
 
 
@@ -193,6 +196,34 @@ def test_skipping_inapplicable_xnnpack_passes_changes_no_byte(model: TinySegment
     without, _ = _lower(model, (64, 64), skip=False)
     assert with_skips == without
     assert {"PReLUReshapePass", "Conv1dUnsqueezePass"} <= set(skipped)
+
+
+class _RuntimeWeightLinear(torch.nn.Module):
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, weight)
+
+
+class _UpsampleHardswish(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear")
+        return torch.nn.functional.hardswish(up)
+
+
+def test_checked_partitioner_drops_the_check_only_when_nothing_fails_it() -> None:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
+
+    supported = torch.export.export(_UpsampleHardswish(), (torch.randn(1, 3, 8, 8),)).run_decompositions({})
+    ops, check = xnnpack_partitioner().ops_to_not_decompose(supported)
+    assert check is None
+    assert {"aten.upsample_bilinear2d.vec", "aten.hardswish.default"} <= {str(op) for op in ops}
+    # XNNPACK takes no linear whose weight is a graph input: the check rejects it, so it stays
+    rejected = torch.export.export(_RuntimeWeightLinear(), (torch.randn(2, 4), torch.randn(3, 4)))
+    rejected = rejected.run_decompositions({})
+    ops, check = xnnpack_partitioner().ops_to_not_decompose(rejected)
+    stock_ops, _ = XnnpackPartitioner().ops_to_not_decompose(rejected)
+    assert check is not None and ops == stock_ops
 
 
 def test_pass_predicates_see_the_ops() -> None:
@@ -209,10 +240,15 @@ def test_pass_predicates_see_the_ops() -> None:
 
 
 @pytest.mark.slow
-def test_skipping_passes_on_nano_deploy_form_changes_no_byte(nano_model: torch.nn.Module) -> None:
+@pytest.mark.parametrize("layout", ["tokens", "channels_first"])
+def test_skipping_passes_on_nano_deploy_form_changes_no_byte(
+    nano_model: torch.nn.Module, layout: str
+) -> None:
     import hrvit_mobile
+    from hrvit_mobile.deploy.channels_first import in_export_layout
 
-    deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+    deployed, _ = in_export_layout(hrvit_mobile.deploy(nano_model, img_size=(64, 96)), "executorch", layout)
     with_skips, skipped = _lower(deployed, (64, 96), skip=True)
     assert with_skips == _lower(deployed, (64, 96), skip=False)[0]
     assert "FuseBatchNormPass" in skipped  # the deploy form has every BN folded already
+    assert "ConvertToUpsampleBilinear2d" in skipped  # its patterns are the preserved upsample itself
