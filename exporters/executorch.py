@@ -236,8 +236,9 @@ def convert(
     """Lower ``model`` (deploy form, fp32, eval) to a .pte in ``spec.out_dir``; writes the sidecar too."""
     inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
-    # the layout XNNPACK runs best (channels-first: no transposes around the depthwise convs)
-    model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
+    # the layout XNNPACK runs best (channels-first: no transposes around the depthwise convs; fp16
+    # keeps tokens, see hrvit_mobile.deploy.layout.VARIANT_LAYOUT)
+    model, layout = in_export_layout(model.eval(), TARGET, spec.layout, variant)
 
     quant_info: dict[str, Any] = {}
     prequantized = isinstance(spec.recipe, Prequantized)

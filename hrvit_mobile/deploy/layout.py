@@ -9,7 +9,8 @@ Two layouts compute the same network:
 - ``channels_first`` (:mod:`hrvit_mobile.deploy.channels_first`): every map stays (B, C, H, W),
   linears are 1x1 convs; a delegate that runs convs in NHWC keeps the data NHWC throughout.
 
-``EXPORT_LAYOUT`` says which one each exporter lowers, as measured in that runtime.
+``EXPORT_LAYOUT`` says which one each exporter lowers, as measured in that runtime;
+:func:`export_layout` adds the per-variant exceptions.
 """
 
 from __future__ import annotations
@@ -33,3 +34,14 @@ def to_channels_last(x: Tensor) -> Tensor:
 # of its own). Core ML keeps the token layout: it cannot be timed on Linux, so it is not measured.
 LAYOUTS = ("tokens", "channels_first")
 EXPORT_LAYOUT: dict[str, str] = {"executorch": "channels_first", "coreml": "tokens", "tflite": "tokens"}
+
+# Per-variant exceptions, measured on b1 (`hrvit-mobile export --target executorch --bits 16
+# [--layout tokens]`): XNNPACK fp16 takes no GELU, so the graph is split into ~50 delegate calls
+# either way, and in the channels-first form (every linear a 1x1 conv) the .pte grows to 37.62 MB
+# against 21.47 MB in the token layout: it is then no smaller than fp32. fp16 keeps tokens.
+VARIANT_LAYOUT: dict[tuple[str, str], str] = {("executorch", "fp16"): "tokens"}
+
+
+def export_layout(target: str, variant: str | None = None) -> str:
+    """The layout ``target``'s exporter lowers ``variant`` in by default (fp32, fp16, int8, w8, ...)."""
+    return VARIANT_LAYOUT.get((target, variant or ""), EXPORT_LAYOUT.get(target, "tokens"))
