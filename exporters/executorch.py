@@ -255,6 +255,10 @@ def convert(
                     ep = torch.export.export(_Float16Graph(model), (example,), strict=spec.strict_export)
             else:
                 q = quantize_pt2e(model, example, recipe_for(spec), calib_t, spec, TARGET, quant_info)
+                if not prequantized:
+                    # the recipe names the layout it would switch to; a model without HRViT's
+                    # branches (SegFormer, a user's net) is quantized as given
+                    quant_info["layout"] = layout
                 with step(TARGET, "torch.export (quantized)"):
                     ep = torch.export.export(q, (example,), strict=spec.strict_export)
         lowering = step(TARGET, "lower to XNNPACK")
