@@ -126,7 +126,7 @@ class ExportSpec:
     etrecord: bool = False
     # common
     # deploy layout to lower: "tokens" or "channels_first"; None: the target's measured choice
-    # (hrvit_mobile.deploy.layout.EXPORT_LAYOUT)
+    # and variant (hrvit_mobile.deploy.layout.export_layout)
     layout: str | None = None
     strict_export: bool = False  # non-strict torch.export is ~5x faster to trace and gives the same graph
     thresholds: ParityThresholds | None = None

@@ -170,13 +170,6 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
         xnnpack_passes._transform = original
 
 
-def _preserved_ops(ops: Sequence[Any]) -> list[Any]:
-    """``ops`` without those ExecuTorch refuses to preserve (mutable or aliasing): its own filter."""
-    from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
-
-    return _remove_invalid_ops_for_not_decompose(list(ops))
-
-
 def xnnpack_partitioner() -> Any:
     """XNNPACK's partitioner, told when its per-node check on preserved ops has nothing to reject.
 
@@ -189,17 +182,17 @@ def xnnpack_partitioner() -> Any:
     the .pte is byte-identical either way.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
 
     class _CheckedXnnpackPartitioner(XnnpackPartitioner):
         def ops_to_not_decompose(self, ep: Any) -> tuple[list[Any], Any]:
             ops, check = super().ops_to_not_decompose(ep)
             if check is None:
                 return ops, check
-            preserved = set(_preserved_ops(ops))
-            graphs = [ep.graph_module] + [m for m in ep.graph_module.modules() if m is not ep.graph_module]
-            for gm in graphs:
-                graph = getattr(gm, "graph", None)
-                for node in graph.nodes if graph is not None else ():
+            # ExecuTorch's own filter (mutable or aliasing ops are never preserved)
+            preserved = set(_remove_invalid_ops_for_not_decompose(list(ops)))
+            for gm in ep.graph_module.modules():  # the graph and any control-flow submodules
+                for node in gm.graph.nodes if isinstance(gm, torch.fx.GraphModule) else ():
                     if node.op == "call_function" and node.target in preserved and not check(node):
                         return ops, check
             return sorted(preserved, key=str), None

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from hrvit_mobile.deploy.layout import LAYOUTS
 from hrvit_mobile.errors import HRViTMobileError
 
 
@@ -415,9 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="exports", help="output folder")
     export.add_argument("--min-ios", type=int, default=17, help="Core ML deployment target")
     export.add_argument("--argmax-output", action="store_true", help="Core ML: add a class-map output")
-    export.add_argument("--layout", choices=["tokens", "channels_first"],
+    export.add_argument("--layout", choices=LAYOUTS,
                         help="deploy layout to lower (default: the target's measured choice: "
-                             "channels_first for executorch, tokens for coreml and tflite)")
+                             "channels_first for executorch fp32/int8, tokens for executorch fp16, "
+                             "coreml and tflite)")
     export.add_argument("--keep-op-names", action="store_true",
                         help="Core ML: keep the PyTorch-derived op names and per-op small consts "
                         "(for profiling; about 0.6 MB larger on b1)")

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hrvit_mobile.deploy.layout import EXPORT_LAYOUT
+from hrvit_mobile.deploy.layout import export_layout
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.models.norm import DelegableLayerNorm
 
@@ -162,7 +162,7 @@ class XNNPACKInt8(PT2ERecipe):
     pattern_utils: str = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils"
     # the deploy layout the graph is quantized (and QAT-trained) in: the ExecuTorch exporter's;
     # QAT checkpoints record it
-    layout: str = EXPORT_LAYOUT["executorch"]
+    layout: str = export_layout("executorch", "int8")
 
     def adapt(self, model: nn.Module) -> nn.Module:
         """The token-layout deploy form switched to ``layout`` (in place; numerically the same):
