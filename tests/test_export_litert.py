@@ -101,6 +101,33 @@ def test_int8_is_smaller_than_fp32(model: TinySegmenter, tmp_path: Path) -> None
     assert int8 < 0.6 * fp32
 
 
+def test_compaction_shares_quantization_vectors_and_changes_no_output(tmp_path: Path) -> None:
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from hrvit_mobile.exporters.litert import compact_flatbuffer
+
+    torch.manual_seed(0)
+    wide = TinySegmenter(num_classes=5, channels=64)
+    spec = ExportSpec(target="tflite", bits=8, activations=8, img_size=SIZE, num_classes=5, out_dir=tmp_path,
+                      calib_samples=2, run_parity=False)
+    path = export(wide, spec).artifact.path
+    compacted = path.read_bytes()
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    assert "stored once" in meta["details"]["compaction"]["shared_vectors"]
+    # the same model written the stock way: one copy of every vector per tensor
+    stock = bytes(flatbuffer_utils.convert_object_to_bytearray(
+        flatbuffer_utils.read_model_from_bytearray(bytearray(compacted))))
+    again, saved = compact_flatbuffer(stock)
+    assert saved["shared_vectors"] > 0 and len(again) == len(stock) - saved["shared_vectors"]
+    assert len(again) == len(compacted)
+    x = _normalized(1)
+    outputs = []
+    for data in (stock, again):
+        it = Interpreter(model_content=data)
+        outputs.append(it.get_signature_runner("serving_default")(image=x)["logits"])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("bits", "activations"), [(32, None), (8, 8)])
 def test_litert_nano(nano_model: torch.nn.Module, tmp_path: Path, bits: int, activations: int | None) -> None:
