@@ -655,9 +655,22 @@ def run_build(spec: ExportSpec, variant: str, suffix: str, build: Callable[[Path
         outputs=built.outputs,
         details={**built.details, "step_seconds": {k: round(v, 3) for k, v in _STEP_SECONDS.items()}},
     )
+    art.details["footprint"] = _footprint(final_main)
     write_sidecar(spec, art, None)
     log.info("[%s] wrote %s (%.2f MB) in %.1f s", spec.target, final_main, art.size_bytes / 1e6, seconds)
     return art
+
+
+def _footprint(path: Path) -> dict[str, Any]:
+    """Where the artifact's bytes go (exporters/footprint.py); an accounting failure is recorded, not fatal:
+    the artifact itself is complete by then."""
+    from .footprint import artifact_footprint
+
+    try:
+        return artifact_footprint(path)
+    except Exception as exc:  # a format change in a runtime package must not fail a finished export
+        log.warning("footprint of %s not read: %s", path.name, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 EXPORTER_SYNTHETIC = "the exporter's synthetic images"

@@ -1,0 +1,76 @@
+"""Artifact footprints: every export's sidecar says where its bytes go, and the parts add up."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrvit_mobile.exporters import ExportError, ExportSpec, export
+from hrvit_mobile.exporters.footprint import artifact_footprint
+from hrvit_mobile.exporters.testing import TinySegmenter
+
+SIZE = (64, 64)
+
+
+def _wide() -> TinySegmenter:
+    return TinySegmenter(num_classes=5, channels=64)  # enough weights for size to be about weights
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters()) * 4
+
+
+def _export(target: str, bits: int, activations: int | None, out: Path) -> tuple[Path, dict]:
+    spec = ExportSpec(target=target, bits=bits, activations=activations, img_size=SIZE, num_classes=5,
+                      out_dir=out, calib_samples=2, run_parity=False)
+    path = export(_wide(), spec).artifact.path
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    footprint = meta["details"]["footprint"]
+    assert "error" not in footprint, footprint
+    assert footprint["total"] == meta["size_bytes"]
+    assert sum(v for k, v in footprint.items() if k != "total") == footprint["total"]
+    assert all(v >= 0 for v in footprint.values())
+    assert footprint == artifact_footprint(path)  # the sidecar's figures are the file's
+    return path, footprint
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+def test_executorch_footprint(tmp_path: Path, bits: int) -> None:
+    pytest.importorskip("executorch")
+    _, fp = _export("executorch", bits, None, tmp_path)
+    weights = _weight_bytes(_wide())
+    assert fp["xnnpack_graph"] > 0
+    if bits == 32:
+        assert "named_data_scales" not in fp  # no per-channel quantization
+        assert 0.9 * weights <= fp["named_data_tensors"] <= 1.1 * weights
+    else:
+        assert fp["named_data_scales"] > 0  # XNNPACK's per-channel scales, stored beside the weights
+        assert fp["named_data_tensors"] < 0.4 * weights
+
+
+def test_tflite_footprint_counts_shared_vectors_once(tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    _, fp = _export("tflite", 8, 8, tmp_path)
+    assert fp["buffers_int8"] > 0.2 * _weight_bytes(_wide())
+    assert fp["quantization_scales"] > 0
+    # every per-channel tensor has its own zero-point vector of zeros; compaction stores each length once
+    assert fp["quantization_zero_points"] < fp["quantization_scales"]
+
+
+def test_coreml_footprint(tmp_path: Path) -> None:
+    pytest.importorskip("coremltools")
+    _, fp = _export("coreml", 8, None, tmp_path)
+    assert fp["weights"] > 0 and fp["program"] > 0
+    assert fp["weights"] < 0.4 * _weight_bytes(_wide())
+
+
+def test_unknown_artifact_kind(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\0")
+    known = re.escape("no footprint reader for model.onnx; known: .pte, .tflite, .mlpackage")
+    with pytest.raises(ExportError, match=known):
+        artifact_footprint(path)
