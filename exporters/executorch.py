@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
+from hrvit_mobile.deploy.fold import use_broadcast_nearest
 from hrvit_mobile.quant.recipes import Prequantized
 
 from .contract import (
@@ -41,6 +42,8 @@ from .support import conversion_inputs
 
 TARGET = "executorch"
 RUNTIME = "executorch.runtime (XNNPACK, host CPU)"
+# variants whose nearest upsamplers lower as a broadcast multiply (hrvit_mobile.deploy.fold.BroadcastNearest)
+BROADCAST_NEAREST_VARIANTS = ("fp32", "fp16")
 
 
 class _Float16Graph(torch.nn.Module):
@@ -235,6 +238,11 @@ def convert(
 
     quant_info: dict[str, Any] = {}
     prequantized = isinstance(spec.recipe, Prequantized)
+    upsamplers = 0
+    if variant in BROADCAST_NEAREST_VARIANTS and not isinstance(model, torch.fx.GraphModule):
+        # XNNPACK runs the deploy form's transposed-conv upsampler as one tiny GEMM per channel
+        model = copy.deepcopy(model)
+        upsamplers = use_broadcast_nearest(model)
 
     def build(stage: Path) -> Built:
         from executorch.exir import to_edge_transform_and_lower
@@ -286,6 +294,7 @@ def convert(
             "xnnpack_passes_skipped": sorted(skipped),
             # a graph quantized before export (QAT) keeps the layout it was trained in, as recorded
             "layout": quant_info.get("layout", layout) if prequantized else layout,
+            "nearest_upsamplers_as_broadcast_mul": upsamplers,
         }
         if spec.bundled_program:
             extras.append(_bundle(et_program, example, stage / f"{spec.name}.bpte"))

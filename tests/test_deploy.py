@@ -142,23 +142,36 @@ def test_create_model_rejects_bad_size_and_name() -> None:
         hrvit_mobile.create_model("hrvit_b9")
 
 
-def test_resize_nearest_equals_the_transposed_conv_upsampler(nano_model) -> None:
-    from hrvit_mobile.deploy.fold import NearestUpsample, ResizeNearest, use_resize_nearest
+@pytest.mark.parametrize("form", ["resize", "broadcast"])
+def test_upsampler_forms_equal_the_transposed_conv(nano_model, form: str) -> None:
+    from hrvit_mobile.deploy.fold import (
+        BroadcastNearest,
+        NearestUpsample,
+        ResizeNearest,
+        use_broadcast_nearest,
+        use_resize_nearest,
+    )
 
+    switch, kind = {"resize": (use_resize_nearest, ResizeNearest),
+                    "broadcast": (use_broadcast_nearest, BroadcastNearest)}[form]
     up = NearestUpsample(6, 4)
     x = torch.randn(2, 6, 5, 7)
     y = up(x)
     assert y.shape == (2, 6, 20, 28)
     assert torch.equal(y[:, :, 4 * 3 + 1, 4 * 5 + 3], x[:, :, 3, 5])
     deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96)).eval()
+    state = {k: v.clone() for k, v in deployed.state_dict().items()}
     image = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         before = deployed(image)
         count = sum(type(m) is NearestUpsample for m in deployed.modules())
-        assert count > 0 and use_resize_nearest(deployed) == count
+        assert count > 0 and switch(deployed) == count
         assert all(type(m) is not NearestUpsample for m in deployed.modules())
-        assert sum(type(m) is ResizeNearest for m in deployed.modules()) == count
+        assert sum(type(m) is kind for m in deployed.modules()) == count
         torch.testing.assert_close(deployed(image), before, rtol=0, atol=0)
+        assert switch(deployed) == 0  # already switched
+    # the same parameters and names: checkpoints of either form load into the other
+    assert deployed.state_dict().keys() == state.keys()
 
 
 def _channels_first(deployed: nn.Module) -> tuple[nn.Module, int]:
