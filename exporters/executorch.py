@@ -43,7 +43,7 @@ from .support import conversion_inputs
 TARGET = "executorch"
 RUNTIME = "executorch.runtime (XNNPACK, host CPU)"
 # variants whose nearest upsamplers lower as a broadcast multiply (hrvit_mobile.deploy.fold.BroadcastNearest)
-BROADCAST_NEAREST_VARIANTS = ("fp32", "fp16")
+BROADCAST_NEAREST_VARIANTS = ("fp32", "fp16", "int8")
 
 
 class _Float16Graph(torch.nn.Module):

@@ -13,7 +13,7 @@ pytest.importorskip("executorch")
 
 from executorch.runtime import Runtime
 
-from hrvit_mobile.exporters import ExportSpec, export
+from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export
 from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
 
@@ -146,23 +146,35 @@ def test_parity_failure_is_reported_and_artifact_kept(model: TinySegmenter, tmp_
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_executorch_nano_fp32(nano_model: torch.nn.Module, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [32, 8])
+def test_executorch_nano(nano_model: torch.nn.Module, tmp_path: Path, bits: int) -> None:
     """The real architecture lowers to XNNPACK with nothing left to portable kernels."""
     import hrvit_mobile
+    from hrvit_mobile.deploy.fold import NearestUpsample
 
     deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
     report = export(
         deployed,
         ExportSpec(
-            target="executorch", img_size=(64, 96), num_classes=7, out_dir=tmp_path, model_name="hrvit_nano"
+            target="executorch", bits=bits, img_size=(64, 96), num_classes=7, out_dir=tmp_path,
+            model_name="hrvit_nano", calib_samples=2,
+            # untrained recipe weights on 2 synthetic calibration images: cos 0.9575, argmax 87.9 %
+            # measured, with the transposed-conv upsamplers and the broadcast ones alike
+            thresholds=ParityThresholds(min_cosine=0.95, min_argmax_agreement=0.85) if bits == 8 else None,
         ),
     )
     assert report.ok, report.summary()
-    assert report.parity.max_abs_err <= 1e-3 and report.parity.argmax_agreement >= 0.999
-    assert report.artifact.details["non_delegated_compute_nodes"] == 0
-    assert report.artifact.details["delegate_calls"] == 1
-    # lowered in the channels-first layout, on a copy: the caller's deploy form keeps its own
-    assert report.artifact.details["layout"] == "channels_first"
+    if bits == 32:
+        assert report.parity.max_abs_err <= 1e-3 and report.parity.argmax_agreement >= 0.999
+    details = report.artifact.details
+    assert details["non_delegated_compute_nodes"] == 0
+    assert details["delegate_calls"] == 1
+    # lowered in the channels-first layout with broadcast upsamplers, on a copy: the caller's deploy
+    # form keeps its own layout and modules
+    assert details["layout"] == "channels_first"
+    upsamplers = [m for m in deployed.modules() if isinstance(m, NearestUpsample)]
+    assert details["nearest_upsamplers_as_broadcast_mul"] == len(upsamplers) > 0
+    assert all(type(m) is NearestUpsample for m in upsamplers)
     assert any(type(m).__name__ == "DeployBranch" for m in deployed.modules())
 
 
