@@ -202,7 +202,9 @@ def test_weight_decompression_is_exact(tiny: TinySegmenter, tmp_path: Path, bits
         for name in ref:
             w = program.constants[name]
             luts = 1 if min_ios < 18 else -(-w.shape[0] // 16)
-            assert len(np.unique(w)) <= 16 * luts, name
+            # distinct values without np.unique: numpy 2.3's float16 quicksort (x86-simd-sort, AVX-512)
+            # returns unsorted output on some CPUs (seen on an AMD EPYC host), so np.unique over-counts
+            assert len(set(w.ravel().tolist())) <= 16 * luts, name
     parity = report.parity
     assert parity.runtime == ce.RUNTIME and parity.ran and parity.passed, parity.reason
 
