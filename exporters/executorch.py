@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
-from hrvit_mobile.deploy.fold import use_broadcast_nearest
+from hrvit_mobile.deploy.fold import NearestUpsample, use_broadcast_nearest
 from hrvit_mobile.quant.recipes import Prequantized
 
 from .contract import (
@@ -42,8 +42,6 @@ from .support import conversion_inputs
 
 TARGET = "executorch"
 RUNTIME = "executorch.runtime (XNNPACK, host CPU)"
-# variants whose nearest upsamplers lower as a broadcast multiply (hrvit_mobile.deploy.fold.BroadcastNearest)
-BROADCAST_NEAREST_VARIANTS = ("fp32", "fp16", "int8")
 
 
 class _Float16Graph(torch.nn.Module):
@@ -234,14 +232,18 @@ def convert(
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
     # the layout XNNPACK runs best (channels-first: no transposes around the depthwise convs; fp16
     # keeps tokens, see hrvit_mobile.deploy.layout.VARIANT_LAYOUT)
+    given = model
     model, layout = in_export_layout(model.eval(), TARGET, spec.layout, variant)
 
     quant_info: dict[str, Any] = {}
     prequantized = isinstance(spec.recipe, Prequantized)
     upsamplers = 0
-    if variant in BROADCAST_NEAREST_VARIANTS and not isinstance(model, torch.fx.GraphModule):
-        # XNNPACK runs the deploy form's transposed-conv upsampler as one tiny GEMM per channel
-        model = copy.deepcopy(model)
+    if any(isinstance(m, NearestUpsample) for m in model.modules()):
+        # XNNPACK runs the deploy form's transposed-conv upsampler as one tiny GEMM per channel; a
+        # broadcast multiply is exact and several times faster. A graph quantized before export (QAT)
+        # has no such modules left and keeps the form it was trained with.
+        if model is given:  # the caller's module stays as it is
+            model = copy.deepcopy(model)
         upsamplers = use_broadcast_nearest(model)
 
     def build(stage: Path) -> Built:
