@@ -235,17 +235,23 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+# what a recipe may choose about the graph it trains, and what a checkpoint that records no choice was
+# trained with (it predates the choice)
+_GRAPH_CHOICES = {"layout": "tokens", "upsampler": "transposed_conv"}
+
+
 def _layout_of(recipe: PT2ERecipe) -> dict[str, str]:
-    """The deploy layout a recipe trains in, for the checkpoint (recipes without a choice: nothing)."""
-    layout = getattr(recipe, "layout", None)
-    return {} if layout is None else {"layout": layout}
+    """The deploy layout (and upsampler form) a recipe trains in, for the checkpoint (recipes without a
+    choice: nothing)."""
+    return {key: getattr(recipe, key) for key in _GRAPH_CHOICES if hasattr(recipe, key)}
 
 
 def _use_checkpoint_layout(recipe: PT2ERecipe, config: dict[str, Any]) -> None:
-    """Rebuild a checkpoint's graph in the layout it was trained in; checkpoints from before layouts
-    were recorded were trained in the token layout."""
-    if hasattr(recipe, "layout"):
-        recipe.layout = config.get("layout", "tokens")
+    """Rebuild a checkpoint's graph in the layout and upsampler form it was trained in; a checkpoint
+    from before a choice was recorded was trained with what came before it."""
+    for key, before in _GRAPH_CHOICES.items():
+        if hasattr(recipe, key):
+            setattr(recipe, key, config.get(key, before))
 
 
 def load_qat_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -311,7 +317,7 @@ def prequantized_recipe(meta: dict[str, Any]) -> Prequantized:
         qat=True,
         source="QAT",
         info={"qat_recipe": meta["recipe"], "qat_steps": meta["step"],
-              **({"layout": meta["layout"]} if "layout" in meta else {})},
+              **{key: meta[key] for key in _GRAPH_CHOICES if key in meta}},
     )
 
 

@@ -163,18 +163,27 @@ class XNNPACKInt8(PT2ERecipe):
     # the deploy layout the graph is quantized (and QAT-trained) in: the ExecuTorch exporter's;
     # QAT checkpoints record it
     layout: str = export_layout("executorch", "int8")
+    # the form of the nearest upsamplers the graph is quantized (and QAT-trained) with: "broadcast"
+    # (hrvit_mobile.deploy.fold.BroadcastNearest, what XNNPACK runs fastest) or "transposed_conv" (the
+    # deploy form's own, what QAT checkpoints from before this was recorded were trained with)
+    upsampler: str = "broadcast"
 
     def adapt(self, model: nn.Module) -> nn.Module:
-        """The token-layout deploy form switched to ``layout`` (in place; numerically the same):
-        XNNPACK runs the channels-first form without transposes around its depthwise convs."""
+        """The token-layout deploy form switched to ``layout`` and ``upsampler`` (in place; numerically
+        the same): XNNPACK runs the channels-first form without transposes around its depthwise convs,
+        and a broadcast multiply instead of a transposed conv per upsampler."""
         if self.layout == "channels_first":
             from hrvit_mobile.deploy.channels_first import use_channels_first
 
             use_channels_first(model)
+        if self.upsampler == "broadcast":
+            from hrvit_mobile.deploy.fold import use_broadcast_nearest
+
+            use_broadcast_nearest(model)
         return model
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "layout": self.layout}
+        return {**super().describe(), "layout": self.layout, "upsampler": self.upsampler}
 
     def quantizer(self) -> Any:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

@@ -14,7 +14,14 @@ import torch
 import hrvit_mobile
 from hrvit_mobile.data import open_dataset
 from hrvit_mobile.evaluate import evaluate
-from hrvit_mobile.quant.qat import QATConfig, QATError, is_qat_checkpoint, load_qat_checkpoint, train_qat
+from hrvit_mobile.quant.qat import (
+    QATConfig,
+    QATError,
+    converted_from_checkpoint,
+    is_qat_checkpoint,
+    load_qat_checkpoint,
+    train_qat,
+)
 from hrvit_mobile.quant.recipes import XNNPACKInt8
 from hrvit_mobile.weights import load_recipe_weights
 
@@ -188,8 +195,12 @@ def test_qat_checkpoint_exports_without_recalibration(qat_run, tmp_path: Path) -
     assert meta["details"]["quantization"]["recipe"] == "prequantized"
     assert meta["details"]["quantization"]["calibration_samples"] == 0
     assert meta["parity"]["passed"] and meta["img_size"] == list(SIZE)
-    # trained, saved and lowered in the layout XNNPACK runs best
+    # trained, saved and lowered in the layout XNNPACK runs best, with broadcast upsamplers
     assert meta["details"]["layout"] == meta["details"]["quantization"]["layout"] == "channels_first"
+    assert meta["details"]["quantization"]["upsampler"] == "broadcast"
+    graph, _ = converted_from_checkpoint(result.checkpoint)
+    targets = {str(n.target) for n in graph.graph_module.graph.nodes if n.op == "call_function"}
+    assert not any("conv_transpose" in t for t in targets) and any("mul" in t for t in targets)
     # a QAT checkpoint for one target cannot be exported to another
     assert main(["export", "--target", "tflite", "--bits", "8", "--checkpoint", str(result.checkpoint),
                  "--out", str(tmp_path)]) == 2
@@ -249,19 +260,25 @@ def test_float_evaluation_of_qat_weights_turns_fake_quant_off(data_dir: Path) ->
 
 
 def test_xnnpack_recipe_layout_and_old_checkpoints(nano_model) -> None:
-    """The ExecuTorch recipe quantizes (and QAT trains) the channels-first form; a checkpoint that
-    records no layout predates layouts and is rebuilt in the token layout it was trained in."""
+    """The ExecuTorch recipe quantizes (and QAT trains) the channels-first form with broadcast
+    upsamplers; a checkpoint that records no layout (no upsampler) predates that choice and is rebuilt
+    in the token layout (with the transposed-conv upsamplers) it was trained in."""
     from hrvit_mobile.deploy.channels_first import ChannelsFirstBranch
+    from hrvit_mobile.deploy.fold import BroadcastNearest, NearestUpsample
     from hrvit_mobile.deploy.modules import DeployBranch
     from hrvit_mobile.quant.qat import _layout_of, _use_checkpoint_layout
 
     def kinds(recipe: XNNPACKInt8) -> set[type]:
         adapted = recipe.adapt(hrvit_mobile.deploy(nano_model, img_size=(64, 96)))
-        return {type(m) for m in adapted.modules()} & {DeployBranch, ChannelsFirstBranch}
+        wanted = {DeployBranch, ChannelsFirstBranch, NearestUpsample, BroadcastNearest}
+        return {type(m) for m in adapted.modules()} & wanted
 
     recipe = XNNPACKInt8(qat=True)
-    assert kinds(recipe) == {ChannelsFirstBranch} and _layout_of(recipe) == {"layout": "channels_first"}
+    assert kinds(recipe) == {ChannelsFirstBranch, BroadcastNearest}
+    assert _layout_of(recipe) == {"layout": "channels_first", "upsampler": "broadcast"}
     _use_checkpoint_layout(recipe, {"target": "executorch"})  # a config written before layouts
-    assert recipe.layout == "tokens" and kinds(recipe) == {DeployBranch}
-    _use_checkpoint_layout(recipe, {"layout": "channels_first"})
-    assert kinds(recipe) == {ChannelsFirstBranch}
+    assert recipe.layout == "tokens" and kinds(recipe) == {DeployBranch, NearestUpsample}
+    _use_checkpoint_layout(recipe, {"layout": "channels_first"})  # ... before upsampler forms
+    assert kinds(recipe) == {ChannelsFirstBranch, NearestUpsample}
+    _use_checkpoint_layout(recipe, {"layout": "channels_first", "upsampler": "broadcast"})
+    assert kinds(recipe) == {ChannelsFirstBranch, BroadcastNearest}
