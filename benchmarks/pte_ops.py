@@ -3,10 +3,10 @@
     python3 benchmarks/pte_ops.py exports/hrvit_b1_512x512_executorch_fp32.pte [--runs 5] [--json out.json]
 
 Runs the program in ExecuTorch's runtime with ETDump on (``--threads``, default 2), reads the XNNPACK
-operator events the delegate records, and sums their average time by operator kind (the event name
-without its ``#N`` instance number, e.g. ``Convolution (NHWC, F32) DWConv``). The kinds' sum is the time
-inside XNNPACK operators; the delegate call's own time is printed beside it. Events are per operator
-instance, so the top instances are listed too.
+operator events the delegate records, and sums each event's median time by operator kind (the event
+name without its ``#N`` instance number, e.g. ``Convolution (NHWC, F32) DWConv``). The kinds' sum is the
+time inside XNNPACK operators; the delegate call's own time is printed beside it. ``--json`` also holds
+the 15 slowest operator instances.
 """
 
 from __future__ import annotations
