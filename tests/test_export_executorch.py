@@ -13,7 +13,7 @@ pytest.importorskip("executorch")
 
 from executorch.runtime import Runtime
 
-from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export
+from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export, resolve
 from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
 
@@ -190,17 +190,28 @@ def test_runtime_rejecting_the_file_is_a_parity_failure(model: TinySegmenter, tm
 
 def _lower(model: torch.nn.Module, size: tuple[int, int], skip: bool) -> tuple[bytes, list[str]]:
     """The .pte of ``model``: with the exporter's lowering shortcuts (skipped passes, the checked
-    partitioner) when ``skip``, else with ExecuTorch's stock lowering."""
-    from contextlib import nullcontext
+    partitioner, shared provenance, deferred fx code generation) when ``skip``, else with
+    ExecuTorch's stock lowering."""
+    from contextlib import ExitStack
 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from hrvit_mobile.exporters.executorch import applicable_xnnpack_passes, xnnpack_partitioner
+    from hrvit_mobile.exporters.executorch import (
+        applicable_xnnpack_passes,
+        shared_node_provenance,
+        xnnpack_partitioner,
+    )
+    from hrvit_mobile.exporters.fx_codegen import deferred_graph_codegen
 
-    ep = torch.export.export(model.eval(), (torch.randn(1, 3, *size),))
-    partitioner = xnnpack_partitioner() if skip else XnnpackPartitioner()
-    with applicable_xnnpack_passes() if skip else nullcontext() as skipped:
+    with ExitStack() as shortcuts:
+        skipped = None
+        if skip:
+            shortcuts.enter_context(deferred_graph_codegen())
+            shortcuts.enter_context(shared_node_provenance())
+            skipped = shortcuts.enter_context(applicable_xnnpack_passes())
+        ep = torch.export.export(model.eval(), (torch.randn(1, 3, *size),))
+        partitioner = xnnpack_partitioner() if skip else XnnpackPartitioner()
         buffer = to_edge_transform_and_lower(ep, partitioner=[partitioner]).to_executorch().buffer
     return buffer, sorted(skipped or [])
 
@@ -267,3 +278,32 @@ def test_skipping_passes_on_nano_deploy_form_changes_no_byte(
     assert with_skips == _lower(deployed, (64, 96), skip=False)[0]
     assert "FuseBatchNormPass" in skipped  # the deploy form has every BN folded already
     assert "ConvertToUpsampleBilinear2d" in skipped  # its patterns are the preserved upsample itself
+
+
+@pytest.mark.slow
+def test_deferred_codegen_changes_no_byte_of_an_int8_export(
+    nano_model: torch.nn.Module, tmp_path: Path
+) -> None:
+    """Quantization (prepare, calibrate, convert) and lowering run with deferred fx code generation:
+    the int8 .pte is byte-identical to one exported with eager code generation."""
+    from contextlib import nullcontext
+
+    import hrvit_mobile
+    from hrvit_mobile.exporters import executorch as et_exporter
+
+    deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+    calib = [torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def pte(out: str) -> bytes:
+        spec = ExportSpec(target="executorch", bits=8, img_size=(64, 96), num_classes=7,
+                          out_dir=tmp_path / out, model_name="hrvit_nano", run_parity=False)
+        return et_exporter.convert(deployed, resolve(spec)[0], calib).path.read_bytes()
+
+    deferred = pte("deferred")
+    original = et_exporter.deferred_graph_codegen
+    et_exporter.deferred_graph_codegen = nullcontext
+    try:
+        eager = pte("eager")
+    finally:
+        et_exporter.deferred_graph_codegen = original
+    assert deferred == eager

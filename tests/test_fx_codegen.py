@@ -1,0 +1,57 @@
+"""Deferred fx code generation: modules stay callable and their code follows the graph."""
+
+from __future__ import annotations
+
+import operator
+import pickle
+
+import torch
+
+from hrvit_mobile.exporters.fx_codegen import deferred_graph_codegen
+
+
+class _AddMul(torch.nn.Module):
+    # no annotations: with postponed evaluation fx records them as strings, which GraphModule's own
+    # pickling cannot import (deferred or not)
+    def forward(self, x):
+        return (x + 1) * 2
+
+
+def _relu_after_mul(gm: torch.fx.GraphModule) -> None:
+    """Edit the graph in place: relu on the mul's output."""
+    mul = next(n for n in gm.graph.nodes if n.target is operator.mul)
+    with gm.graph.inserting_after(mul):
+        relu = gm.graph.call_function(torch.relu, (mul,))
+    mul.replace_all_uses_with(relu, delete_user_cb=lambda user: user is not relu)
+
+
+def test_recompile_is_deferred_until_the_code_is_needed() -> None:
+    x = torch.tensor([-3.0, 0.5])
+    original_recompile = torch.fx.GraphModule.recompile
+    with deferred_graph_codegen() as stale:
+        gm = torch.fx.symbolic_trace(_AddMul())
+        assert gm in stale  # built, not compiled
+        assert torch.equal(gm(x), (x + 1) * 2)  # the first call compiles
+        assert gm not in stale
+        _relu_after_mul(gm)
+        gm.recompile()
+        assert gm in stale and "relu" in gm.code  # .code compiles the graph as it is now
+        _relu_after_mul(gm)  # a second relu, not compiled yet
+        gm.recompile()
+        assert "relu_1" in str(gm)
+        copied = pickle.loads(pickle.dumps(gm))  # pickling needs the code too
+        assert torch.equal(copied(x), torch.relu((x + 1) * 2))
+        late = torch.fx.symbolic_trace(_AddMul())
+        assert late in stale
+    # the class is restored and nothing stale outlives the block
+    assert torch.fx.GraphModule.recompile is original_recompile
+    assert "add" in late.code and torch.equal(late(x), (x + 1) * 2)
+    assert torch.equal(gm(x), torch.relu((x + 1) * 2))
+
+
+def test_the_returned_python_code_is_real_on_access() -> None:
+    with deferred_graph_codegen():
+        gm = torch.fx.symbolic_trace(_AddMul())
+        python_code = gm.recompile()
+        assert "def forward" in python_code.src
+        assert "torch" in python_code.globals or python_code.globals
