@@ -37,7 +37,6 @@ from .contract import (
     run_build,
     step,
 )
-from .fx_codegen import deferred_graph_codegen
 from .quantize import quantize_pt2e, recipe_for
 from .support import conversion_inputs
 
@@ -248,10 +247,6 @@ def convert(
         upsamplers = use_broadcast_nearest(model)
 
     def build(stage: Path) -> Built:
-        with deferred_graph_codegen():
-            return build_program(stage)
-
-    def build_program(stage: Path) -> Built:
         from executorch.exir import to_edge_transform_and_lower
 
         with torch.no_grad():

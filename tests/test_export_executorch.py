@@ -290,6 +290,7 @@ def test_deferred_codegen_changes_no_byte_of_an_int8_export(
 
     import hrvit_mobile
     from hrvit_mobile.exporters import executorch as et_exporter
+    from hrvit_mobile.exporters import fx_codegen
 
     deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
     calib = [torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(i)) for i in range(2)]
@@ -300,10 +301,10 @@ def test_deferred_codegen_changes_no_byte_of_an_int8_export(
         return et_exporter.convert(deployed, resolve(spec)[0], calib).path.read_bytes()
 
     deferred = pte("deferred")
-    original = et_exporter.deferred_graph_codegen
-    et_exporter.deferred_graph_codegen = nullcontext
+    original = fx_codegen.deferred_graph_codegen
+    fx_codegen.deferred_graph_codegen = nullcontext  # run_build imports it at call time
     try:
         eager = pte("eager")
     finally:
-        et_exporter.deferred_graph_codegen = original
+        fx_codegen.deferred_graph_codegen = original
     assert deferred == eager
