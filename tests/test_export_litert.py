@@ -157,3 +157,34 @@ def test_litert_nano(nano_model: torch.nn.Module, tmp_path: Path, bits: int, act
     assert details["nearest_upsamplers_as_resize"] > 0
     assert "TRANSPOSE_CONV" not in details["op_counts"]
     assert details["op_counts"]["RESIZE_NEAREST_NEIGHBOR"] == details["nearest_upsamplers_as_resize"]
+
+
+def test_calibration_on_views_changes_no_statistic(tmp_path: Path) -> None:
+    """The static int8 file is byte-identical whether calibration copies tensors or reads views."""
+    import litert_torch
+    from ai_edge_quantizer.utils import tfl_interpreter_utils
+
+    from hrvit_mobile.exporters.litert import INPUT_NAME, _NamedIO, calibration_reads_views
+    from hrvit_mobile.quant.recipes import LiteRTPostTraining
+
+    torch.manual_seed(0)
+    wide = TinySegmenter(num_classes=5, channels=32).eval()
+    calib = [torch.from_numpy(x[None]) for x in _normalized(3)]
+    float_model = litert_torch.convert(_NamedIO(wide).eval(), sample_kwargs={INPUT_NAME: calib[0]})
+    float_model.export(str(tmp_path / "float.tflite"))
+    data = (tmp_path / "float.tflite").read_bytes()
+    recipe = LiteRTPostTraining(variant="int8")
+    copied, _ = recipe.apply(data, calib)
+    with calibration_reads_views():
+        viewed, _ = recipe.apply(data, calib)
+        # what the calibrator reads inside the block: views of the preserved buffers, same values
+        interpreter = tfl_interpreter_utils.create_tfl_interpreter(data, preserve_all_tensors=True)
+        interpreter.get_signature_runner("serving_default")(image=calib[1].numpy())
+        views = tfl_interpreter_utils.get_tensor_name_to_content_map(interpreter)
+        intermediate = [a for a in views.values() if a.ndim == 4]
+        assert len(intermediate) > 3 and not any(a.flags.owndata for a in intermediate)
+        for name, detail in ((d["name"], d) for d in interpreter.get_tensor_details() if d["name"] in views):
+            np.testing.assert_array_equal(views[name], interpreter.get_tensor(detail["index"]))
+        del views, intermediate
+    assert len(viewed) < 0.6 * len(data)  # quantized indeed
+    assert viewed == copied
