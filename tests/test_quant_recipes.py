@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pytest
 import torch
 
 import hrvit_mobile
+from hrvit_mobile.quant import recipes
 from hrvit_mobile.quant.recipes import (
     CoreMLW8A8,
     CoreMLWeightOnly,
     LiteRTInt8,
     LiteRTPostTraining,
+    PT2ERecipe,
     QuantRecipeError,
     XNNPACKInt8,
+    fast_pattern_capture,
     get_qat_recipe,
     get_recipe,
 )
@@ -127,3 +133,62 @@ def test_keep_float_auto_meets_a_target_full_int8_misses(broken) -> None:
     assert result.met and result.kept == [BROKEN]
     assert result.final.cosine >= target > result.trail[0]["cosine"]
     assert result.as_dict()["kept_float"] == [BROKEN]
+
+
+class _UnpatchedCoreMLW8A8(CoreMLW8A8):
+    """CoreMLW8A8 as torchao/ExecuTorch run it: annotation recompiling the model per pattern, every
+    fake-quant module observing every batch (only the model-independent pattern cache is kept)."""
+
+    def _annotation_context(self):
+        return fast_pattern_capture(self.pattern_utils)
+
+    calibrate = PT2ERecipe.calibrate
+
+
+def _coreml_w8a8_both_ways(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, tuple]:
+    g = torch.Generator().manual_seed(0)
+    # several batches of different ranges: the activations' moving averages move between batches
+    calib = [torch.randn(1, 3, *size, generator=g) * (1 + i) for i in range(3)]
+    captured = PT2ERecipe.capture(model.eval(), calib[0])
+    out = {}
+    for name, recipe in (("unpatched", _UnpatchedCoreMLW8A8()), ("recipe", CoreMLW8A8())):
+        prepared = recipe.prepare(copy.deepcopy(captured), calib[0], captured=True)
+        recipe.calibrate(prepared, calib, progress=False)
+        enabled = [int(m.observer_enabled[0]) for m in prepared.modules() if hasattr(m, "observer_enabled")]
+        converted = recipe.convert(prepared)
+        out[name] = (prepared.code, converted.code, converted.state_dict(), enabled)
+    return out
+
+
+def _assert_same_quantization(out: dict[str, tuple]) -> None:
+    (p0, c0, s0, e0), (p1, c1, s1, e1) = out["unpatched"], out["recipe"]
+    assert p1 == p0  # same fake-quant placement
+    # per-tensor scales/zero points are literals of the converted code, per-channel ones its buffers
+    assert "quantize_per_tensor" in c0 and c1 == c0
+    assert s1.keys() == s0.keys() and all(torch.equal(s1[k], s0[k]) for k in s0)
+    assert e1 == e0  # the weights' observers are on again after calibration
+
+
+def test_coreml_w8a8_speedups_keep_the_quantization(monkeypatch) -> None:
+    from hrvit_mobile.exporters.testing import TinySegmenter
+
+    frozen: list[int] = []
+    real = recipes.weights_observed_once
+
+    @contextlib.contextmanager
+    def counting(prepared):
+        with real(prepared) as done:
+            def first_batch_done():
+                done()
+                frozen.append(sum(int(m.observer_enabled[0]) == 0 for m in prepared.modules()
+                                  if hasattr(m, "observer_enabled")))
+            yield first_batch_done
+
+    monkeypatch.setattr(recipes, "weights_observed_once", counting)
+    _assert_same_quantization(_coreml_w8a8_both_ways(TinySegmenter(num_classes=5, channels=32), (64, 64)))
+    assert frozen == [6]  # the six conv/linear weights observed the first batch only
+
+
+@pytest.mark.slow  # the unpatched annotation alone takes ~2 min on nano
+def test_coreml_w8a8_speedups_keep_the_quantization_of_nano() -> None:
+    _assert_same_quantization(_coreml_w8a8_both_ways(_deployed(), SIZE))
