@@ -201,6 +201,98 @@ def xnnpack_partitioner() -> Any:
     return _CheckedXnnpackPartitioner()
 
 
+class NodeBitSet:
+    """A read-only set of fx nodes stored as the bits of a Python int (bit i = i-th node of a graph)."""
+
+    __slots__ = ("_bits", "_index", "_nodes")
+
+    def __init__(self, bits: int, nodes: list[torch.fx.Node], index: dict[torch.fx.Node, int]) -> None:
+        self._bits, self._nodes, self._index = bits, nodes, index
+
+    def __contains__(self, node: object) -> bool:
+        i = self._index.get(node)  # type: ignore[call-overload]
+        return i is not None and (self._bits >> i) & 1 == 1
+
+    def __len__(self) -> int:
+        return self._bits.bit_count()
+
+    def __iter__(self) -> Iterator[torch.fx.Node]:
+        if not self._bits:
+            return iter(())
+        raw = np.frombuffer(self._bits.to_bytes((self._bits.bit_length() + 7) // 8, "little"), np.uint8)
+        return (self._nodes[i] for i in np.flatnonzero(np.unpackbits(raw, bitorder="little")))
+
+
+class BitSetDependencyViewer:
+    """Every node's transitive users (and inputs) as bit sets instead of Python sets of nodes.
+
+    The XNNPACK partitioner (ExecuTorch's ``GroupBasedPartitioner`` over torch's
+    ``CapabilityBasedPartitioner``) builds three ``_DependencyViewer`` closures at once: each node's
+    set of all downstream nodes, twice, and of all upstream nodes (which nothing reads). That is
+    quadratic in nodes: the ~9,000-node b1 int8 graph took the process from 0.95 to 4.56 GB for ~20 s,
+    the peak of the whole int8 export. As bits of one int per node the closures are ~N^2/8 bytes
+    (~10 MB) and build with word-wide ORs. The sets hold the same nodes (tests compare them for
+    every node of a deploy graph) and the partitioners only test membership or iterate them, so the
+    partitions and the .pte are unchanged (byte-identity tests in tests/test_export_executorch.py).
+    """
+
+    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
+        self._nodes = list(graph_module.graph.nodes)
+        self._index = {node: i for i, node in enumerate(self._nodes)}
+        self._down = self._closure(reversed(range(len(self._nodes))), lambda node: node.users)
+        self._up: list[int] | None = None
+
+    def _closure(
+        self, order: Iterable[int], neighbours: Callable[[torch.fx.Node], Iterable[Any]]
+    ) -> list[int]:
+        closure = [0] * len(self._nodes)
+        for i in order:
+            bits = 0
+            for other in neighbours(self._nodes[i]):
+                j = self._index[other]
+                bits |= (1 << j) | closure[j]
+            closure[i] = bits
+        return closure
+
+    def _set(self, closure: list[int], node: torch.fx.Node) -> NodeBitSet:
+        i = self._index.get(node)
+        return NodeBitSet(closure[i] if i is not None else 0, self._nodes, self._index)
+
+    def downstreams_of(self, node: torch.fx.Node) -> NodeBitSet:
+        return self._set(self._down, node)
+
+    def upstreams_of(self, node: torch.fx.Node) -> NodeBitSet:
+        if self._up is None:  # built on first use: the partitioners never ask
+            self._up = self._closure(range(len(self._nodes)), lambda node: node.all_input_nodes)
+        return self._set(self._up, node)
+
+
+@contextmanager
+def bitset_dependency_viewers() -> Iterator[None]:
+    """Within the block, fx's and ExecuTorch's partitioners use :class:`BitSetDependencyViewer`."""
+    import torch.fx.passes.infra.partitioner as fx_partitioner
+    from executorch.exir.backend.canonical_partitioners import group_partitioner
+
+    modules = (fx_partitioner, group_partitioner)
+    originals = [module._DependencyViewer for module in modules]
+    for module in modules:
+        module._DependencyViewer = BitSetDependencyViewer
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module._DependencyViewer = original
+
+
+@contextmanager
+def lowering_shortcuts() -> Iterator[Counter[str]]:
+    """This module's lowering shortcuts together (each leaves the .pte byte-identical): shared node
+    provenance, bit-set dependency closures, inapplicable XNNPACK passes skipped (yields their names).
+    Pair with :func:`xnnpack_partitioner`; code generation is deferred by ``run_build`` for every target."""
+    with shared_node_provenance(), bitset_dependency_viewers(), applicable_xnnpack_passes() as skipped:
+        yield skipped
+
+
 def xnnpack_int8_quantizer() -> Any:
     """The PT2E quantizer of the int8 recipe (kept for callers that build their own flow)."""
     from hrvit_mobile.quant.recipes import XNNPACKInt8
@@ -265,7 +357,7 @@ def convert(
                 with step(TARGET, "torch.export (quantized)"):
                     ep = torch.export.export(q, (example,), strict=spec.strict_export)
         lowering = step(TARGET, "lower to XNNPACK")
-        with lowering, shared_node_provenance(), applicable_xnnpack_passes() as skipped:
+        with lowering, lowering_shortcuts() as skipped:
             edge = to_edge_transform_and_lower(
                 ep, partitioner=[xnnpack_partitioner()], generate_etrecord=spec.etrecord
             )

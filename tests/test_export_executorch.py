@@ -190,26 +190,21 @@ def test_runtime_rejecting_the_file_is_a_parity_failure(model: TinySegmenter, tm
 
 def _lower(model: torch.nn.Module, size: tuple[int, int], skip: bool) -> tuple[bytes, list[str]]:
     """The .pte of ``model``: with the exporter's lowering shortcuts (skipped passes, the checked
-    partitioner, shared provenance, deferred fx code generation) when ``skip``, else with
-    ExecuTorch's stock lowering."""
+    partitioner, shared provenance, bit-set dependency closures, deferred fx code generation) when
+    ``skip``, else with ExecuTorch's stock lowering."""
     from contextlib import ExitStack
 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from hrvit_mobile.exporters.executorch import (
-        applicable_xnnpack_passes,
-        shared_node_provenance,
-        xnnpack_partitioner,
-    )
+    from hrvit_mobile.exporters.executorch import lowering_shortcuts, xnnpack_partitioner
     from hrvit_mobile.exporters.fx_codegen import deferred_graph_codegen
 
     with ExitStack() as shortcuts:
         skipped = None
         if skip:
             shortcuts.enter_context(deferred_graph_codegen())
-            shortcuts.enter_context(shared_node_provenance())
-            skipped = shortcuts.enter_context(applicable_xnnpack_passes())
+            skipped = shortcuts.enter_context(lowering_shortcuts())
         ep = torch.export.export(model.eval(), (torch.randn(1, 3, *size),))
         partitioner = xnnpack_partitioner() if skip else XnnpackPartitioner()
         buffer = to_edge_transform_and_lower(ep, partitioner=[partitioner]).to_executorch().buffer
@@ -308,3 +303,36 @@ def test_deferred_codegen_changes_no_byte_of_an_int8_export(
     finally:
         fx_codegen.deferred_graph_codegen = original
     assert deferred == eager
+
+
+def test_bitset_dependency_viewer_holds_the_same_nodes() -> None:
+    """Every node's downstream and upstream sets equal those of fx's and ExecuTorch's own viewers."""
+    import torch.fx.passes.infra.partitioner as fx_partitioner
+    from executorch.exir.backend.canonical_partitioners import group_partitioner
+
+    from hrvit_mobile.exporters.executorch import BitSetDependencyViewer, bitset_dependency_viewers
+
+    class Diamond(torch.nn.Module):  # branches, a join and a dead-end user: closures that differ per node
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = torch.relu(x), torch.sigmoid(x)
+            _unused = a * 3
+            return torch.cat([a + b, b * 2], dim=1).mean(dim=0, keepdim=True)
+
+    gm = torch.export.export(Diamond(), (torch.randn(2, 3),)).graph_module
+    bits = BitSetDependencyViewer(gm)
+    fx_viewer = fx_partitioner._DependencyViewer(gm)
+    et_viewer = group_partitioner._DependencyViewer(gm)
+    nodes = list(gm.graph.nodes)
+    for node in nodes:
+        down, up = bits.downstreams_of(node), bits.upstreams_of(node)
+        assert set(down) == fx_viewer.downstreams_of(node) == et_viewer.downstreams_of(node)
+        assert set(up) == et_viewer.upstreams_of(node)
+        assert len(down) == len(set(down)) and all(n in down for n in set(down))
+        assert not any(n in down for n in nodes if n not in et_viewer.downstreams_of(node))
+    assert sum(len(bits.downstreams_of(n)) for n in nodes) > len(nodes)  # not all empty
+    stranger = torch.fx.Graph().placeholder("x")
+    assert len(bits.downstreams_of(stranger)) == 0 and stranger not in bits.downstreams_of(nodes[0])
+    with bitset_dependency_viewers():
+        assert fx_partitioner._DependencyViewer is BitSetDependencyViewer
+        assert group_partitioner._DependencyViewer is BitSetDependencyViewer
+    assert fx_partitioner._DependencyViewer is fx_viewer.__class__
