@@ -62,6 +62,27 @@ class _NamedIO(torch.nn.Module):
         return {OUTPUT_NAME: self.model(image)}
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand the allocator's free heap back to the OS (glibc ``malloc_trim``).
+
+    Conversion leaves much of its transient memory free but still mapped in the process, so a step
+    that comes after it (static int8 calibration) peaks on top of it. No-op where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
 @contextmanager
 def calibration_reads_views() -> Iterator[None]:
     """ai_edge_quantizer's calibration, reading the interpreter's preserved tensors as views.
@@ -294,6 +315,7 @@ def convert(
             )
         float_path = stage / "float.tflite"
         edge.export(str(float_path))
+        del edge  # the converted model and its MLIR state are not needed past this point
         out = stage / f"{spec.name}.tflite"
         data = float_path.read_bytes()
         if prequantized:
@@ -301,6 +323,7 @@ def convert(
             details["quantization"] = {**recipe.describe(), "calibration_samples": 0,
                                        "float_io": f"QUANTIZE/DEQUANTIZE added at {changed}"}
         elif variant != "fp32":
+            release_freed_memory()  # calibration adds the interpreter's 2.5 GB (b1) on top of this
             data, details["quantization"] = _quantize(data, spec, calib_t)
         compact, saved = compact_flatbuffer(data)
         details["compaction"] = {
