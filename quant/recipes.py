@@ -391,17 +391,11 @@ class CoreMLW8A8(PT2ERecipe):
     ) -> torch.fx.GraphModule:
         """Run ``batches`` through the fake-quant modules; the weights' ones observe the first batch only
         (see :func:`weights_observed_once`: the result is the same as observing every batch)."""
-        from tqdm import tqdm
-
         batches = list(batches)
         with weights_observed_once(prepared) as first_batch_done:
-            for i, x in enumerate(
-                tqdm(batches, desc=f"[{self.target}] calibrate", disable=not progress or None, leave=False)
-            ):
-                prepared(x)
-                if i == 0:
-                    first_batch_done()
-        return prepared
+            super().calibrate(prepared, batches[:1], progress=False)
+            first_batch_done()
+            return super().calibrate(prepared, batches[1:], progress)
 
 
 @contextlib.contextmanager
