@@ -184,7 +184,9 @@ def build_qat_model(
 
     import hrvit_mobile
 
-    deployed = hrvit_mobile.deploy(model, img_size=img_size).requires_grad_(True)
+    deployed = hrvit_mobile.deploy(
+        model, img_size=img_size, factored_des_from=recipe.factored_des_from()
+    ).requires_grad_(True)
     example = torch.zeros(1, 3, *img_size)
     prepared = recipe.prepare(deployed, example)
     allow_exported_model_train_eval(prepared)  # .train()/.eval() switch observers the PT2E way
@@ -237,18 +239,18 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 # what a recipe may choose about the graph it trains, and what a checkpoint that records no choice was
 # trained with (it predates the choice)
-_GRAPH_CHOICES = {"layout": "tokens", "upsampler": "transposed_conv"}
+_GRAPH_CHOICES = {"layout": "tokens", "upsampler": "transposed_conv", "des": "dense"}
 
 
 def _layout_of(recipe: PT2ERecipe) -> dict[str, str]:
-    """The deploy layout (and upsampler form) a recipe trains in, for the checkpoint (recipes without a
-    choice: nothing)."""
+    """The deploy layout (upsampler and DES forms) a recipe trains in, for the checkpoint (recipes
+    without a choice: nothing)."""
     return {key: getattr(recipe, key) for key in _GRAPH_CHOICES if hasattr(recipe, key)}
 
 
 def _use_checkpoint_layout(recipe: PT2ERecipe, config: dict[str, Any]) -> None:
-    """Rebuild a checkpoint's graph in the layout and upsampler form it was trained in; a checkpoint
-    from before a choice was recorded was trained with what came before it."""
+    """Rebuild a checkpoint's graph in the layout, upsampler and DES forms it was trained in; a
+    checkpoint from before a choice was recorded was trained with what came before it."""
     for key, before in _GRAPH_CHOICES.items():
         if hasattr(recipe, key):
             setattr(recipe, key, config.get(key, before))

@@ -30,10 +30,16 @@ import torch
 from torch import nn
 
 from hrvit_mobile.deploy.layout import export_layout
+from hrvit_mobile.deploy.modules import FACTORED_DES_MIN_CHANNELS
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.models.norm import DelegableLayerNorm
 
 log = logging.getLogger("hrvit_mobile.quant")
+
+# DES shortcut forms of the deploy graph: "factored" (the deploy form's default: the wide maps keep their
+# Kronecker factors) or "dense" (every DES two dense linears, what QAT checkpoints from before the
+# choice was recorded were trained with), as ``hrvit_mobile.deploy``'s ``factored_des_from``
+DES_FORMS: dict[str, int | None] = {"factored": FACTORED_DES_MIN_CHANNELS, "dense": None}
 
 KeepFloat = tuple[str | type[nn.Module], ...]
 
@@ -62,6 +68,14 @@ class PT2ERecipe(QuantRecipe):
 
     float_islands: bool = True
     scheme: str = ""
+    # the DES form of the deploy graph the recipe QAT-trains (``DES_FORMS``); QAT checkpoints record it
+    des: str = "factored"
+
+    def factored_des_from(self) -> int | None:
+        """``hrvit_mobile.deploy``'s ``factored_des_from`` for this recipe's DES form."""
+        if self.des not in DES_FORMS:
+            raise QuantRecipeError(f"unknown DES form {self.des!r}; allowed: {', '.join(DES_FORMS)}")
+        return DES_FORMS[self.des]
 
     def quantizer(self) -> Any:  # pragma: no cover - every concrete recipe overrides it
         raise NotImplementedError
@@ -148,7 +162,8 @@ class PT2ERecipe(QuantRecipe):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "scheme": self.scheme, "float_islands": self.float_islands}
+        return {**super().describe(), "scheme": self.scheme, "float_islands": self.float_islands,
+                "des": self.des}
 
 
 @dataclass

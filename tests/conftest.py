@@ -43,3 +43,20 @@ def nano_model() -> hrvit_mobile.HRViTSegmentor:
     """The tiny test configuration with non-degenerate weights (the recipe over its own layout)."""
     model = hrvit_mobile.create_model("hrvit_nano", num_classes=7, img_size=(64, 96)).eval()
     return weights.load_recipe_weights(model)
+
+
+# hrvit_nano's maps (16-96 channels) are all narrower than the deploy default FACTORED_DES_MIN_CHANNELS;
+# the export tests deploy it with its 64- and 96-channel DES maps factored, so that both DES forms
+# (dense linears, Kronecker factors with transposes) reach every runtime
+NANO_FACTORED_DES_FROM = 64
+
+
+@pytest.fixture(scope="session")
+def deploy_nano(nano_model):
+    """``deploy_nano(img_size, **kw)``: the nano deploy form with both DES forms in its graph."""
+
+    def build(img_size: tuple[int, int] = (64, 96), **kw) -> torch.nn.Module:
+        kw.setdefault("factored_des_from", NANO_FACTORED_DES_FROM)
+        return hrvit_mobile.deploy(nano_model, img_size=img_size, **kw)
+
+    return build

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 ct = pytest.importorskip("coremltools")
 
-import hrvit_mobile  # noqa: E402
 from hrvit_mobile.exporters import ExportSpec, export  # noqa: E402
 from hrvit_mobile.exporters import coreml as coreml_backend  # noqa: E402
 from hrvit_mobile.exporters import coreml_eval as ce  # noqa: E402
@@ -43,8 +42,8 @@ def _export(model: torch.nn.Module, out: Path, size: tuple[int, int], k: int, bi
 
 
 @pytest.fixture(scope="module")
-def nano_deployed(nano_model: hrvit_mobile.HRViTSegmentor) -> torch.nn.Module:
-    return hrvit_mobile.deploy(nano_model, img_size=NANO).eval()
+def nano_deployed(deploy_nano) -> torch.nn.Module:
+    return deploy_nano(NANO).eval()  # dense and factored DES maps
 
 
 @pytest.fixture(scope="module")

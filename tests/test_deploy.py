@@ -232,3 +232,50 @@ def test_channels_first_graph_has_no_permute_around_convs(nano_model) -> None:
     ops, max_rank, symbolic, matmuls = _exported_graph_facts(switched, (64, 96))
     assert max_rank <= 4 and not symbolic and not matmuls
     assert "aten.linear.default" not in ops  # every linear became a 1x1 conv
+
+
+@pytest.mark.parametrize("factored_from", [0, 64])
+def test_factored_des_computes_the_same_network(nano_model, factored_from: int) -> None:
+    """DES kept as its two Kronecker factors (every block, or the 64/96-channel ones) gives the dense
+    form's logits in both layouts and at batch two, with the official factors' weights only."""
+    from hrvit_mobile.models.mlp import DES
+
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 64, 96)
+    dense = hrvit_mobile.deploy(nano_model, batch_size=2, factored_des_from=None)
+    factored = hrvit_mobile.deploy(nano_model, batch_size=2, factored_des_from=factored_from)
+    blocks = [m for m in factored.modules() if hasattr(m, "des_factors")]
+    widths = [m.des_right.in_features * (m.des_factors[0] if m.des_factors else 1) for m in blocks]
+    assert [m.des_factors is not None for m in blocks] == [w >= factored_from for w in widths]
+    assert any(m.des_factors is None for m in blocks) == (factored_from > 0)
+    des_weights = sum(p.numel() for m in nano_model.modules() if isinstance(m, DES) for p in m.parameters())
+    saved = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in factored.parameters())
+    assert 0 < saved < sum(2 * w * (w + 1) for w in widths)
+    if factored_from == 0:  # every DES as the official module: its weights and nothing more
+        dense_des = sum(p.numel() for n, p in dense.named_parameters() if ".des_" in n)
+        assert saved == dense_des - des_weights
+    switched, _ = _channels_first(factored)
+    with torch.no_grad():
+        reference = dense(x)
+        assert (factored(x) - reference).abs().max() <= 1e-5
+        assert (switched(x) - reference).abs().max() <= 1e-5
+        assert (factored(x) - nano_model(x)).abs().max() <= 1e-4
+    for model in (factored, switched):  # static shapes, rank <= 4 (batch one)
+        single = hrvit_mobile.deploy(nano_model, factored_des_from=factored_from)
+        if model is switched:
+            single, _ = _channels_first(single)
+        _, max_rank, symbolic, matmuls = _exported_graph_facts(single, (64, 96))
+        assert max_rank <= 4 and not symbolic and not matmuls
+
+
+def test_b1_deploy_factors_the_wide_des_maps(b1_reference) -> None:
+    """The default keeps DES factored from FACTORED_DES_MIN_CHANNELS channels (b1: the 128- and
+    256-channel branches, 24 of 35 blocks); the narrower ones are dense."""
+    from hrvit_mobile.deploy.modules import FACTORED_DES_MIN_CHANNELS
+
+    deployed = hrvit_mobile.deploy(b1_reference, img_size=(224, 224))
+    blocks = [m for m in deployed.modules() if hasattr(m, "des_factors")]
+    factored = [m for m in blocks if m.des_factors is not None]
+    assert all(m.dim >= FACTORED_DES_MIN_CHANNELS for m in factored)
+    assert all(m.dim < FACTORED_DES_MIN_CHANNELS for m in blocks if m.des_factors is None)
+    assert (len(factored), len(blocks)) == (24, 35)

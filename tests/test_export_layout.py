@@ -19,10 +19,10 @@ SIZE = (64, 96)
     [("executorch", "tokens"), ("executorch", None), ("coreml", "channels_first"),
      ("tflite", "channels_first"), ("tflite", None)],
 )
-def test_export_in_either_layout(nano_model: torch.nn.Module, tmp_path: Path, target: str, layout) -> None:
+def test_export_in_either_layout(deploy_nano, tmp_path: Path, target: str, layout) -> None:
     modules = {"executorch": "executorch", "coreml": "coremltools", "tflite": "litert_torch"}
     pytest.importorskip(modules[target])
-    deployed = hrvit_mobile.deploy(nano_model, img_size=SIZE)
+    deployed = deploy_nano(SIZE)  # dense and factored DES maps
     spec = ExportSpec(target=target, bits=32, img_size=SIZE, num_classes=7, out_dir=tmp_path,
                       model_name="hrvit_nano", layout=layout)
     report = export(deployed, spec)

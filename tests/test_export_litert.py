@@ -130,14 +130,12 @@ def test_compaction_shares_quantization_vectors_and_changes_no_output(tmp_path: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("bits", "activations"), [(32, None), (8, 8)])
-def test_litert_nano(nano_model: torch.nn.Module, tmp_path: Path, bits: int, activations: int | None) -> None:
+def test_litert_nano(deploy_nano, tmp_path: Path, bits: int, activations: int | None) -> None:
     """The real architecture. fp32 at the default thresholds (max |d| <= 1e-3, argmax >= 99.9 %); static
     int8 of these untrained recipe weights, calibrated on 8 synthetic images, measured cosine 0.950 and
     argmax 82.0 % (the trained b1 demo model: 0.996 / 99.8 % at the defaults, see the bench), so int8 is
     held to looser bounds here: the test is that it converts, runs and tracks the float model."""
-    import hrvit_mobile
-
-    deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+    deployed = deploy_nano((64, 96))  # dense and factored DES maps
     report = export(
         deployed,
         ExportSpec(

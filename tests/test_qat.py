@@ -265,7 +265,7 @@ def test_xnnpack_recipe_layout_and_old_checkpoints(nano_model) -> None:
     in the token layout (with the transposed-conv upsamplers) it was trained in."""
     from hrvit_mobile.deploy.channels_first import ChannelsFirstBranch
     from hrvit_mobile.deploy.fold import BroadcastNearest, NearestUpsample
-    from hrvit_mobile.deploy.modules import DeployBranch
+    from hrvit_mobile.deploy.modules import FACTORED_DES_MIN_CHANNELS, DeployBranch
     from hrvit_mobile.quant.qat import _layout_of, _use_checkpoint_layout
 
     def kinds(recipe: XNNPACKInt8) -> set[type]:
@@ -275,10 +275,13 @@ def test_xnnpack_recipe_layout_and_old_checkpoints(nano_model) -> None:
 
     recipe = XNNPACKInt8(qat=True)
     assert kinds(recipe) == {ChannelsFirstBranch, BroadcastNearest}
-    assert _layout_of(recipe) == {"layout": "channels_first", "upsampler": "broadcast"}
+    assert _layout_of(recipe) == {"layout": "channels_first", "upsampler": "broadcast", "des": "factored"}
     _use_checkpoint_layout(recipe, {"target": "executorch"})  # a config written before layouts
     assert recipe.layout == "tokens" and kinds(recipe) == {DeployBranch, NearestUpsample}
+    assert recipe.des == "dense" and recipe.factored_des_from() is None
     _use_checkpoint_layout(recipe, {"layout": "channels_first"})  # ... before upsampler forms
     assert kinds(recipe) == {ChannelsFirstBranch, NearestUpsample}
-    _use_checkpoint_layout(recipe, {"layout": "channels_first", "upsampler": "broadcast"})
-    assert kinds(recipe) == {ChannelsFirstBranch, BroadcastNearest}
+    _use_checkpoint_layout(recipe, {"layout": "channels_first", "upsampler": "broadcast"})  # ... DES forms
+    assert kinds(recipe) == {ChannelsFirstBranch, BroadcastNearest} and recipe.des == "dense"
+    _use_checkpoint_layout(recipe, {"layout": "channels_first", "upsampler": "broadcast", "des": "factored"})
+    assert recipe.factored_des_from() == FACTORED_DES_MIN_CHANNELS

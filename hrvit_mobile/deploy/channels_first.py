@@ -121,7 +121,9 @@ class ChannelsFirstAttentionBlock(nn.Module):
         self.attn_act = block.attn_act
         self.to_out = linear_as_conv1x1(block.to_out)
         self.des_right, self.des_left = linear_as_conv1x1(block.des_right), linear_as_conv1x1(block.des_left)
-        self.des_act = block.des_act
+        self.des_act, self.des_factors = block.des_act, block.des_factors
+        attn_h = block.attn_h  # horizontal: rows are the map's height
+        self.batch_size, self.height, self.width = attn_h.batch_size, attn_h.rows, attn_h.cols
         self.ffn_norm = ChannelLayerNorm.from_delegable(block.ffn_norm)
         self.fc1, self.ffn_conv = linear_as_conv1x1(block.fc1), block.ffn_conv
         self.ffn_act = block.ffn_act
@@ -134,9 +136,20 @@ class ChannelsFirstAttentionBlock(nn.Module):
         v_conv = self.parallel_conv(self.conv_act(v))
         attn = torch.cat([self.attn_h(q[:, :h], v[:, :h]), self.attn_v(q[:, h:], v[:, h:])], dim=1)
         attn = self.to_out(self.attn_act(attn + v_conv))
-        x = x + attn + self.des_left(self.des_act(self.des_right(x)))
+        x = x + attn + self._des(x)
         y = self.ffn_act(self.ffn_conv(self.fc1(self.ffn_norm(x))))
         return x + self.fc2(y)
+
+    def _des(self, x: Tensor) -> Tensor:
+        if self.des_factors is None:
+            return self.des_left(self.des_act(self.des_right(x)))
+        # channel c = i * p + j: the p-mixing factor is a 1x1 conv over batch (B * k_in); the k-mixing
+        # one runs on the map with k and p swapped, batch (B * p)
+        (k_in, p, k_out), batch, height, width = self.des_factors, self.batch_size, self.height, self.width
+        y = self.des_act(self.des_right(x.reshape(batch * k_in, p, height, width)))
+        y = y.reshape(batch, k_in, p, height * width).transpose(1, 2).reshape(batch * p, k_in, height, width)
+        y = self.des_left(y).reshape(batch, p, k_out, height * width).transpose(1, 2)
+        return y.reshape(batch, k_out * p, height, width)
 
 
 class ChannelsFirstBranch(nn.Module):
