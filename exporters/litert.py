@@ -179,6 +179,8 @@ def compact_flatbuffer(model: bytes) -> tuple[bytes, dict[str, int]]:
     - Quantization parameters and shapes are written once per distinct contents
       (:func:`shared_vector_builder`); the interpreter copies them when it builds its tensors.
 
+    - Constant tensors with byte-identical data share one buffer (:func:`share_identical_buffers`).
+
     Nothing an app or the runtime reads changes (tested: identical interpreter outputs). Returns the
     bytes and the bytes saved by each step.
     """
@@ -193,10 +195,59 @@ def compact_flatbuffer(model: bytes) -> tuple[bytes, dict[str, int]]:
             name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
             t.name = name.rsplit("/", 1)[-1][-64:].encode()
     renamed = len(flatbuffer_utils.convert_object_to_bytearray(obj))
+    shared = share_identical_buffers(obj)
     builder = shared_vector_builder()
     builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
     out = bytes(builder.Output())
-    return out, {"tensor_names_shortened": len(model) - renamed, "shared_vectors": renamed - len(out)}
+    return out, {"tensor_names_shortened": len(model) - renamed, "shared_buffers": shared,
+                 "shared_vectors": renamed - len(out) - shared}
+
+
+def share_identical_buffers(obj: Any) -> int:
+    """Point constant tensors whose data are byte-identical at one buffer and empty the others (in
+    place on a ``ModelT``); returns the data bytes no longer stored.
+
+    ai_edge_quantizer writes a buffer per quantized constant, so equal constants that litert-torch
+    had stored once come apart again: the static int8 b1 holds 301 kB of duplicates (the zero rows
+    that pad stripes, the padded-key masks, repeated small vectors). A read-only constant may be
+    shared by many tensors, as litert-torch's own float files do. Variable tensors (written by the
+    interpreter), buffers named by metadata and the operands of ops whose weights a delegate packs
+    and may cache by data pointer (convolutions, fully connected, batch matmul) keep their own: on
+    b1 those are 3.5 kB of the duplicates, the rest feed CONCATENATION.
+    """
+    import hashlib
+
+    from ai_edge_litert import schema_py_generated as fb
+
+    packed = {fb.BuiltinOperator.CONV_2D, fb.BuiltinOperator.DEPTHWISE_CONV_2D,
+              fb.BuiltinOperator.FULLY_CONNECTED, fb.BuiltinOperator.TRANSPOSE_CONV,
+              fb.BuiltinOperator.BATCH_MATMUL, fb.BuiltinOperator.CONV_3D}
+    pinned = {m.buffer for m in (obj.metadata or [])}
+    for sg in obj.subgraphs:
+        pinned.update(t.buffer for t in sg.tensors if t.isVariable)
+        for op in sg.operators:
+            code = obj.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) in packed:
+                pinned.update(sg.tensors[i].buffer for i in op.inputs if i >= 0)
+    first: dict[tuple[int, bytes], int] = {}
+    canonical: dict[int, int] = {}
+    for i, buf in enumerate(obj.buffers):
+        if i in pinned or buf.data is None or len(buf.data) == 0 or buf.offset:
+            continue
+        data = bytes(buf.data)
+        key = (len(data), hashlib.sha256(data).digest())
+        canonical[i] = first.setdefault(key, i)
+    saved = 0
+    for sg in obj.subgraphs:
+        for t in sg.tensors:
+            target = canonical.get(t.buffer, t.buffer)
+            if target != t.buffer:
+                t.buffer = target
+    for i, target in canonical.items():
+        if target != i:
+            saved += len(obj.buffers[i].data)
+            obj.buffers[i].data = None
+    return saved
 
 
 def float_io(model: bytes) -> tuple[bytes, list[str]]:
@@ -331,6 +382,8 @@ def convert(
             f"(-{saved['tensor_names_shortened']} bytes)",
             "shared_vectors": "identical quantization parameters and shapes stored once "
             f"(-{saved['shared_vectors']} bytes)",
+            "shared_buffers": "constants with identical data stored once "
+            f"(-{saved['shared_buffers']} bytes of data)",
         }
         out.write_bytes(compact)
         details.update(_graph_facts(out))
