@@ -203,6 +203,12 @@ def compact_flatbuffer(model: bytes) -> tuple[bytes, dict[str, int]]:
                  "shared_vectors": renamed - len(out) - shared}
 
 
+def builtin_code(code: Any) -> int:
+    """The builtin operator of an ``OperatorCodeT``: schema v3 moved it from ``deprecatedBuiltinCode``
+    (an int8, capped at 127) to ``builtinCode``, and writers fill either, so the larger one holds it."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
 def share_identical_buffers(obj: Any) -> int:
     """Point constant tensors whose data are byte-identical at one buffer and empty the others (in
     place on a ``ModelT``); returns the data bytes no longer stored.
@@ -226,8 +232,7 @@ def share_identical_buffers(obj: Any) -> int:
     for sg in obj.subgraphs:
         pinned.update(t.buffer for t in sg.tensors if t.isVariable)
         for op in sg.operators:
-            code = obj.operatorCodes[op.opcodeIndex]
-            if max(code.builtinCode, code.deprecatedBuiltinCode) in packed:
+            if builtin_code(obj.operatorCodes[op.opcodeIndex]) in packed:
                 pinned.update(sg.tensors[i].buffer for i in op.inputs if i >= 0)
     first: dict[tuple[int, bytes], int] = {}
     canonical: dict[int, int] = {}
@@ -237,12 +242,10 @@ def share_identical_buffers(obj: Any) -> int:
         data = bytes(buf.data)
         key = (len(data), hashlib.sha256(data).digest())
         canonical[i] = first.setdefault(key, i)
-    saved = 0
     for sg in obj.subgraphs:
         for t in sg.tensors:
-            target = canonical.get(t.buffer, t.buffer)
-            if target != t.buffer:
-                t.buffer = target
+            t.buffer = canonical.get(t.buffer, t.buffer)
+    saved = 0
     for i, target in canonical.items():
         if target != i:
             saved += len(obj.buffers[i].data)
@@ -268,7 +271,7 @@ def float_io(model: bytes) -> tuple[bytes, list[str]]:
 
     def opcode(builtin: int) -> int:
         for i, code in enumerate(obj.operatorCodes):
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            if builtin_code(code) == builtin:
                 return i
         code = fb.OperatorCodeT(deprecatedBuiltinCode=builtin, version=2, builtinCode=builtin)
         obj.operatorCodes.append(code)

@@ -550,15 +550,18 @@ class CoreMLWeightOnly(PostConversionRecipe):
         """The compressed ML program and a description of what was done."""
         from coremltools.optimize import coreml as cto
 
-        if self.mode == "linear":
+        def int8_per_channel(model: Any, weight_threshold: int) -> Any:
             cfg = cto.OpLinearQuantizerConfig(
                 mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                weight_threshold=self.weight_threshold,
+                weight_threshold=weight_threshold,
             )
-            out = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=cfg))
+            return cto.linear_quantize_weights(model, cto.OptimizationConfig(global_config=cfg))
+
+        if self.mode == "linear":
+            out = int8_per_channel(mlmodel, self.weight_threshold)
             return out, {
                 "scheme": "weight-only int8, symmetric, per-channel (coremltools linear_quantize_weights)",
-                "weight_threshold": cfg.weight_threshold,
+                "weight_threshold": self.weight_threshold,
                 "recipe": self.name,
             }
         # Grouped-channel LUTs keep 4-bit usable, but need iOS 18; before that one LUT per tensor.
@@ -585,11 +588,7 @@ class CoreMLWeightOnly(PostConversionRecipe):
         if self.small_tensors_int8 is not None:
             # the tensors too small to palettize well stay out of the palettes but need not stay fp16:
             # int8 per-channel, as --bits 8 stores every tensor
-            small = cto.OpLinearQuantizerConfig(
-                mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                weight_threshold=self.small_tensors_int8,
-            )
-            out = cto.linear_quantize_weights(out, cto.OptimizationConfig(global_config=small))
+            out = int8_per_channel(out, self.small_tensors_int8)
             info["scheme"] += f"; tensors of {self.small_tensors_int8}+ elements below that int8"
             info["small_tensors_int8_threshold"] = self.small_tensors_int8
         return out, info

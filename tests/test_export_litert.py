@@ -151,7 +151,7 @@ def test_identical_constants_share_one_buffer_but_packed_weights_do_not(tmp_path
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from hrvit_mobile.exporters.litert import compact_flatbuffer
+    from hrvit_mobile.exporters.litert import builtin_code, compact_flatbuffer
 
     torch.manual_seed(0)
     x = torch.from_numpy(_normalized(1))
@@ -161,7 +161,7 @@ def test_identical_constants_share_one_buffer_but_packed_weights_do_not(tmp_path
     sg = obj.subgraphs[0]
 
     def ops_of(builtin: int) -> list:
-        codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in obj.operatorCodes]
+        codes = [builtin_code(c) for c in obj.operatorCodes]
         return [op for op in sg.operators if codes[op.opcodeIndex] == builtin]
 
     def twin_of(tensor: int) -> int:

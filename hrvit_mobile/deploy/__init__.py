@@ -37,7 +37,6 @@ class DeployHRViT(nn.Module):
         self.num_classes = model.num_classes
         self.img_size = img_size
         self.batch_size = batch_size
-        self.factored_des_from = factored_des_from
         height, width = img_size[0] // 4, img_size[1] // 4
         self.stem = DeployStem(model.backbone.stem)
         layers: list[nn.Module] = []
