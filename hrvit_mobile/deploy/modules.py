@@ -103,11 +103,10 @@ class StripeAttention(nn.Module):
 
 
 # DES maps of at least this many channels stay Kronecker-factored in the deploy form; narrower ones
-# become two dense linears. Measured on b1 at 512x512 (ExecuTorch XNNPACK, channels-first, fp32):
-# factoring the 128- and 256-channel maps (24 of 35 blocks) shrinks the .pte from 37.55 to 32.87 MB at
-# the same latency (133.7 vs 136.3 ms median, 126.6 vs 122.4 ms min, interleaved in one process),
-# while the 32- and 64-channel maps are cheap dense (2 * C^2 weights) and 2-4x slower factored, where
-# the two transposes cost more than the saved MACs.
+# become two dense linears. On b1 at 512x512 factoring the 128- and 256-channel maps (24 of 35 blocks)
+# shrinks every artifact by ~12 % at about the same latency, while the 32- and 64-channel maps are cheap
+# dense (2 * C^2 weights) and 2-4x slower factored in XNNPACK, where the two transposes cost more than
+# the saved MACs. Figures and commands: README, "The deploy form"; benchmarks/des_form.py.
 FACTORED_DES_MIN_CHANNELS = 128
 
 
