@@ -17,11 +17,13 @@ compressed as requested).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
+from hrvit_mobile.models.norm import DelegableLayerNorm, use_native_layer_norm
 from hrvit_mobile.quant.recipes import CoreMLWeightOnly
 
 from .contract import (
@@ -119,13 +122,93 @@ def _ios_target(min_ios: int) -> Any:
     return target
 
 
-def _compress(mlmodel: Any, spec: ExportSpec) -> tuple[Any, dict[str, Any]]:
-    """The spec's weight-only recipe (linear int8 or k-means palettes) over the converted ML program."""
+@contextlib.contextmanager
+def validate_once_per_pipeline() -> Iterator[None]:
+    """Inside, coremltools checks a program once per pass pipeline instead of after every pass.
+
+    ``PassPipelineManager.apply_pipeline`` runs ``Program.validate`` (var visibility, producer/consumer
+    links, scopes: a walk of the whole program) after each of the ~130 passes of a conversion; on b1
+    that was a third of ``ct.convert`` in a cProfile run. The checks only read the program; here they run
+    before and after each pipeline, the final one with the essential-scope check when the pipeline
+    ends in dead-code elimination, as the last per-pass check would. The program is unchanged.
+    """
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipelineManager
+
+    original = PassPipelineManager.apply_pipeline  # the plain function behind the staticmethod
+
+    def apply_pipeline(prog: Any, pass_pipeline: Any) -> None:
+        def deferred(check_essential_scope: bool = False) -> None:
+            return None
+
+        prog.validate = deferred  # an instance attribute shadows Program.validate
+        try:
+            original(prog, pass_pipeline)
+        finally:
+            del prog.validate
+        passes = pass_pipeline.passes
+        prog.validate(check_essential_scope=bool(passes) and passes[-1] == "common::dead_code_elimination")
+
+    PassPipelineManager.apply_pipeline = staticmethod(apply_pipeline)
+    try:
+        yield
+    finally:
+        PassPipelineManager.apply_pipeline = staticmethod(original)
+
+
+# Constants with fewer elements than this are written into the program description, not the weight file
+INLINE_CONSTANT_MAX_ELEMENTS = 512
+
+
+@contextlib.contextmanager
+def small_constants_inline(max_elements: int = INLINE_CONSTANT_MAX_ELEMENTS) -> Iterator[None]:
+    """Inside, coremltools writes constants of fewer than ``max_elements`` elements into the
+    program description as immediate values (its own cut-off is 10).
+
+    A weight-file entry costs a 64-byte header, padding to 64 bytes and a reference that names the
+    file (~50 bytes) besides the data: on b1 about 690 biases, norm vectors, small kernels and
+    per-channel scales, ~0.1 MB of a weight-only 8-bit package. An immediate value holds the same
+    bytes with a few bytes of framing. The values are unchanged.
+    """
+    from coremltools.converters.mil.backend.mil import load
+
+    original = load.should_use_weight_file
+
+    def should_use_weight_file(val: Any, specification_version: Any = None) -> bool:
+        if isinstance(val, (np.ndarray, np.generic)) and val.size < max_elements:
+            return False
+        if specification_version is None:
+            return original(val)
+        return original(val, specification_version)
+
+    load.should_use_weight_file = should_use_weight_file
+    try:
+        yield
+    finally:
+        load.should_use_weight_file = original
+
+
+def _pass_pipeline(spec: ExportSpec, variant: str) -> tuple[Any, dict[str, Any] | None]:
+    """``ct.convert``'s pass pipeline for ``variant``: the default one, and for the weight-compressed
+    variants the recipe's compression passes after it, followed by coremltools' cleanup passes (as a
+    compressed program gets when it is converted back). Compressing inside the conversion saves the
+    round trip that ``ct.optimize.coreml.*_weights`` makes through the protobuf, the weight file and
+    the whole default pipeline again (25-30 s of a b1 export)."""
+    import coremltools as ct
+
+    pipeline = ct.PassPipeline.DEFAULT
+    if variant not in ("w8", "pal6", "pal4"):
+        return pipeline, None
     recipe = recipe_for(spec)
     if not isinstance(recipe, CoreMLWeightOnly):
         raise ExportError(f"Core ML weight compression needs a weight-only recipe, got {recipe.name}")
-    with step(TARGET, f"compress weights ({recipe.mode}, {recipe.bits}-bit)"):
-        return recipe.apply(mlmodel)
+    passes, info = recipe.graph_passes()
+    for name, options in passes:
+        pipeline.append_pass(name)
+        if options:
+            pipeline.set_options(name, options)
+    for name in ct.PassPipeline.CLEANUP.passes:
+        pipeline.append_pass(name)
+    return pipeline, info
 
 
 def _compacted(mlmodel: Any) -> tuple[Any, dict[str, int]]:
@@ -186,14 +269,22 @@ def convert(
     if variant == "w8a8":
         check_dependencies("executorch")  # CoreMLQuantizer ships with ExecuTorch
     ios = _ios_target(spec.min_ios)
+    given = model
     model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
+    # Core ML has a LayerNorm op: one op per norm instead of the delegable form's six and its mean row
+    if any(type(m) is DelegableLayerNorm for m in model.modules()):
+        if model is given:  # the caller's module stays as it is
+            model = copy.deepcopy(model)
+        native_norms = use_native_layer_norm(model)
+    else:
+        native_norms = 0
     scale, bias, factor = image_preprocessing(spec.normalization.mean, spec.normalization.std)
 
     def build(stage: Path) -> Built:
         import coremltools as ct
 
         graph = _ImageModel(model, factor, spec.argmax_output).eval()
-        details: dict[str, Any] = {"quantization": None, "layout": layout}
+        details: dict[str, Any] = {"quantization": None, "layout": layout, "native_layer_norms": native_norms}
         if variant == "w8a8":
             # the quantizer sees the graph the app will run: std correction included
             quant_info: dict[str, Any] = {}
@@ -205,7 +296,12 @@ def convert(
         if spec.argmax_output:
             outputs.append(ct.TensorType(name=ARGMAX_NAME))
         precision = ct.precision.FLOAT32 if variant == "fp32" else ct.precision.FLOAT16
-        with step(TARGET, "coremltools.convert"):
+        pipeline, compression = _pass_pipeline(spec, variant)
+        convert_step = "coremltools.convert"
+        if compression is not None:
+            details["quantization"] = compression
+            convert_step += f" (compressing: {compression['scheme']})"
+        with step(TARGET, convert_step), validate_once_per_pipeline(), small_constants_inline():
             mlmodel = ct.convert(
                 ep,
                 inputs=[
@@ -221,10 +317,9 @@ def convert(
                 convert_to="mlprogram",
                 minimum_deployment_target=ios,
                 compute_precision=precision,
+                pass_pipeline=pipeline,
                 skip_model_load=True,  # compiling needs macOS; the package is what we ship
             )
-        if variant in ("w8", "pal6", "pal4"):
-            mlmodel, details["quantization"] = _compress(mlmodel, spec)
         if not spec.keep_op_names:
             with step(TARGET, "compact program (merge small consts, short names)"):
                 mlmodel, details["program_compaction"] = _compacted(mlmodel)

@@ -115,6 +115,25 @@ def test_fp32_matches_pytorch(nano_fp32, images: np.ndarray, nano_refs: list[np.
     # the sidecar records which runtime produced the figure
     meta = json.loads(Path(str(nano_fp32.artifact.path) + ".json").read_text())
     assert meta["parity"]["runtime"] == ce.RUNTIME and meta["parity"]["passed"] is True
+    # every LayerNorm is Core ML's own op, not the delegable form's means and rsqrt
+    details = nano_fp32.artifact.details
+    assert details["native_layer_norms"] > 0
+    assert details["op_counts"]["layer_norm"] == details["native_layer_norms"]
+    assert "rsqrt" not in details["op_counts"]
+    # small constants are immediate values in the description, larger ones in the weight file
+    from hrvit_mobile.exporters.coreml import INLINE_CONSTANT_MAX_ELEMENTS
+
+    spec = ct.models.MLModel(str(nano_fp32.artifact.path), skip_model_load=True).get_spec()
+    sizes = {True: [], False: []}
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                for value in op.attributes.values():
+                    if value.type.WhichOneof("type") == "tensorType" and value.type.tensorType.rank:
+                        n = int(np.prod([d.constant.size for d in value.type.tensorType.dimensions]))
+                        sizes[value.HasField("blobFileValue")].append(n)
+    assert sizes[True] and min(sizes[True]) >= INLINE_CONSTANT_MAX_ELEMENTS
+    assert max(sizes[False]) >= 10  # coremltools' own cut-off would have put these in the file
 
 
 def test_fp16_in_band_and_stored_as_fp16(nano_fp16, images: np.ndarray, nano_refs: list[np.ndarray]) -> None:
@@ -226,6 +245,8 @@ def test_w8_decompression_rederived(tiny: TinySegmenter, tmp_path: Path) -> None
         raw = {k: ce._load_value(v, blobs) for k, v in op.attributes.items() if k != "name"}
         q, zp, scale, axis = raw["quantized_data"], raw["zero_point"], raw["scale"], int(raw["axis"])
         assert q.dtype == np.int8 and scale.dtype == np.float16
+        assert zp.ndim == 0 and zp == 0  # symmetric: the per-channel zeros stored as one scalar
+        assert scale.ndim == 1 and scale.size == q.shape[axis]
         shape = [1] * q.ndim
         shape[axis] = -1
         expect = (

@@ -277,3 +277,29 @@ def test_b1_deploy_factors_the_wide_des_maps(b1_reference) -> None:
     assert all(m.dim >= FACTORED_DES_MIN_CHANNELS for m in factored)
     assert all(m.dim < FACTORED_DES_MIN_CHANNELS for m in blocks if m.des_factors is None)
     assert (len(factored), len(blocks)) == (24, 35)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_native_layer_norm_computes_the_delegable_form(affine: bool) -> None:
+    from hrvit_mobile.models.norm import (
+        ChannelLayerNorm,
+        DelegableLayerNorm,
+        NativeLayerNorm,
+        use_native_layer_norm,
+    )
+
+    torch.manual_seed(0)
+    norm = nn.LayerNorm(48, eps=1e-6)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    delegable = DelegableLayerNorm.from_layer_norm(norm, affine=affine)
+    model = nn.Sequential(delegable, ChannelLayerNorm(48, 1e-6))
+    x = 3 * torch.randn(2, 17, 48) + 1
+    expected = delegable(x)
+    keys = list(model.state_dict())
+    assert use_native_layer_norm(model) == 1
+    assert type(model[0]) is NativeLayerNorm and type(model[1]) is ChannelLayerNorm  # exact type only
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model[0](x), expected, rtol=1e-5, atol=1e-5)
+    if affine:
+        torch.testing.assert_close(model[0](x), norm(x), rtol=1e-5, atol=1e-5)

@@ -143,3 +143,33 @@ def test_failed_coreml_export_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - whatever the converter raises, nothing may be left
         export(Bad(), ExportSpec(target="coreml", img_size=SIZE, num_classes=1, out_dir=tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_validating_once_per_pipeline_converts_the_same_program(model: TinySegmenter) -> None:
+    from hrvit_mobile.exporters.coreml import validate_once_per_pipeline
+
+    example = torch.rand(1, 3, *SIZE)
+    ep = torch.export.export(model.eval(), (example,)).run_decompositions({})
+
+    def program() -> object:
+        mlmodel = ct.convert(ep, inputs=[ct.TensorType(name="x", shape=example.shape)],
+                             convert_to="mlprogram", skip_model_load=True)
+        return mlmodel.get_spec().mlProgram
+
+    with validate_once_per_pipeline():
+        once = program()
+    assert once == program()
+    # the checks still run once per pipeline: a program broken by a pass is still caught
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipelineManager
+    from coremltools.converters.mil.mil.program import Program
+
+    calls = []
+    original = Program.validate
+    try:
+        Program.validate = lambda self, **kw: calls.append(kw)
+        with validate_once_per_pipeline():
+            program()
+    finally:
+        Program.validate = original
+    assert 2 <= len(calls) <= 10  # before and after each of the frontend, default and backend pipelines
+    assert PassPipelineManager.apply_pipeline.__name__ == "apply_pipeline"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from hrvit_mobile.models.attention import MaskedSoftmax
-from hrvit_mobile.models.norm import ChannelLayerNorm, DelegableLayerNorm
+from hrvit_mobile.models.norm import ChannelLayerNorm, DelegableLayerNorm, NativeLayerNorm
 
 
 def float_module_types(softmax: bool = True, layernorm: bool = True) -> tuple[type[nn.Module], ...]:
@@ -21,5 +21,5 @@ def float_module_types(softmax: bool = True, layernorm: bool = True) -> tuple[ty
     if softmax:
         types.append(MaskedSoftmax)
     if layernorm:
-        types.extend((nn.LayerNorm, DelegableLayerNorm, ChannelLayerNorm))
+        types.extend((nn.LayerNorm, DelegableLayerNorm, ChannelLayerNorm, NativeLayerNorm))
     return tuple(types)
