@@ -37,6 +37,7 @@ from .contract import (
     run_build,
     step,
 )
+from .fx_codegen import shared_node_provenance
 from .quantize import quantize_pt2e, recipe_for
 from .support import conversion_inputs
 
@@ -53,36 +54,6 @@ class _Float16Graph(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image.to(torch.float16)).to(torch.float32)
-
-
-@contextmanager
-def shared_node_provenance() -> Iterator[None]:
-    """While lowering, let torch.fx share each node's provenance history instead of deep-copying it.
-
-    Every pass of the lowering retraces the graph, and for every node it builds a
-    ``torch.fx.traceback.NodeSource`` whose ``__init__`` deep-copies ``node.meta["from_node"]``,
-    the node's whole history, which gains one level per retrace. Over the ~30 retraces of
-    ``to_edge_transform_and_lower`` + XNNPACK preprocessing that copy is a large share of the
-    lowering time. The history entries are never mutated once built (torch builds new lists when it
-    edits provenance), so sharing them changes no metadata value, only the copying; the graph, the
-    delegate payload and the .pte are unaffected. The original ``__init__`` is restored on exit.
-    """
-    from torch.fx import traceback as fx_traceback
-
-    cls = fx_traceback.NodeSource
-    original = cls.__init__
-
-    def init(self: Any, node: Any, pass_name: str = "", action: Any = None) -> None:
-        original(self, None, pass_name, action)
-        if node:
-            self.node_info = cls.NodeInfo(name=node.name, target=str(node.target), graph_id=id(node.graph))
-            self.from_node = list(node.meta.get("from_node", []))
-
-    cls.__init__ = init
-    try:
-        yield
-    finally:
-        cls.__init__ = original
 
 
 def _targets(ep: Any) -> set[str]:

@@ -6,6 +6,9 @@ retrace (on ~3,900 nodes for b1 at 512x512), yet the lowering almost never calls
 ``forward``: the passes retrace through ``torch.fx.Interpreter``, node by node. A py-spy profile of
 the b1 fp32 ExecuTorch export (66 s) put 13.6 s (19 %) under ``recompile``, mostly code generation
 and ``exec`` of source nobody ran.
+
+The module also holds the other torch.fx-level shortcut every exporter runs under
+(:func:`shared_node_provenance`).
 """
 
 from __future__ import annotations
@@ -95,3 +98,41 @@ def deferred_graph_codegen() -> Iterator[weakref.WeakSet]:
         gm_cls.__reduce__ = original_reduce  # type: ignore[method-assign]
         for gm in list(stale):
             materialize(gm)
+
+
+@contextmanager
+def shared_node_provenance() -> Iterator[None]:
+    """While exporting, let torch.fx share each node's provenance history instead of deep-copying it.
+
+    Every pass of the lowering retraces the graph, and for every node it builds a
+    ``torch.fx.traceback.NodeSource`` whose ``__init__`` deep-copies ``node.meta["from_node"]``,
+    the node's whole history, which gains one level per retrace. Over the ~30 retraces of
+    ``to_edge_transform_and_lower`` + XNNPACK preprocessing that copy is a large share of the
+    lowering time. The history entries are never mutated once built (torch builds new lists when it
+    edits provenance), so sharing them changes no metadata value, only the copying; the graph, the
+    delegate payload and the .pte are unaffected. The original ``__init__`` is restored on exit.
+
+    The same copy dominates litert-torch's conversion (four ``run_decompositions`` and its own
+    passes): 31 of 161 s of ``litert_torch.convert`` in a cProfile run on b1. ``run_build`` enters
+    this for every target; nested entries are no-ops.
+    """
+    from torch.fx import traceback as fx_traceback
+
+    cls = fx_traceback.NodeSource
+    original = cls.__init__
+    if getattr(original, "_shares_provenance", False):  # already inside
+        yield
+        return
+
+    def init(self: Any, node: Any, pass_name: str = "", action: Any = None) -> None:
+        original(self, None, pass_name, action)
+        if node:
+            self.node_info = cls.NodeInfo(name=node.name, target=str(node.target), graph_id=id(node.graph))
+            self.from_node = list(node.meta.get("from_node", []))
+
+    init._shares_provenance = True  # type: ignore[attr-defined]
+    cls.__init__ = init
+    try:
+        yield
+    finally:
+        cls.__init__ = original

@@ -258,3 +258,40 @@ def test_calibration_on_views_changes_no_statistic(tmp_path: Path) -> None:
         del views, intermediate
     assert len(viewed) < 0.6 * len(data)  # quantized indeed
     assert viewed == copied
+
+
+def test_shared_node_provenance_changes_no_byte(nano_model: torch.nn.Module, tmp_path: Path) -> None:
+    """run_build lets torch.fx share node provenance (exporters.fx_codegen.shared_node_provenance);
+    litert-torch's conversion writes the same .tflite as with torch's deep copies, and a nested
+    entry leaves the one patch in place."""
+    from contextlib import nullcontext
+
+    from torch.fx import traceback as fx_traceback
+
+    import hrvit_mobile
+    from hrvit_mobile.exporters import fx_codegen
+
+    deployed = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+
+    def tflite(out: str) -> bytes:
+        spec = ExportSpec(target="tflite", bits=32, img_size=(64, 96), num_classes=7,
+                          out_dir=tmp_path / out, model_name="hrvit_nano", run_parity=False)
+        return export(deployed, spec).artifact.path.read_bytes()
+
+    shared = tflite("shared")
+    original = fx_codegen.shared_node_provenance
+    fx_codegen.shared_node_provenance = nullcontext  # run_build imports it at call time
+    try:
+        copied = tflite("copied")
+    finally:
+        fx_codegen.shared_node_provenance = original
+    assert shared == copied
+
+    init = fx_traceback.NodeSource.__init__
+    with fx_codegen.shared_node_provenance():
+        patched = fx_traceback.NodeSource.__init__
+        assert patched is not init
+        with fx_codegen.shared_node_provenance():
+            assert fx_traceback.NodeSource.__init__ is patched
+        assert fx_traceback.NodeSource.__init__ is patched
+    assert fx_traceback.NodeSource.__init__ is init
