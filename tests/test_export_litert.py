@@ -260,7 +260,9 @@ def test_calibration_on_views_changes_no_statistic(tmp_path: Path) -> None:
     assert viewed == copied
 
 
-def test_shared_node_provenance_changes_no_byte(nano_model: torch.nn.Module, tmp_path: Path) -> None:
+def test_shared_node_provenance_changes_no_byte(
+    nano_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """run_build lets torch.fx share node provenance (exporters.fx_codegen.shared_node_provenance);
     litert-torch's conversion writes the same .tflite as with torch's deep copies, and a nested
     entry leaves the one patch in place."""
@@ -279,12 +281,9 @@ def test_shared_node_provenance_changes_no_byte(nano_model: torch.nn.Module, tmp
         return export(deployed, spec).artifact.path.read_bytes()
 
     shared = tflite("shared")
-    original = fx_codegen.shared_node_provenance
-    fx_codegen.shared_node_provenance = nullcontext  # run_build imports it at call time
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(fx_codegen, "shared_node_provenance", nullcontext)  # run_build imports it per call
         copied = tflite("copied")
-    finally:
-        fx_codegen.shared_node_provenance = original
     assert shared == copied
 
     init = fx_traceback.NodeSource.__init__
@@ -295,3 +294,51 @@ def test_shared_node_provenance_changes_no_byte(nano_model: torch.nn.Module, tmp
             assert fx_traceback.NodeSource.__init__ is patched
         assert fx_traceback.NodeSource.__init__ is patched
     assert fx_traceback.NodeSource.__init__ is init
+
+
+def test_compaction_writes_out_of_line_buffers_as_vectors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ai_edge_quantizer's fp16 output stores buffers past the flatbuffer (offset/size), which the
+    reader returns as bytearrays; compaction writes each as one vector (not byte by byte), with the
+    same bytes as before."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from hrvit_mobile.exporters import litert as litert_exporter
+
+    raw: list[bytes] = []
+    compact = litert_exporter.compact_flatbuffer
+
+    def capture(data: bytes) -> tuple[bytes, dict[str, int]]:
+        raw.append(data)
+        return compact(data)
+
+    monkeypatch.setattr(litert_exporter, "compact_flatbuffer", capture)
+    spec = ExportSpec(target="tflite", bits=16, img_size=SIZE, num_classes=5, out_dir=tmp_path,
+                      run_parity=False)
+    # 192 channels: over 256 KB of fp16 weights, past which the quantizer writes them out of line
+    written = export(TinySegmenter(num_classes=5, channels=192), spec).artifact.path.read_bytes()
+    (quantized,) = raw
+    before = flatbuffer_utils.read_model_from_bytearray(bytearray(quantized))
+    assert any(isinstance(b.data, bytearray) for b in before.buffers)  # the premise
+    # compaction writes those bytes as vectors: byte-at-a-time prepends stay far below the data size
+    import flatbuffers
+
+    prepends = [0]
+    prepend = flatbuffers.Builder.PrependUint8
+
+    def counted(builder: object, x: int) -> None:
+        prepends[0] += 1
+        prepend(builder, x)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(flatbuffers.Builder, "PrependUint8", counted)
+        again, _ = compact(quantized)
+    out_of_line = sum(len(b.data) for b in before.buffers if isinstance(b.data, bytearray))
+    assert again == written and prepends[0] < out_of_line // 100
+    after = flatbuffer_utils.read_model_from_bytearray(bytearray(written))
+
+    def contents(model: object) -> list[bytes]:
+        return sorted(bytes(b.data) for b in model.buffers if b.data is not None and len(b.data))
+
+    assert contents(after) == contents(before)
