@@ -84,6 +84,51 @@ def release_freed_memory() -> None:
 
 
 @contextmanager
+def arange_int32_in_place() -> Iterator[Counter[str]]:
+    """litert-torch's int64 -> int32 ``arange`` rewrite without the retrace it forces.
+
+    Before lowering, litert-torch turns each int64 ``aten.arange.start_step`` (the interpolations'
+    decompositions make them) into a Python lambda around the op plus a cast to int32. A lambda target
+    is not an operator, so its last ``run_decompositions`` must retrace the whole graph to inline it:
+    on b1 that pass found nothing else to do and took 10-15 s of ~50. Here the node asks ``arange``
+    for int32 directly (the same values, since start and end fit in int32, which the original checks
+    too), its metadata follows, and that last pass is skipped. The .tflite is byte-identical (b1 fp32
+    compared; tests/test_export_litert.py). Yields a counter of rewritten nodes.
+    """
+    from litert_torch.backend import export as litert_export
+    from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+    original = litert_export._convert_i64_to_i32
+    rewritten: Counter[str] = Counter()
+    int32 = torch.iinfo(torch.int32)
+
+    def convert_in_place(exported_program: Any) -> bool:
+        changed = False
+        for node in exported_program.graph_module.graph.nodes:
+            if node.target != torch.ops.aten.arange.start_step:
+                continue
+            meta, val = node.meta.get("tensor_meta"), node.meta.get("val")
+            if meta is None or val is None or meta.dtype != torch.int64:
+                continue
+            start, end = node.args[:2]
+            if not all(isinstance(v, int) and int32.min <= v <= int32.max for v in (start, end)):
+                continue
+            node.kwargs = {**node.kwargs, "dtype": torch.int32}
+            with val.fake_mode:
+                node.meta["val"] = val.to(torch.int32)
+            node.meta["tensor_meta"] = _extract_tensor_metadata(node.meta["val"])
+            rewritten["arange"] += 1
+            changed = True
+        return changed
+
+    litert_export._convert_i64_to_i32 = convert_in_place
+    try:
+        yield rewritten
+    finally:
+        litert_export._convert_i64_to_i32 = original
+
+
+@contextmanager
 def calibration_reads_views() -> Iterator[None]:
     """ai_edge_quantizer's calibration, reading the interpreter's preserved tensors as views.
 
@@ -368,11 +413,12 @@ def convert(
         if not prequantized:  # LiteRT has a nearest resize; the deploy form's upsampler is for XNNPACK
             graph = copy.deepcopy(model)
             details["nearest_upsamplers_as_resize"] = use_resize_nearest(graph)
-        with step(TARGET, "litert_torch.convert"), torch.no_grad():
+        with step(TARGET, "litert_torch.convert"), torch.no_grad(), arange_int32_in_place() as aranges:
             edge = litert_torch.convert(
                 _NamedIO(graph).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export,
                 **kwargs,
             )
+        details["aranges_int32_in_place"] = aranges["arange"]
         float_path = stage / "float.tflite"
         edge.export(str(float_path))
         del edge  # the converted model and its MLIR state are not needed past this point

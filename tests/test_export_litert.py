@@ -342,3 +342,34 @@ def test_compaction_writes_out_of_line_buffers_as_vectors(
         return sorted(bytes(b.data) for b in model.buffers if b.data is not None and len(b.data))
 
     assert contents(after) == contents(before)
+
+
+def test_int32_aranges_in_place_change_no_byte(
+    deploy_nano, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nano deploy form's interpolations bring int64 aranges; asking them for int32 in place
+    (instead of litert-torch's lambda, which forces a retrace) writes the same .tflite."""
+    from contextlib import contextmanager
+
+    from hrvit_mobile.exporters import litert as litert_exporter
+
+    deployed = deploy_nano((64, 96))
+
+    def tflite(out: str) -> tuple[bytes, dict]:
+        spec = ExportSpec(target="tflite", bits=32, img_size=(64, 96), num_classes=7,
+                          out_dir=tmp_path / out, model_name="hrvit_nano", run_parity=False)
+        artifact = export(deployed, spec).artifact
+        return artifact.path.read_bytes(), artifact.details
+
+    in_place, details = tflite("in_place")
+    assert details["aranges_int32_in_place"] > 0
+
+    @contextmanager
+    def litert_own_rewrite():
+        yield {"arange": 0}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(litert_exporter, "arange_int32_in_place", litert_own_rewrite)
+        retraced, details = tflite("retraced")
+    assert details["aranges_int32_in_place"] == 0
+    assert in_place == retraced
