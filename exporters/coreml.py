@@ -188,27 +188,16 @@ def small_constants_inline(max_elements: int = INLINE_CONSTANT_MAX_ELEMENTS) -> 
 
 
 def _pass_pipeline(spec: ExportSpec, variant: str) -> tuple[Any, dict[str, Any] | None]:
-    """``ct.convert``'s pass pipeline for ``variant``: the default one, and for the weight-compressed
-    variants the recipe's compression passes after it, followed by coremltools' cleanup passes (as a
-    compressed program gets when it is converted back). Compressing inside the conversion saves the
-    round trip that ``ct.optimize.coreml.*_weights`` makes through the protobuf, the weight file and
-    the whole default pipeline again (25-30 s of a b1 export)."""
+    """``ct.convert``'s pass pipeline for ``variant``: the default one, or for the weight-compressed
+    variants the recipe's (``CoreMLWeightOnly.conversion_pipeline``), and what the recipe does."""
     import coremltools as ct
 
-    pipeline = ct.PassPipeline.DEFAULT
     if variant not in ("w8", "pal6", "pal4"):
-        return pipeline, None
+        return ct.PassPipeline.DEFAULT, None
     recipe = recipe_for(spec)
     if not isinstance(recipe, CoreMLWeightOnly):
         raise ExportError(f"Core ML weight compression needs a weight-only recipe, got {recipe.name}")
-    passes, info = recipe.graph_passes()
-    for name, options in passes:
-        pipeline.append_pass(name)
-        if options:
-            pipeline.set_options(name, options)
-    for name in ct.PassPipeline.CLEANUP.passes:
-        pipeline.append_pass(name)
-    return pipeline, info
+    return recipe.conversion_pipeline()
 
 
 def _compacted(mlmodel: Any) -> tuple[Any, dict[str, int]]:

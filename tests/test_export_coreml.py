@@ -156,12 +156,15 @@ def test_validating_once_per_pipeline_converts_the_same_program(model: TinySegme
                              convert_to="mlprogram", skip_model_load=True)
         return mlmodel.get_spec().mlProgram
 
-    with validate_once_per_pipeline():
-        once = program()
-    assert once == program()
-    # the checks still run once per pipeline: a program broken by a pass is still caught
     from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipelineManager
     from coremltools.converters.mil.mil.program import Program
+
+    coremltools_own = PassPipelineManager.apply_pipeline
+    with validate_once_per_pipeline():
+        once = program()
+    assert PassPipelineManager.apply_pipeline is coremltools_own  # restored on exit
+    assert once == program()
+    # the checks still run once per pipeline: a program broken by a pass is still caught
 
     calls = []
     original = Program.validate
@@ -172,4 +175,33 @@ def test_validating_once_per_pipeline_converts_the_same_program(model: TinySegme
     finally:
         Program.validate = original
     assert 2 <= len(calls) <= 10  # before and after each of the frontend, default and backend pipelines
-    assert PassPipelineManager.apply_pipeline.__name__ == "apply_pipeline"
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_weight_only_recipe_in_the_conversion_equals_applying_it(model: TinySegmenter, bits: int) -> None:
+    """The exporter compresses inside ``ct.convert`` (``conversion_pipeline``); ``apply`` compresses a
+    converted program. Both give the same ops and the same decompressed weights."""
+    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+
+    from hrvit_mobile.quant.recipes import PAL4_SMALL_TENSORS_INT8, CoreMLWeightOnly
+
+    recipe = (CoreMLWeightOnly(bits=8, mode="linear", weight_threshold=256) if bits == 8 else
+              CoreMLWeightOnly(bits=4, mode="kmeans", small_tensors_int8=PAL4_SMALL_TENSORS_INT8))
+    example = torch.rand(1, 3, *SIZE)
+    ep = torch.export.export(model.eval(), (example,)).run_decompositions({})
+    common = dict(inputs=[ct.TensorType(name="x", shape=example.shape)], convert_to="mlprogram",
+                  minimum_deployment_target=ct.target.iOS17, skip_model_load=True)
+    applied, info = recipe.apply(ct.convert(ep, **common))
+    pipeline, in_info = recipe.conversion_pipeline()
+    converted = ct.convert(ep, pass_pipeline=pipeline, **common)
+    assert info == in_info
+    assert _ops(applied.get_spec()) == _ops(converted.get_spec())
+    assert _ops(converted.get_spec()).get("constexpr_affine_dequantize", 0) > 0
+
+    def weights(mlmodel: object) -> list[bytes]:
+        spec = mlmodel.get_spec()
+        prog = load_milproto(spec, spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+        ops = [op for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_")]
+        return sorted(op.outputs[0].op.materialized_val_inference().tobytes() for op in ops)
+
+    assert weights(applied) == weights(converted)

@@ -77,8 +77,9 @@ class NativeLayerNorm(DelegableLayerNorm):
     """:class:`DelegableLayerNorm`'s arithmetic as one ``F.layer_norm`` call.
 
     For runtimes with a LayerNorm of their own: Core ML turns it into one ``layer_norm`` op where the
-    delegable form costs two linears, four elementwise ops and a stored mean row per norm (on b1, 104
-    norms: 520 ops and about 0.1 MB of a weight-only 8-bit package). Same buffers and parameters, so
+    delegable form costs two linears, four elementwise ops (two more with the affine part) and a stored
+    mean row per norm (b1: 104 ``layer_norm`` ops replace 692 ops; the w8 package 9.00 -> 8.92 MB).
+    Same buffers and parameters, so
     a module switched in place keeps its state dict; the mean row is simply not read.
     """
 
