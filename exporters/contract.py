@@ -628,18 +628,18 @@ def run_build(spec: ExportSpec, variant: str, suffix: str, build: Callable[[Path
     """Time and memory-watch ``build`` in a staging dir, then commit its files and write the sidecar.
 
     Nothing reaches ``spec.out_dir`` unless ``build`` returned: a failure leaves no partial artifact.
-    ``build`` runs with fx code generation deferred and node provenance shared (:mod:`.fx_codegen`):
-    every backend retraces the graph many times, almost never runs the generated code and never edits
-    a node's history in place.
+    ``build`` runs with fx code generation deferred, node provenance shared and graph-signature lookups
+    memoized (:mod:`.fx_codegen`): every backend retraces the graph many times, almost never runs the
+    generated code, never edits a node's history in place and asks the same signature about every node.
     """
-    from .fx_codegen import deferred_graph_codegen, shared_node_provenance
+    from .fx_codegen import deferred_graph_codegen, memoized_signature_lookups, shared_node_provenance
 
     assert spec.name is not None
     _STEP_SECONDS.clear()
     with staging_dir(spec.out_dir, spec.name) as stage:
         with PeakMemory() as mem:
             t0 = time.perf_counter()
-            with deferred_graph_codegen(), shared_node_provenance():
+            with deferred_graph_codegen(), shared_node_provenance(), memoized_signature_lookups():
                 built = build(stage)
             seconds = time.perf_counter() - t0
         final_main = spec.out_dir / f"{spec.name}{suffix}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -336,3 +338,49 @@ def test_bitset_dependency_viewer_holds_the_same_nodes() -> None:
         assert fx_partitioner._DependencyViewer is BitSetDependencyViewer
         assert group_partitioner._DependencyViewer is BitSetDependencyViewer
     assert fx_partitioner._DependencyViewer is fx_viewer.__class__
+
+
+def test_bitset_merge_check_answers_as_the_stock_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For every pair of partitions (single nodes and adjacent pairs of a branching graph) the bit-mask
+    merge check of ``bitset_dependency_viewers`` says what ExecuTorch's own check says."""
+    from executorch.exir.backend.canonical_partitioners.group_partitioner import GroupBasedPartitioner
+    from torch.fx.passes.infra.partitioner import Partition
+    from torch.fx.passes.operator_support import OperatorSupportBase
+
+    from hrvit_mobile.exporters.executorch import bitset_dependency_viewers
+
+    class Ladder(torch.nn.Module):  # paths that skip nodes: merging across one makes a cycle
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.relu(x)
+            b = torch.sigmoid(a)
+            c = torch.tanh(b)
+            d = a + c
+            e = torch.exp(b) * d
+            return e + torch.cos(a)
+
+    class Everything(OperatorSupportBase):
+        def is_node_supported(self, submodules: Any, node: torch.fx.Node) -> bool:
+            return node.op == "call_function"
+
+    gm = torch.export.export(Ladder(), (torch.randn(2, 3),)).graph_module
+    compute = [n for n in gm.graph.nodes if n.op == "call_function"]
+    groups = [[n] for n in compute] + [[a, b] for a, b in itertools.pairwise(compute)]
+    by_id = {i: Partition(id=i, nodes=group) for i, group in enumerate(groups)}
+
+    def answers() -> list[bool]:
+        partitioner = GroupBasedPartitioner(gm, Everything())
+        return [partitioner._can_merge_partitions(p1, p2, by_id) for p1 in by_id for p2 in by_id if p1 != p2]
+
+    stock = answers()
+    with bitset_dependency_viewers():
+        fast = answers()
+    assert fast == stock
+    assert True in stock and False in stock  # both answers exercised
+    # the closures alone decide once the final graph walk accepts everything
+    import torch.fx.passes.utils.fuser_utils as fuser_utils
+
+    monkeypatch.setattr(fuser_utils, "validate_partition", lambda nodes: True)
+    stock_closures = answers()
+    with bitset_dependency_viewers():
+        assert answers() == stock_closures
+    assert False in stock_closures

@@ -86,3 +86,62 @@ def test_exports_are_byte_identical_with_eager_codegen(target: str, tmp_path: Pa
     finally:
         fx_codegen.deferred_graph_codegen = original
     assert len(deferred) > 1000 and deferred == eager
+
+
+class _ConvWithBuffer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.register_buffer("offset", torch.ones(1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.conv(x) + self.offset
+
+
+def test_memoized_signature_lookups_follow_every_edit_of_the_signature() -> None:
+    """Repeated lookups come from the cache; after appending a spec, assigning a field of a spec or of its
+    argument, putting a new spec in place of one or replacing the list, every lookup equals what the
+    stock property computes from the edited signature."""
+    from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec, TensorArgument
+
+    from hrvit_mobile.exporters.fx_codegen import SIGNATURE_LOOKUPS, memoized_signature_lookups
+
+    sig = torch.export.export(_ConvWithBuffer().eval(), (torch.randn(1, 3, 8, 8),)).graph_signature
+    stock = {name: ExportGraphSignature.__dict__[name].fget for name in SIGNATURE_LOOKUPS}
+
+    def lookups() -> list:
+        return [getattr(sig, name) for name in SIGNATURE_LOOKUPS]
+
+    def expected() -> list:
+        return [stock[name](sig) for name in SIGNATURE_LOOKUPS]
+
+    with memoized_signature_lookups() as counts:
+        first = lookups()
+        for _ in range(5):
+            assert lookups() == first
+        assert counts == {"hits": 15, "misses": 3}
+        assert dict(first[0]) == {"p_conv_weight": "conv.weight", "p_conv_bias": "conv.bias"}
+        assert dict(first[1]) == {"b_offset": "offset"}
+
+        sig.input_specs.append(  # a new spec appended
+            InputSpec(kind=InputKind.CONSTANT_TENSOR, arg=TensorArgument(name="c_scale"), target="scale")
+        )
+        assert lookups() == expected() and dict(sig.inputs_to_lifted_tensor_constants) == {"c_scale": "scale"}
+        sig.input_specs[0].arg.name = "p_renamed"  # an argument renamed in place: same list and length
+        assert lookups() == expected() and "p_renamed" in sig.inputs_to_parameters
+        sig.input_specs[2].kind = InputKind.PARAMETER  # a spec's kind changed in place
+        assert lookups() == expected() and not sig.inputs_to_buffers
+        sig.input_specs[2] = InputSpec(
+            kind=InputKind.BUFFER, arg=TensorArgument(name="b_new"), target="new", persistent=True
+        )
+        assert lookups() == expected() and dict(sig.inputs_to_buffers) == {"b_new": "new"}
+        sig.input_specs = sig.input_specs[:1]  # the list replaced
+        assert lookups() == expected() and dict(sig.inputs_to_parameters) == {"p_renamed": "conv.weight"}
+        with memoized_signature_lookups():  # nested: a no-op
+            assert lookups() == expected()
+        hits = counts["hits"]
+        lookups()
+        assert counts["hits"] == hits + 3  # unedited since: cached again
+    # restored on exit: the stock properties, and the dataclasses' own setattr
+    assert {name: ExportGraphSignature.__dict__[name].fget for name in SIGNATURE_LOOKUPS} == stock
+    assert all("__setattr__" not in cls.__dict__ for cls in (InputSpec, TensorArgument, ExportGraphSignature))
