@@ -691,12 +691,45 @@ def register_scalar_zero_points() -> str:
     return SCALAR_ZERO_POINTS_PASS
 
 
+# how LiteRTPostTraining's static int8 gathers statistics (see its docstring)
+LITERT_CALIBRATION_MODES = ("profiler", "preserve_all_tensors")
+
+
+def _statistics_in_tensor_rank(statistics: dict[str, Any], float_model: bytes) -> dict[str, Any]:
+    """Profiler statistics shaped as the preserve-all calibration shapes them: a per-tensor min/max of
+    shape ``(1,) * rank`` (the profiler returns shape ``(1,)``, which the quantizer's concatenation
+    handling turns into scales of the wrong rank: "Ranks of scales (5) ... tensor rank (4)")."""
+    import numpy as np
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    ranks: dict[str, int] = {}
+    for subgraph in tfl_flatbuffer_utils.read_model(float_model).subgraphs:
+        for tensor in subgraph.tensors:
+            ranks[tfl_flatbuffer_utils.get_tensor_name(tensor)] = len(tensor.shape)
+    out: dict[str, Any] = {}
+    for name, qsv in statistics.items():
+        shape = (1,) * ranks[name] if name in ranks else None
+        out[name] = {
+            key: np.reshape(value, shape) if shape is not None and np.size(value) == 1 else value
+            for key, value in qsv.items()
+        }
+    return out
+
+
 @dataclass
 class LiteRTPostTraining(PostConversionRecipe):
     """``ai_edge_quantizer`` on the float .tflite: it quantizes exactly the ops the runtime will run.
 
     ``variant``: ``fp16`` (fp16 weights), ``int8dr`` (dynamic-range int8), ``int8`` (static int8 with the
     graph's input/output kept float32, so the app feeds the float image and reads float logits).
+
+    ``calibration`` (static int8 only) picks how ``ai_edge_quantizer`` gathers each tensor's min/max:
+    ``"profiler"`` (``CALIBRATION_PROFILER_BASED``: the interpreter runs with XNNPACK and records the
+    statistics in C++) or ``"preserve_all_tensors"`` (the library's default: XNNPACK off, every
+    intermediate tensor kept and read into Python). On b1 at 512x512 over 4 samples the profiler took
+    1.9 s against 9.8 s, gave statistics for the same 2,852 tensors, and they differed by at most
+    2.3e-7 relative (the two runs use different float kernels); the preserve-all mode also holds the
+    interpreter's 2.5 GB of intermediate tensors (b1).
     """
 
     name: str = "litert_post_training"
@@ -704,11 +737,17 @@ class LiteRTPostTraining(PostConversionRecipe):
     variant: str = "int8"
     signature: str = "serving_default"
     input_name: str = "image"
+    calibration: str = "profiler"
 
     def __post_init__(self) -> None:
         if self.variant not in ("fp16", "int8dr", "int8"):
             raise QuantRecipeError(
                 f"LiteRT post-training variant {self.variant!r}; allowed: fp16, int8dr, int8"
+            )
+        if self.calibration not in LITERT_CALIBRATION_MODES:
+            raise QuantRecipeError(
+                f"LiteRT calibration mode {self.calibration!r}; "
+                f"allowed: {', '.join(LITERT_CALIBRATION_MODES)}"
             )
 
     @property
@@ -750,11 +789,32 @@ class LiteRTPostTraining(PostConversionRecipe):
             }
         calibration = None
         if q.need_calibration:
-            data = {self.signature: [{self.input_name: x.numpy()} for x in calib]}
-            calibration = q.calibrate(data, num_threads=os.cpu_count() or 1)
+            calibration = self.calibrate(q, float_model, calib)
+            info["calibration_mode"] = self.calibration
         result = q.quantize(calibration, enable_progress_report=False)
         info["recipe"] = self.name
         return bytes(result.quantized_model), info
+
+    def calibrate(self, q: Any, float_model: bytes, calib: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """The per-tensor statistics of ``calib`` through ``float_model`` (``q``: an ``ai_edge_quantizer``
+        ``Quantizer`` of it with this recipe loaded), gathered in this recipe's ``calibration`` mode."""
+        from ai_edge_quantizer.calibrator import CalibrationMode
+
+        mode = {
+            "profiler": CalibrationMode.CALIBRATION_PROFILER_BASED,
+            "preserve_all_tensors": CalibrationMode.CALIBRATION_PRESERVE_ALL_TENSORS,
+        }[self.calibration]
+        data = {self.signature: [{self.input_name: x.numpy()} for x in calib]}
+        statistics = q.calibrate(data, num_threads=os.cpu_count() or 1, mode=mode)
+        if self.calibration == "profiler":
+            statistics = _statistics_in_tensor_rank(statistics, float_model)
+        return statistics
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.needs_calibration:
+            out["calibration_mode"] = self.calibration
+        return out
 
 
 @dataclass

@@ -243,7 +243,7 @@ def test_calibration_on_views_changes_no_statistic(tmp_path: Path) -> None:
     float_model = litert_torch.convert(_NamedIO(wide).eval(), sample_kwargs={INPUT_NAME: calib[0]})
     float_model.export(str(tmp_path / "float.tflite"))
     data = (tmp_path / "float.tflite").read_bytes()
-    recipe = LiteRTPostTraining(variant="int8")
+    recipe = LiteRTPostTraining(variant="int8", calibration="preserve_all_tensors")  # the mode reading them
     copied, _ = recipe.apply(data, calib)
     with calibration_reads_views():
         viewed, _ = recipe.apply(data, calib)
@@ -373,3 +373,49 @@ def test_int32_aranges_in_place_change_no_byte(
         retraced, details = tflite("retraced")
     assert details["aranges_int32_in_place"] == 0
     assert in_place == retraced
+
+
+def test_profiler_calibration_gathers_the_statistics_of_the_preserve_all_mode(tmp_path: Path) -> None:
+    """The default (profiler) calibration records min/max for the same tensors as ai_edge_quantizer's
+    preserve-all-tensors mode, equal up to float rounding (XNNPACK vs builtin kernels), and the
+    quantized file says which mode ran."""
+    import litert_torch
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    from hrvit_mobile.exporters.litert import INPUT_NAME, _NamedIO
+    from hrvit_mobile.quant.recipes import LiteRTPostTraining, QuantRecipeError
+
+    torch.manual_seed(0)
+    # a softmax inside: the op whose output range a calibration rule could pin
+    net = torch.nn.Sequential(
+        TinySegmenter(num_classes=5, channels=32), torch.nn.Softmax(dim=1), torch.nn.Conv2d(5, 5, 1)
+    ).eval()
+    calib = [torch.from_numpy(x[None]) for x in _normalized(3)]
+    float_model = litert_torch.convert(_NamedIO(net).eval(), sample_kwargs={INPUT_NAME: calib[0]})
+    float_model.export(str(tmp_path / "float.tflite"))
+    data = (tmp_path / "float.tflite").read_bytes()
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert "SOFTMAX" in {op["op_name"] for op in Interpreter(model_content=data)._get_ops_details()}
+
+    def statistics(mode: str) -> dict:
+        q = quantizer.Quantizer(bytearray(data))
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        q.update_quantization_recipe(
+            regex=".*", operation_name=qtyping.TFLOperationName.INPUT, algorithm_key=AlgorithmName.NO_QUANTIZE
+        )
+        return LiteRTPostTraining(variant="int8", calibration=mode).calibrate(q, data, calib)
+
+    profiled, preserved = statistics("profiler"), statistics("preserve_all_tensors")
+    assert set(profiled) == set(preserved) and len(profiled) > 10
+    for name, qsv in preserved.items():
+        assert set(profiled[name]) == set(qsv)
+        for key in ("min", "max"):
+            assert np.shape(profiled[name][key]) == np.shape(qsv[key]), name  # (1,) * the tensor's rank
+            np.testing.assert_allclose(profiled[name][key], qsv[key], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not all(np.ravel(q["max"])[0] == np.ravel(q["min"])[0] for q in preserved.values())
+    quantized, info = LiteRTPostTraining(variant="int8").apply(data, calib)
+    assert info["calibration_mode"] == "profiler" and len(quantized) < 0.6 * len(data)
+    with pytest.raises(QuantRecipeError, match="allowed: profiler, preserve_all_tensors"):
+        LiteRTPostTraining(variant="int8", calibration="histogram")
