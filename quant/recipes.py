@@ -124,12 +124,15 @@ class PT2ERecipe(QuantRecipe):
     def calibrate(
         self, prepared: torch.fx.GraphModule, batches: Iterable[torch.Tensor], progress: bool = True
     ) -> torch.fx.GraphModule:
-        """Run ``batches`` (normalized (1, 3, H, W)) through the observers."""
+        """Run ``batches`` (normalized (1, 3, H, W)) through the observers (fake-quant modules, where the
+        quantizer inserts those, fake-quantize with :func:`fast_fake_quantize`: the same bits)."""
         from tqdm import tqdm
 
         batches = list(batches)
-        for x in tqdm(batches, desc=f"[{self.target}] calibrate", disable=not progress or None, leave=False):
-            prepared(x)
+        desc = f"[{self.target}] calibrate"
+        with fast_fake_quantize():
+            for x in tqdm(batches, desc=desc, disable=not progress or None, leave=False):
+                prepared(x)
         return prepared
 
     def convert(self, prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -463,6 +466,64 @@ def deferred_annotation_recompile(quantizer_cls: type) -> Iterator[None]:
         yield
     finally:
         quantizer_cls.annotate = original  # type: ignore[attr-defined]
+
+
+def fake_quantize_per_tensor(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int
+) -> torch.Tensor:
+    """``torch.fake_quantize_per_tensor_affine`` of a float32 tensor, bit for bit, in a new tensor.
+
+    The ATen kernel computes ``(clamp(zp + nearbyint(x * (1.0f / scale))) - zp) * scale`` element by
+    element (a NaN clamps to ``quant_min``); here the same float32 operations run as whole-tensor
+    in-place passes (``round`` is round-half-to-even like ``nearbyint``; adding the zero point, also 0,
+    turns a rounded -0.0 into +0.0 as the kernel's integer step does). About 6x faster on a 4M-element
+    activation on this host; tests compare the bits, ties, signed zeros, infinities and NaN included.
+    """
+    scale = scale.reshape(()).to(torch.float32)
+    inv_scale = torch.ones((), dtype=torch.float32) / scale
+    zp = int(zero_point.reshape(()).item())
+    q = torch.mul(x, inv_scale).round_().add_(zp)
+    q.clamp_(quant_min, quant_max).nan_to_num_(nan=float(quant_min))
+    if zp:
+        q.sub_(zp)
+    return q.mul_(scale)
+
+
+@contextlib.contextmanager
+def fast_fake_quantize() -> Iterator[None]:
+    """Within the block, torchao's ``FakeQuantize`` fake-quantizes per-tensor float32 activations that need
+    no gradient with :func:`fake_quantize_per_tensor` (same bits; observing is unchanged).
+
+    ``CoreMLQuantizer`` puts a fake-quant module on every activation even for PTQ, and their
+    ``fake_quantize_per_tensor_affine`` was 39 % of the b1 W8A8 quantize step (py-spy). Per-channel
+    (weights), other dtypes and anything autograd needs (QAT training) take the stock path.
+    """
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+
+    original = FakeQuantize.__dict__["forward"]
+
+    def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.is_per_channel
+            or self.fake_quant_enabled[0] != 1
+            or x.dtype != torch.float32
+            or self.scale.numel() != 1
+            or (torch.is_grad_enabled() and x.requires_grad)
+        ):
+            return original(self, x)
+        self.fake_quant_enabled[0] = 0
+        try:
+            original(self, x)  # observes and updates scale and zero point; returns x as it is
+        finally:
+            self.fake_quant_enabled[0] = 1
+        post = self.activation_post_process
+        return fake_quantize_per_tensor(x, self.scale, self.zero_point, post.quant_min, post.quant_max)
+
+    FakeQuantize.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FakeQuantize.forward = original  # type: ignore[method-assign]
 
 
 def _idempotent_observer_types() -> tuple[type, ...]:

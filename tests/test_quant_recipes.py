@@ -137,12 +137,34 @@ def test_keep_float_auto_meets_a_target_full_int8_misses(broken) -> None:
 
 class _UnpatchedCoreMLW8A8(CoreMLW8A8):
     """CoreMLW8A8 as torchao/ExecuTorch run it: annotation recompiling the model per pattern, every
-    fake-quant module observing every batch (only the model-independent pattern cache is kept)."""
+    fake-quant module observing every batch and fake-quantizing with the ATen kernel (only the
+    model-independent pattern cache is kept)."""
 
     def _annotation_context(self):
         return fast_pattern_capture(self.pattern_utils)
 
-    calibrate = PT2ERecipe.calibrate
+    @torch.no_grad()
+    def calibrate(self, prepared, batches, progress=True):
+        for x in batches:
+            prepared(x)
+        return prepared
+
+
+def test_fast_fake_quantize_gives_the_kernels_bits() -> None:
+    """fake_quantize_per_tensor equals torch.fake_quantize_per_tensor_affine bit for bit: ties, signed
+    zeros, infinities, NaN and out-of-range values, for int8 and uint8 ranges and several zero points."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 64, 64, generator=g) * 3
+    for zero_point, quant_min, quant_max in ((0, -128, 127), (128, 0, 255), (-5, -128, 127)):
+        for s in (0.05, 0.0123, 1.7, 3e-4):
+            y = x.clone().view(-1)
+            y[:4000] = (torch.randint(-300, 300, (4000,), generator=g).float() + 0.5) * s  # exact ties
+            y[4000:4010] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"),
+                                         1e30, -1e30, -1e-30, 1e-30, -0.4 * s])
+            scale, zp = torch.tensor([s]), torch.tensor([zero_point], dtype=torch.int32)
+            stock = torch.fake_quantize_per_tensor_affine(y, scale, zp, quant_min, quant_max)
+            fast = recipes.fake_quantize_per_tensor(y, scale, zp, quant_min, quant_max)
+            assert torch.equal(stock.view(torch.int32), fast.view(torch.int32)), (zero_point, s)
 
 
 def _coreml_w8a8_both_ways(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, tuple]:
