@@ -752,8 +752,12 @@ def register_scalar_zero_points() -> str:
     return SCALAR_ZERO_POINTS_PASS
 
 
-# how LiteRTPostTraining's static int8 gathers statistics (see its docstring)
-LITERT_CALIBRATION_MODES = ("profiler", "preserve_all_tensors")
+# how LiteRTPostTraining's static int8 gathers statistics (see its docstring): name -> the member of
+# ai_edge_quantizer's CalibrationMode it selects
+LITERT_CALIBRATION_MODES = {
+    "profiler": "CALIBRATION_PROFILER_BASED",
+    "preserve_all_tensors": "CALIBRATION_PRESERVE_ALL_TENSORS",
+}
 
 
 def _statistics_in_tensor_rank(statistics: dict[str, Any], float_model: bytes) -> dict[str, Any]:
@@ -861,10 +865,7 @@ class LiteRTPostTraining(PostConversionRecipe):
         ``Quantizer`` of it with this recipe loaded), gathered in this recipe's ``calibration`` mode."""
         from ai_edge_quantizer.calibrator import CalibrationMode
 
-        mode = {
-            "profiler": CalibrationMode.CALIBRATION_PROFILER_BASED,
-            "preserve_all_tensors": CalibrationMode.CALIBRATION_PRESERVE_ALL_TENSORS,
-        }[self.calibration]
+        mode = getattr(CalibrationMode, LITERT_CALIBRATION_MODES[self.calibration])
         data = {self.signature: [{self.input_name: x.numpy()} for x in calib]}
         statistics = q.calibrate(data, num_threads=os.cpu_count() or 1, mode=mode)
         if self.calibration == "profiler":
