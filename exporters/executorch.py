@@ -80,6 +80,36 @@ def _has_conv1d(ep: Any) -> bool:
     return False
 
 
+def op_name(target: Any) -> str:
+    """``aten::upsample_bilinear2d.vec`` for aten and edge-dialect ops; ``str`` of anything else."""
+    name = getattr(target, "name", None)
+    return name() if callable(name) else str(target)
+
+
+# The op names of ConvertToUpsampleBilinear2d's pattern graphs, per ExecuTorch release whose patterns
+# were read. Building them (four small graphs exported and lowered to edge) took 2-3 s of every
+# ExecuTorch export; other releases build them. tests/test_export_executorch.py checks the entry of
+# the installed release against the graphs.
+BILINEAR_PATTERN_OPS: dict[str, tuple[frozenset[str], ...]] = {
+    "1.5.1": (frozenset({"aten::upsample_bilinear2d.vec"}),) * 4,
+}
+
+
+def bilinear_pattern_ops() -> tuple[frozenset[str], ...]:
+    """The op names of each of ConvertToUpsampleBilinear2d's pattern graphs."""
+    from executorch import version
+
+    known = BILINEAR_PATTERN_OPS.get(version.__version__.split("+")[0])
+    if known is not None:
+        return known
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d
+
+    return tuple(
+        frozenset(op_name(n.target) for n in pattern.graph.nodes if n.op == "call_function")
+        for pattern in bilinear_2d.get_graphs_dict()
+    )
+
+
 def _bilinear_patterns_rewrite(ep: Any) -> bool:
     """Whether ConvertToUpsampleBilinear2d could rewrite anything in ``ep``.
 
@@ -88,14 +118,11 @@ def _bilinear_patterns_rewrite(ep: Any) -> bool:
     upsample_bilinear2d whole for XNNPACK, so the patterns are that single node: every match is one,
     and the pass only retraces. It applies where a pattern holds other ops, all present in ``ep``.
     """
-    from executorch.backends.xnnpack.partition.graphs import bilinear_2d
-
-    present = _targets(ep)
-    for pattern in bilinear_2d.get_graphs_dict():
-        ops = {str(n.target) for n in pattern.graph.nodes if n.op == "call_function"}
-        if any("upsample_bilinear2d" not in op for op in ops) and ops <= present:
-            return True
-    return False
+    present = {op_name(n.target) for n in ep.graph_module.graph.nodes if n.op == "call_function"}
+    return any(
+        any("upsample_bilinear2d" not in op for op in ops) and ops <= present
+        for ops in bilinear_pattern_ops()
+    )
 
 
 # XNNPACK preprocessing passes that rewrite only nodes of a given kind, with the test for whether the
@@ -304,15 +331,58 @@ def bitset_dependency_viewers() -> Iterator[None]:
 
 
 @contextmanager
+def unrendered_partition_logs() -> Iterator[None]:
+    """Keep ExecuTorch from generating a whole graph's code for debug messages that are dropped.
+
+    ``_create_partitions_in_graph_module`` formats ``logging.debug(f"Partitioned graph module: {gm}")``
+    once per delegate partition, before ``logging`` decides to drop it, and ``str`` of a GraphModule
+    generates the Python code of the whole graph (under deferred code generation the only thing left
+    that forced it there). The b1 fp16 graph has ~50 partitions: ~3 s of its export (py-spy). While
+    that function runs with the root logger below DEBUG, ``str`` of the graph module it partitions
+    is a short placeholder, set on the module's own class (every GraphModule has one); with debug
+    logging on, the messages are rendered as before. The .pte is unaffected (byte-identity tests).
+    """
+    import logging
+
+    from executorch.exir.backend import backend_api
+
+    original = backend_api._create_partitions_in_graph_module
+
+    def placeholder(self: torch.fx.GraphModule) -> str:
+        return f"<GraphModule of {len(self.graph.nodes)} nodes, code not rendered: debug logging is off>"
+
+    def create_partitions(tagged_graph_module: torch.fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        own_class = type(tagged_graph_module)
+        if (
+            logging.getLogger().isEnabledFor(logging.DEBUG)
+            or own_class is torch.fx.GraphModule
+            or "__str__" in own_class.__dict__
+        ):
+            return original(tagged_graph_module, *args, **kwargs)
+        own_class.__str__ = placeholder  # type: ignore[method-assign]
+        try:
+            return original(tagged_graph_module, *args, **kwargs)
+        finally:
+            del own_class.__str__
+
+    backend_api._create_partitions_in_graph_module = create_partitions
+    try:
+        yield
+    finally:
+        backend_api._create_partitions_in_graph_module = original
+
+
+@contextmanager
 def lowering_shortcuts() -> Iterator[Counter[str]]:
     """This module's lowering shortcuts together (each leaves the .pte byte-identical): shared node
-    provenance, memoized graph-signature lookups, bit-set dependency closures, inapplicable XNNPACK
-    passes skipped (yields their names). Pair with :func:`xnnpack_partitioner`; code generation is
-    deferred by ``run_build`` for every target."""
+    provenance, memoized graph-signature lookups, bit-set dependency closures, unrendered debug
+    messages, inapplicable XNNPACK passes skipped (yields their names). Pair with
+    :func:`xnnpack_partitioner`; code generation is deferred by ``run_build`` for every target."""
     with (
         shared_node_provenance(),
         memoized_signature_lookups(),
         bitset_dependency_viewers(),
+        unrendered_partition_logs(),
         applicable_xnnpack_passes() as skipped,
     ):
         yield skipped

@@ -384,3 +384,62 @@ def test_bitset_merge_check_answers_as_the_stock_one(monkeypatch: pytest.MonkeyP
     with bitset_dependency_viewers():
         assert answers() == stock_closures
     assert False in stock_closures
+
+
+def test_known_bilinear_pattern_ops_are_the_pattern_graphs() -> None:
+    """The listed op names for the installed ExecuTorch are what its pattern graphs hold."""
+    from executorch import version
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d
+
+    from hrvit_mobile.exporters.executorch import BILINEAR_PATTERN_OPS, bilinear_pattern_ops, op_name
+
+    built = tuple(
+        frozenset(op_name(n.target) for n in pattern.graph.nodes if n.op == "call_function")
+        for pattern in bilinear_2d.get_graphs_dict()
+    )
+    assert version.__version__.split("+")[0] in BILINEAR_PATTERN_OPS  # the pinned release is listed
+    assert bilinear_pattern_ops() == built
+
+
+class _GeluBetweenConvs(torch.nn.Module):
+    """In half precision XNNPACK takes the convs but not GELU: one delegate partition per conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(4 if i else 3, 4, 3, padding=1) for i in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = torch.nn.functional.gelu(conv(x))
+        return x
+
+
+def test_partition_logs_are_not_rendered_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several partitions the .pte is byte-identical to the stock lowering's; inside the partition
+    step ``str`` of the graph module is a placeholder while debug logging is off (its code is never
+    generated for a dropped message) and the real code with debug logging on; outside it, unchanged."""
+    import logging
+
+    from executorch.exir.backend import backend_api
+
+    from hrvit_mobile.exporters.executorch import _Float16Graph, unrendered_partition_logs
+
+    model = _Float16Graph(_GeluBetweenConvs())
+    assert _lower(model, (16, 16), skip=True)[0] == _lower(model, (16, 16), skip=False)[0]
+
+    # what the partition step would see when it formats its debug message
+    monkeypatch.setattr(backend_api, "_create_partitions_in_graph_module", lambda gm, *args: str(gm))
+    gm = torch.export.export(model, (torch.randn(1, 3, 16, 16),)).graph_module
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with unrendered_partition_logs():
+            root.setLevel(logging.WARNING)  # setLevel, which clears the loggers' isEnabledFor caches
+            quiet = backend_api._create_partitions_in_graph_module(gm, None, None, False)
+            root.setLevel(logging.DEBUG)
+            loud = backend_api._create_partitions_in_graph_module(gm, None, None, False)
+    finally:
+        root.setLevel(level)
+    assert "code not rendered" in quiet and "def forward" not in quiet
+    assert "def forward" in loud
+    assert "def forward" in str(gm)  # the module's own class is left as it was
