@@ -37,7 +37,7 @@ from .contract import (
     run_build,
     step,
 )
-from .fx_codegen import memoized_signature_lookups, shared_node_provenance
+from .fx_codegen import legalize_graph_moving_nodes, memoized_signature_lookups, shared_node_provenance
 from .quantize import quantize_pt2e, recipe_for
 from .support import conversion_inputs
 
@@ -373,16 +373,34 @@ def unrendered_partition_logs() -> Iterator[None]:
 
 
 @contextmanager
+def moving_node_legalization() -> Iterator[None]:
+    """ExecuTorch re-sorts the whole graph after cutting out each delegate partition with torch's
+    ``legalize_graph``, which copies every node; within the block it uses
+    :func:`~hrvit_mobile.exporters.fx_codegen.legalize_graph_moving_nodes` (the same graph, nodes
+    moved instead of copied)."""
+    from executorch.exir import lowered_backend_module
+
+    original = lowered_backend_module.legalize_graph
+    lowered_backend_module.legalize_graph = legalize_graph_moving_nodes
+    try:
+        yield
+    finally:
+        lowered_backend_module.legalize_graph = original
+
+
+@contextmanager
 def lowering_shortcuts() -> Iterator[Counter[str]]:
     """This module's lowering shortcuts together (each leaves the .pte byte-identical): shared node
     provenance, memoized graph-signature lookups, bit-set dependency closures, unrendered debug
-    messages, inapplicable XNNPACK passes skipped (yields their names). Pair with
-    :func:`xnnpack_partitioner`; code generation is deferred by ``run_build`` for every target."""
+    messages, nodes moved rather than copied when re-sorting, inapplicable XNNPACK passes skipped
+    (yields their names). Pair with :func:`xnnpack_partitioner`; code generation is deferred by
+    ``run_build`` for every target."""
     with (
         shared_node_provenance(),
         memoized_signature_lookups(),
         bitset_dependency_viewers(),
         unrendered_partition_logs(),
+        moving_node_legalization(),
         applicable_xnnpack_passes() as skipped,
     ):
         yield skipped

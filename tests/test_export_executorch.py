@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -414,22 +415,41 @@ class _GeluBetweenConvs(torch.nn.Module):
         return x
 
 
-def test_partition_logs_are_not_rendered_and_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With several partitions the .pte is byte-identical to the stock lowering's; inside the partition
-    step ``str`` of the graph module is a placeholder while debug logging is off (its code is never
-    generated for a dropped message) and the real code with debug logging on; outside it, unchanged."""
+def test_partition_shortcuts_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several partitions the .pte is byte-identical to the stock lowering's, the graph re-sorted
+    after each partition by moving its nodes (no fallback to torch's copying sort)."""
+    import torch.fx.passes.tools_common as tools_common
+
+    from hrvit_mobile.exporters import executorch as et_exporter
+    from hrvit_mobile.exporters.executorch import _Float16Graph
+
+    calls: Counter[str] = Counter()
+
+    def counted(name: str, real: Any) -> Any:
+        return lambda gm: calls.update([name]) or real(gm)
+
+    monkeypatch.setattr(tools_common, "legalize_graph", counted("copying", tools_common.legalize_graph))
+    moving = counted("moving", et_exporter.legalize_graph_moving_nodes)
+    monkeypatch.setattr(et_exporter, "legalize_graph_moving_nodes", moving)
+    model = _Float16Graph(_GeluBetweenConvs())
+    shortcut = _lower(model, (16, 16), skip=True)[0]
+    assert calls == {"moving": 4}  # one re-sort per partition
+    assert shortcut == _lower(model, (16, 16), skip=False)[0]
+
+
+def test_partition_debug_messages_rendered_only_with_debug_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the partition step ``str`` of the graph module is a placeholder while debug logging is off
+    (its code is never generated for a dropped message) and the real code with debug logging on;
+    outside it, unchanged."""
     import logging
 
     from executorch.exir.backend import backend_api
 
     from hrvit_mobile.exporters.executorch import _Float16Graph, unrendered_partition_logs
 
-    model = _Float16Graph(_GeluBetweenConvs())
-    assert _lower(model, (16, 16), skip=True)[0] == _lower(model, (16, 16), skip=False)[0]
-
     # what the partition step would see when it formats its debug message
     monkeypatch.setattr(backend_api, "_create_partitions_in_graph_module", lambda gm, *args: str(gm))
-    gm = torch.export.export(model, (torch.randn(1, 3, 16, 16),)).graph_module
+    gm = torch.export.export(_Float16Graph(_GeluBetweenConvs()), (torch.randn(1, 3, 16, 16),)).graph_module
     root = logging.getLogger()
     level = root.level
     try:

@@ -6,6 +6,7 @@ import contextlib
 import operator
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -145,3 +146,101 @@ def test_memoized_signature_lookups_follow_every_edit_of_the_signature() -> None
     # restored on exit: the stock properties, and the dataclasses' own setattr
     assert {name: ExportGraphSignature.__dict__[name].fget for name in SIGNATURE_LOOKUPS} == stock
     assert all("__setattr__" not in cls.__dict__ for cls in (InputSpec, TensorArgument, ExportGraphSignature))
+
+
+def _messy_graph_module() -> torch.fx.GraphModule:
+    """A graph out of topological order, with users dicts in edit order rather than graph order,
+    renamed-on-collision names, prioritized ops (scalar_tensor, operator.add) and kwargs inputs. Built
+    the same way on every call, so two calls give graphs with the same history."""
+
+    class Net(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            a = torch.relu(x)
+            b = torch.sigmoid(a) + y
+            c = torch.tanh(a)
+            return torch.cat([b, c], dim=1) * 2
+
+    gm = torch.fx.symbolic_trace(Net())
+    graph = gm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    # a node that reads `cat` placed before it, and a chain of edits that reorders users dicts
+    with graph.inserting_before(nodes["relu"]):
+        early = graph.call_function(torch.add, (nodes["cat"], nodes["cat"]), {"alpha": 1})
+        scalar = graph.call_function(torch.ops.aten.scalar_tensor.default, (3.0,))
+        plus = graph.call_function(operator.add, (1, 2))
+        # x's users in edit order: relu, first, relu_1; sorted, `first` (which waits for tanh) is last
+        first = graph.call_function(torch.sub, (nodes["tanh"], nodes["x"]))
+        relu = graph.call_function(torch.relu, (nodes["x"],))  # named relu_1 (collision)
+    nodes["tanh"].replace_input_with(nodes["relu"], relu)
+    nodes["mul"].args = (nodes["mul"].args[0], early)
+    with graph.inserting_after(nodes["y"]):
+        late = graph.call_function(torch.mul, (scalar, plus))
+    nodes["sigmoid"].kwargs = {}
+    nodes["add"].args = (nodes["sigmoid"], late)
+    nodes["output"].args = ((nodes["mul"], first),)
+    gm.recompile()
+    return gm
+
+
+def _fx_state(gm: torch.fx.GraphModule) -> dict[str, Any]:
+    graph = gm.graph
+    ns = graph._graph_namespace
+    return {
+        "nodes": [
+            (n.name, n.op, str(n.target), str(n.args), str(n.kwargs), n.type, n._sort_key, n._erased,
+             [u.name for u in n.users], [i.name for i in n._input_nodes], list(n.meta.items()))
+            for n in graph.nodes
+        ],
+        "namespace": (sorted(ns._used_names), list(ns._base_count.items()),
+                      [(getattr(k, "name", k), v) for k, v in ns._obj_to_name.items()]),
+        "table": [(str(k), [n.name for n in v]) for k, v in graph._find_nodes_lookup_table.table.items()],
+        "graph": (graph._len, graph._tracer_cls, graph._tracer_extras, graph._co_fields,
+                  type(graph._codegen)),
+        "code": gm.code,
+    }  # fmt: skip
+
+
+def test_legalize_moving_nodes_leaves_the_state_a_copy_would() -> None:
+    """Order, names, users, inputs, sort keys, metadata, namespace, find-nodes table and code: the same
+    as torch's legalize_graph gives, and nodes made afterwards get the same names."""
+    from torch.fx.passes.tools_common import legalize_graph
+
+    from hrvit_mobile.exporters.fx_codegen import legalize_graph_moving_nodes
+
+    stock, moved = _messy_graph_module(), _messy_graph_module()
+    assert _fx_state(stock) == _fx_state(moved)
+    before = [n.name for n in moved.graph.nodes]
+    legalize_graph(stock)
+    kept = list(moved.graph.nodes)
+    metas = {n: n.meta for n in kept}
+    legalize_graph_moving_nodes(moved)
+    assert _fx_state(moved) == _fx_state(stock)
+    assert [n.name for n in moved.graph.nodes] != before  # it did reorder
+    x_users = [u.name for u in next(n for n in moved.graph.nodes if n.name == "x").users]
+    assert x_users == ["relu", "relu_1", "sub"]  # rebuilt in the new order (edit order: relu, sub, relu_1)
+    assert set(moved.graph.nodes) == set(kept)  # the same node objects, moved
+    assert not any(n.meta is metas[n] for n in kept)  # each with a copy of its meta, as a copy has
+    for gm in (stock, moved):
+        relu = next(n for n in gm.graph.nodes if n.name == "relu")
+        with gm.graph.inserting_after(relu):
+            gm.graph.call_function(torch.relu, (relu,))
+        gm.recompile()
+    assert _fx_state(moved) == _fx_state(stock)
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    torch.testing.assert_close(moved(x, y), stock(x, y))
+
+
+def test_legalize_moving_nodes_falls_back_where_a_copy_differs() -> None:
+    """A custom node repr (which a copy drops) or a cycle: torch's function runs (new nodes; its error)."""
+    from hrvit_mobile.exporters.fx_codegen import legalize_graph_moving_nodes
+
+    gm = _messy_graph_module()
+    kept = list(gm.graph.nodes)
+    kept[1]._repr_fn = lambda node: "custom"
+    legalize_graph_moving_nodes(gm)
+    assert not set(gm.graph.nodes) & set(kept)  # copied, as the stock function does
+    gm = _messy_graph_module()
+    relu = next(n for n in gm.graph.nodes if n.name == "relu")
+    relu.args = (next(n for n in gm.graph.nodes if n.name == "add"),)  # relu -> sigmoid -> add -> relu
+    with pytest.raises(RuntimeError, match="cycles"):
+        legalize_graph_moving_nodes(gm)
