@@ -125,6 +125,20 @@ def _bilinear_patterns_rewrite(ep: Any) -> bool:
     )
 
 
+def _has_custom_meta_to_propagate(ep: Any) -> bool:
+    """PropagateCustomMetaPass copies ``meta["custom"]`` from a node to the quantize/dequantize nodes
+    reading it: it has something to do only where such a pair exists."""
+    from executorch.backends.xnnpack.utils.quant_utils import is_dequant, is_quant
+
+    return any(
+        (is_quant(n) or is_dequant(n))
+        and n.args
+        and isinstance(n.args[0], torch.fx.Node)
+        and "custom" in n.args[0].meta
+        for n in ep.graph_module.graph.nodes
+    )
+
+
 # XNNPACK preprocessing passes that rewrite only nodes of a given kind, with the test for whether the
 # graph holds any. Each pass, even one with nothing to do, costs a full retrace + verification of the
 # graph (about 1/17 of XNNPACK preprocessing for the ~4,000-node b1 deploy graph).
@@ -139,6 +153,9 @@ _PASS_APPLIES: dict[str, Callable[[Any], bool]] = {
     "RemoveGetItemPass": _has("getitem"),
     "XNNPACKRemoveCloneOpsTransform": _has("clone"),
     "DimOrderOpsRevertPass": _has("dim_order"),
+    "PropagateCustomMetaPass": _has_custom_meta_to_propagate,
+    "FuseActivationPass": _has("aten.relu.default", "aten.hardtanh.default"),  # its FUSEABLE_ACTIVATIONS
+    "RemoveRedundantCopyPass": _has("aten._to_copy.default"),  # it only looks at _to_copy nodes
 }
 
 

@@ -263,6 +263,29 @@ def test_pass_predicates_see_the_ops() -> None:
     assert _PASS_APPLIES["Conv1dUnsqueezePass"](conv1d) and not _PASS_APPLIES["Conv1dUnsqueezePass"](without)
 
 
+def test_edge_pass_predicates_see_the_ops() -> None:
+    """The predicates of passes that run on edge-dialect graphs (XNNPACK preprocessing) see edge ops."""
+    from executorch.backends.xnnpack._passes.fuse_activation_pass import FuseActivationPass
+    from executorch.exir import to_edge
+
+    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+
+    def edge(*layers: torch.nn.Module) -> Any:
+        ep = torch.export.export(torch.nn.Sequential(*layers).eval(), (torch.randn(1, 3, 8, 8),))
+        return to_edge(ep).exported_program()
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    relu, hardtanh = edge(conv, torch.nn.ReLU()), edge(conv, torch.nn.Hardtanh())
+    gelu = edge(conv, torch.nn.GELU())
+    fuse = _PASS_APPLIES["FuseActivationPass"]
+    assert fuse(relu) and fuse(hardtanh) and not fuse(gelu)
+    assert {op.name() for op in FuseActivationPass.FUSEABLE_ACTIVATIONS} == {
+        "aten::relu", "aten::hardtanh"
+    }  # the activations the predicate looks for are the pass's own
+    assert not _PASS_APPLIES["RemoveRedundantCopyPass"](gelu)
+    assert not _PASS_APPLIES["PropagateCustomMetaPass"](gelu)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tokens", "channels_first"])
 def test_skipping_passes_on_nano_deploy_form_changes_no_byte(
