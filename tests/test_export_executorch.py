@@ -486,3 +486,72 @@ def test_partition_debug_messages_rendered_only_with_debug_logging(monkeypatch: 
     assert "code not rendered" in quiet and "def forward" not in quiet
     assert "def forward" in loud
     assert "def forward" in str(gm)  # the module's own class is left as it was
+
+
+def test_partition_bits_follow_a_growing_partition() -> None:
+    """A partition's cached bits are rebuilt once a merge has added nodes to it."""
+    from hrvit_mobile.exporters.executorch import BitSetDependencyViewer
+
+    net = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Sigmoid())
+    gm = torch.export.export(net, (torch.randn(2),)).graph_module
+    viewer = BitSetDependencyViewer(gm)
+    relu, sigmoid = (n for n in gm.graph.nodes if n.op == "call_function")
+    nodes: dict[torch.fx.Node, None] = {relu: None}
+    assert viewer.partition_bits(nodes) == (viewer.mask_of([relu]), viewer.mask_of([sigmoid]))
+    nodes[sigmoid] = None
+    output = next(iter(sigmoid.users))
+    grown = (viewer.mask_of([relu, sigmoid]), viewer.mask_of([sigmoid, output]))
+    assert viewer.partition_bits(nodes) == grown
+    # a merge files the ORs of both partitions' bits: what they would be rebuilt as
+    into: dict[torch.fx.Node, None] = {relu: None}
+    other: dict[torch.fx.Node, None] = {sigmoid: None}
+    file_merged = viewer.merge_partition_bits(into, other)
+    into.update(other)
+    file_merged()
+    assert viewer.partition_bits(into) == grown
+    viewer._partition_bits.clear()
+    assert viewer.partition_bits(into) == grown
+
+
+def test_bitset_partitioning_proposes_the_stock_partitions() -> None:
+    """The whole proposal (hundreds of checks and merges, with cached and merged partition bits) gives
+    the partitions of ExecuTorch's own code, on a graph with skips and unsupported ops."""
+    from executorch.exir.backend.canonical_partitioners.group_partitioner import GroupBasedPartitioner
+    from torch.fx.passes.operator_support import OperatorSupportBase
+
+    from hrvit_mobile.exporters.executorch import bitset_dependency_viewers
+
+    class Zigzag(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            skips = [x]
+            for i in range(24):
+                y = torch.relu(x) if i % 3 else torch.sigmoid(x)
+                x = y + skips[-2] if len(skips) > 1 and i % 4 == 0 else y * 2
+                if i % 7 == 3:
+                    x = torch.cos(x)  # unsupported: a cut between partitions
+                skips.append(x)
+            return x + skips[5]
+
+    class NoCos(OperatorSupportBase):
+        def is_node_supported(self, submodules: Any, node: torch.fx.Node) -> bool:
+            return node.op == "call_function" and "cos" not in str(node.target)
+
+    class Detour(torch.nn.Module):  # b -> cos -> e: b's partition may absorb d but not e
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.relu(x)
+            b = torch.sigmoid(a)
+            c = torch.cos(b)
+            d = a * 2
+            return d + c
+
+    for net in (Zigzag(), Detour()):
+        gm = torch.export.export(net, (torch.randn(2, 3),)).graph_module
+
+        def proposal() -> list[list[str]]:
+            partitions = GroupBasedPartitioner(gm, NoCos()).propose_partitions()  # noqa: B023
+            return sorted(sorted(n.name for n in p.nodes) for p in partitions)
+
+        stock = proposal()
+        with bitset_dependency_viewers():
+            assert proposal() == stock
+        assert len(stock) > 1
