@@ -186,6 +186,126 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
         xnnpack_passes._transform = original
 
 
+def _call_nodes(gm: torch.fx.GraphModule) -> Iterator[torch.fx.Node]:
+    return (n for n in gm.graph.nodes if n.op == "call_function")
+
+
+def _has_control_flow(gm: torch.fx.GraphModule) -> bool:
+    return any(isinstance(m, torch.fx.GraphModule) for m in gm.children())
+
+
+def _schema_values(node: torch.fx.Node) -> Iterator[tuple[Any, Any]]:
+    """(schema argument, value given) for each argument of an op node that was given a value."""
+    for i, argument in enumerate(node.target._schema.arguments):
+        if not argument.kwarg_only and i < len(node.args):
+            yield argument, node.args[i]
+        elif argument.name in node.kwargs:
+            yield argument, node.kwargs[argument.name]
+
+
+def _scalar_for_a_tensor(gm: torch.fx.GraphModule) -> bool:
+    """ScalarToTensorPass: a Python scalar given for a Tensor argument, which it turns into a tensor."""
+    return any(
+        isinstance(value, (float, int, bool)) and isinstance(argument.type, torch.TensorType)
+        for n in _call_nodes(gm)
+        if isinstance(n.target, torch._ops.OpOverload)
+        for argument, value in _schema_values(n)
+    )
+
+
+def _mixed_type_operands(gm: torch.fx.GraphModule) -> bool:
+    """RemoveMixedTypeOperators: a binary op of its list with a tensor operand of another dtype than
+    the promoted one, which it casts."""
+    from executorch.exir.passes.remove_mixed_type_operators import RemoveMixedTypeOperators
+    from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
+
+    del RemoveMixedTypeOperators  # the pass whose allow list this mirrors
+    aten = torch.ops.aten
+    kinds = {
+        aten.add.Tensor: ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT,
+        aten.mul.Tensor: ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT,
+        aten.sub.Tensor: ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT,
+        aten.div.Tensor: ELEMENTWISE_TYPE_PROMOTION_KIND.INT_TO_FLOAT,
+        aten.div.Tensor_mode: ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT,
+        aten.minimum.default: ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT,
+    }
+    for n in _call_nodes(gm):
+        kind = kinds.get(n.target)
+        if kind is None or len(n.args) <= 1:
+            continue
+        if n.target == aten.div.Tensor_mode and n.kwargs.get("rounding_mode") is None:
+            kind = ELEMENTWISE_TYPE_PROMOTION_KIND.INT_TO_FLOAT
+        values = [a.meta.get("val") if isinstance(a, torch.fx.Node) else a for a in n.args]
+        if any(v is None or isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)) for v in values):
+            return True  # not decidable from here: let the pass look
+        promoted = elementwise_dtypes(*values, type_promotion_kind=kind)[1]
+        if any(isinstance(v, torch.Tensor) and v.dtype != promoted for v in values):
+            return True
+    return False
+
+
+# ExecuTorch's ATen-to-edge passes (run by to_edge_transform_and_lower before partitioning) that are
+# a full fake-tensor retrace of the graph each, with the test for whether they would change it.
+_EDGE_PASS_APPLIES: dict[str, Callable[[torch.fx.GraphModule], bool]] = {
+    "NormalizeTransposePass": lambda gm: any(n.target == torch.ops.aten.t.default for n in _call_nodes(gm)),
+    "ReplaceBrokenOpsWithFunctionalOpsPass": lambda gm: any(
+        isinstance(n.target, torch._ops.OpOverload) and n.target.is_view for n in _call_nodes(gm)
+    ),
+    "SymToTensorPass": lambda gm: any(
+        isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool)) for n in gm.graph.nodes
+    ),
+    "ScalarToTensorPass": _scalar_for_a_tensor,
+    "RemoveMixedTypeOperators": _mixed_type_operands,
+}
+
+
+def _edge_pass_name(pass_: Any) -> str:
+    return getattr(pass_, "__name__", None) or type(pass_).__name__
+
+
+@contextmanager
+def applicable_edge_passes(skipped: Counter[str] | None = None) -> Iterator[Counter[str]]:
+    """Skip ExecuTorch's ATen-to-edge passes where they would rewrite nothing.
+
+    Five of them retrace the whole graph through fake tensors to rewrite a kind of op (``aten.t``, view
+    ops, SymInt operands, Python scalars for tensor operands, mixed-dtype operands): on the b1 int8
+    graph each retrace is 3-4 s. Each gets the test of :data:`_EDGE_PASS_APPLIES` on the graph it
+    would receive; a graph with control-flow submodules runs every pass. Counts skipped passes by name
+    in ``skipped`` (a new Counter if not given) and yields it. The .pte is byte-identical
+    (tests/test_export_executorch.py).
+    """
+    from executorch.exir.pass_base import PassResult
+    from executorch.exir.program import _program
+
+    original = _program._get_aten_to_edge_passes
+    skipped = Counter() if skipped is None else skipped
+
+    def guarded(pass_: Any) -> Any:
+        name = _edge_pass_name(pass_)
+        applies = _EDGE_PASS_APPLIES.get(name)
+        if applies is None:
+            return pass_
+
+        def run(gm: torch.fx.GraphModule) -> Any:
+            if not _has_control_flow(gm) and not applies(gm):
+                skipped[name] += 1
+                return PassResult(gm, False)
+            return pass_(gm)
+
+        run.__name__ = name
+        return run
+
+    def passes(config: Any) -> tuple[list[Any], list[Any]]:
+        pre, post = original(config)
+        return [guarded(p) for p in pre], list(post)
+
+    _program._get_aten_to_edge_passes = passes
+    try:
+        yield skipped
+    finally:
+        _program._get_aten_to_edge_passes = original
+
+
 def xnnpack_partitioner() -> Any:
     """XNNPACK's partitioner, told when its per-node check on preserved ops has nothing to reject.
 
@@ -475,8 +595,8 @@ def moving_node_legalization() -> Iterator[None]:
 def lowering_shortcuts() -> Iterator[Counter[str]]:
     """This module's lowering shortcuts together (each leaves the .pte byte-identical): shared node
     provenance, memoized graph-signature lookups, bit-set dependency closures, unrendered debug
-    messages, nodes moved rather than copied when re-sorting, inapplicable XNNPACK passes skipped
-    (yields their names). Pair with :func:`xnnpack_partitioner`; code generation is deferred by
+    messages, nodes moved rather than copied when re-sorting, inapplicable ATen-to-edge and XNNPACK
+    passes skipped (yields their names). Pair with :func:`xnnpack_partitioner`; code generation is deferred by
     ``run_build`` for every target."""
     with (
         shared_node_provenance(),
@@ -485,6 +605,7 @@ def lowering_shortcuts() -> Iterator[Counter[str]]:
         unrendered_partition_logs(),
         moving_node_legalization(),
         applicable_xnnpack_passes() as skipped,
+        applicable_edge_passes(skipped),
     ):
         yield skipped
 
@@ -581,7 +702,7 @@ def convert(
             "non_delegated_ops": dict(outside),
             "quantization": quant_info if variant == "int8" else None,
             "compute_dtype": {"fp32": "float32", "fp16": "float16", "int8": "int8"}[variant],
-            "xnnpack_passes_skipped": sorted(skipped),
+            "lowering_passes_skipped": sorted(skipped),  # ATen-to-edge and XNNPACK passes
             # a graph quantized before export (QAT) keeps the layout it was trained in, as recorded
             "layout": quant_info.get("layout", layout) if prequantized else layout,
             "nearest_upsamplers_as_broadcast_mul": upsamplers,

@@ -555,3 +555,30 @@ def test_bitset_partitioning_proposes_the_stock_partitions() -> None:
         with bitset_dependency_viewers():
             assert proposal() == stock
         assert len(stock) > 1
+
+
+def test_edge_pass_predicates() -> None:
+    """Each ATen-to-edge pass predicate says yes on a graph holding what its pass rewrites, no without."""
+    from hrvit_mobile.exporters.executorch import _EDGE_PASS_APPLIES
+
+    def graph(fn: Any, *inputs: torch.Tensor, **kw: Any) -> torch.fx.GraphModule:
+        class Net(torch.nn.Module):
+            def forward(self, *args: torch.Tensor) -> torch.Tensor:
+                return fn(*args)
+
+        return torch.export.export(Net(), inputs, **kw).graph_module
+
+    x, y, i = torch.randn(2, 3), torch.randn(2, 3), torch.ones(2, 3, dtype=torch.int32)
+    plain = graph(lambda a, b: torch.relu(a) + b, x, y)
+    cases = {
+        "NormalizeTransposePass": graph(lambda a: a.t(), x),
+        "ReplaceBrokenOpsWithFunctionalOpsPass": graph(lambda a: a.view(3, 2) * 1.0, x),
+        "ScalarToTensorPass": graph(lambda a: a * 2.0, x),
+        "RemoveMixedTypeOperators": graph(lambda a, b: a + b, x, i),
+        "SymToTensorPass": graph(lambda a: a * a.shape[0], x,
+                                 dynamic_shapes=(({0: torch.export.Dim("n", min=2, max=8)},),)),
+    }  # fmt: skip
+    for name, gm in cases.items():
+        applies = _EDGE_PASS_APPLIES[name]
+        assert applies(gm), name
+        assert not applies(plain), name
