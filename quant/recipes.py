@@ -125,12 +125,13 @@ class PT2ERecipe(QuantRecipe):
         self, prepared: torch.fx.GraphModule, batches: Iterable[torch.Tensor], progress: bool = True
     ) -> torch.fx.GraphModule:
         """Run ``batches`` (normalized (1, 3, H, W)) through the observers (fake-quant modules, where the
-        quantizer inserts those, fake-quantize with :func:`fast_fake_quantize`: the same bits)."""
+        quantizer inserts those, fake-quantize with :func:`fast_fake_quantize`; histogram observers count
+        with :func:`fast_histograms`: the same bits)."""
         from tqdm import tqdm
 
         batches = list(batches)
         desc = f"[{self.target}] calibrate"
-        with fast_fake_quantize():
+        with fast_fake_quantize(), fast_histograms():
             for x in tqdm(batches, desc=desc, disable=not progress or None, leave=False):
                 prepared(x)
         return prepared
@@ -524,6 +525,64 @@ def fast_fake_quantize() -> Iterator[None]:
         yield
     finally:
         FakeQuantize.forward = original  # type: ignore[method-assign]
+
+
+# torch.histc counts in float32: a bin holding 2**24 values or more could round in the stock kernel
+_EXACT_FLOAT32_COUNTS = 1 << 24
+
+
+def histc_in_range(x: torch.Tensor, bins: int, low: Any, high: Any) -> torch.Tensor | None:
+    """``torch.histc(x, bins, low, high)`` of a float32 CPU tensor whose values all lie in ``[low, high]``,
+    bit for bit, or None where that does not hold (the caller then takes the stock kernel).
+
+    ATen's kernel bins each value as ``int64((v - low) * bins / (high - low))`` in float32, one element
+    at a time, and puts ``v == high`` in the last bin. Here the same float32 operations run as whole-tensor
+    passes and ``bincount`` counts the bins: ~2x faster on a 4M-element activation on this host. Ranges
+    where the kernel does something else (``low == high`` widens the range by 1; overflowing or
+    non-float32 bounds; NaN or out-of-range values, which it skips) are left to it.
+    """
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not 0 < x.numel() < _EXACT_FLOAT32_COUNTS:
+        return None
+    lo = torch.as_tensor(low, dtype=torch.float32).reshape(())
+    hi = torch.as_tensor(high, dtype=torch.float32).reshape(())
+    if float(lo) != float(low) or float(hi) != float(high):  # the kernel's edges are float32
+        return None
+    span = hi - lo
+    if not (span > 0 and torch.isfinite(span * bins)):
+        return None
+    x_min, x_max = torch.aminmax(x)
+    if not (x_min >= lo and x_max <= hi):  # also False for NaN
+        return None
+    position = torch.sub(x, lo).mul_(float(bins)).div_(span).to(torch.int32)
+    position.clamp_(max=bins - 1)  # v == high: the last bin includes its right edge
+    return torch.bincount(position.reshape(-1), minlength=bins).to(torch.float32)
+
+
+@contextlib.contextmanager
+def fast_histograms() -> Iterator[None]:
+    """Within the block, ``torch.histc`` goes through :func:`histc_in_range` (same bits); ``out=`` calls
+    and the cases it declines take the stock kernel.
+
+    ExecuTorch's int8 recipe observes activations with ``HistogramObserver``, and its ``torch.histc`` was
+    58 % of b1's calibration (py-spy: 406M activation values per image through 876 observers).
+    """
+    stock = torch.histc
+
+    # torch.histc's own parameter names, since observers pass min=/max= by keyword
+    def histc(
+        input: torch.Tensor, bins: int = 100, min: Any = 0, max: Any = 0, **kwargs: Any
+    ) -> torch.Tensor:
+        if not kwargs:
+            counts = histc_in_range(input, bins, min, max)
+            if counts is not None:
+                return counts
+        return stock(input, bins, min=min, max=max, **kwargs)
+
+    torch.histc = histc  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.histc = stock  # type: ignore[assignment]
 
 
 def _idempotent_observer_types() -> tuple[type, ...]:

@@ -167,6 +167,77 @@ def test_fast_fake_quantize_gives_the_kernels_bits() -> None:
             assert torch.equal(stock.view(torch.int32), fast.view(torch.int32)), (zero_point, s)
 
 
+def _values_on_bin_edges(low: float, high: float, g: torch.Generator, bins: int = 2048) -> torch.Tensor:
+    """Values where binning is decided by the last bit: the bin edges and their float32 neighbours."""
+    edges = torch.linspace(low, high, bins + 1)
+    up = torch.nextafter(edges, torch.full_like(edges, float("inf")))
+    down = torch.nextafter(edges, torch.full_like(edges, float("-inf")))
+    values = torch.cat([edges, up, down, low + torch.rand(5000, generator=g) * (high - low)])
+    return values.clamp(low, high)[torch.randperm(values.numel(), generator=g)]
+
+
+def test_histc_in_range_gives_the_kernels_bins() -> None:
+    """histc_in_range equals torch.histc bit for bit on bin edges and their neighbours, over ranges from
+    tiny to wide, and declines (None) where the kernel does something else."""
+    g = torch.Generator().manual_seed(0)
+    compared = 0
+    for trial in range(200):
+        low = float(torch.randn((), generator=g) * 10 ** float(torch.randint(-6, 6, (), generator=g)))
+        high = low + float(torch.rand((), generator=g) * 10 ** float(torch.randint(-6, 6, (), generator=g)))
+        if trial % 9 == 0:
+            high = low + abs(low) * 1e-6 + 1e-30  # a few float32 steps wide
+        low, high = float(torch.tensor(low)), float(torch.tensor(high))  # float32 bounds
+        values = _values_on_bin_edges(low, high, g)
+        x = torch.stack([values, values.flip(0)]).t()  # non-contiguous
+        x_min, x_max = torch.aminmax(x)
+        for bins, bounds in ((2048, (x_min, x_max)), (256, (low, high)), (7, (x_min, x_max))):
+            counts = recipes.histc_in_range(x, bins, *bounds)
+            if x_min == x_max or bounds[0] == bounds[1]:
+                assert counts is None
+                continue
+            assert counts is not None and counts.dtype == torch.float32
+            assert torch.equal(counts, torch.histc(x, bins, min=bounds[0], max=bounds[1])), (trial, bins)
+            compared += 1
+    assert compared > 400
+    x = torch.randn(1000, generator=g)
+    lo, hi = torch.aminmax(x)
+    assert recipes.histc_in_range(x, 64, lo, hi) is not None
+    declined = {
+        "value above the range": (x, lo, hi - 0.5),
+        "NaN": (torch.cat([x, torch.tensor([float("nan")])]), lo, hi),
+        "equal bounds": (x, 1.0, 1.0),
+        "bounds not float32": (x, float(lo) - 1e-12, hi),
+        "overflowing range": (torch.tensor([-3e38, 3e38]), -3e38, 3e38),
+        "float64": (x.double(), lo, hi),
+        "empty": (x[:0], lo, hi),
+    }
+    for why, (values, low, high) in declined.items():
+        assert recipes.histc_in_range(values, 64, low, high) is None, why
+
+
+def test_fast_histograms_keep_histogram_observers_state() -> None:
+    """HistogramObservers fed batches of moving ranges (so histograms are rescaled and combined) end in
+    the same state, bins and range, with and without fast_histograms; torch.histc is restored after."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(2, 16, 24, 24, generator=g) * (0.5 + i) + i - 2 for i in range(6)]
+    batches.append(torch.full((3, 5), 0.25))  # one value only
+    stock_histc = torch.histc
+    states = []
+    for fast in (False, True):
+        observer = HistogramObserver()
+        with recipes.fast_histograms() if fast else contextlib.nullcontext():
+            for x in batches:
+                observer(x)
+        states.append((observer.histogram.clone(), observer.min_val.clone(), observer.max_val.clone(),
+                       observer.calculate_qparams()))
+    assert torch.histc is stock_histc
+    (h0, lo0, hi0, q0), (h1, lo1, hi1, q1) = states
+    assert torch.equal(h0, h1) and torch.equal(lo0, lo1) and torch.equal(hi0, hi1)
+    assert torch.equal(q0[0], q1[0]) and torch.equal(q0[1], q1[1])
+
+
 def _coreml_w8a8_both_ways(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, tuple]:
     g = torch.Generator().manual_seed(0)
     # several batches of different ranges: the activations' moving averages move between batches
