@@ -592,12 +592,72 @@ def moving_node_legalization() -> Iterator[None]:
 
 
 @contextmanager
+def single_decomposition(skipped: Counter[str]) -> Iterator[None]:
+    """``to_edge_transform_and_lower`` with one decomposition retrace instead of two.
+
+    ExecuTorch first retraces each program with ``run_decompositions({})`` (functionalization only),
+    asks the partitioner which ops to keep whole, and retraces again with the core-ATen table minus
+    those ops: on b1 each retrace is 5-15 s. Where the only partitioner reports no per-node check
+    (see :func:`xnnpack_partitioner`), the first call is answered with the second's result: the program
+    decomposed once with that table. ExecuTorch then finds nothing left to decompose and skips its
+    second retrace. The partitioner's answer is asked again on the result; if it differs, the stock
+    functionalization runs instead. tests/test_export_executorch.py checks the .pte is byte-identical
+    (b1 fp32, fp16 and int8 were compared with ``cmp``). Counts ``run_decompositions({})`` in
+    ``skipped`` where it was folded.
+    """
+    from executorch.exir.program import _program
+    from torch.export import ExportedProgram
+
+    original_gen = _program._gen_edge_manager_for_partitioners
+    original_decompose = ExportedProgram.run_decompositions
+
+    def gen(partitioner: Any, aten_programs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        # the programs as handed in, each with its single partitioner (XNNPACK's pre-decomposition
+        # transform returns the program itself, so ExecuTorch calls run_decompositions on these objects)
+        planned = {
+            id(program): (program, parts[0])
+            for name, program in aten_programs.items()
+            if len(parts := (partitioner or {}).get(name, [])) == 1
+        }
+
+        def run_decompositions(self: Any, *d_args: Any, **d_kwargs: Any) -> Any:
+            plan = planned.get(id(self))
+            # ExecuTorch's call is run_decompositions({}); a CustomDecompTable also compares equal to {}
+            empty_dict = len(d_args) == 1 and type(d_args[0]) is dict and not d_args[0]
+            if plan is not None and plan[0] is self and empty_dict and not d_kwargs:
+                ops, check = plan[1].ops_to_not_decompose(self)
+                if check is None:
+                    table = _program._default_decomposition_table()
+                    for op in ops:
+                        table.pop(op, None)
+                    decomposed = original_decompose(self, table)
+                    ops_after, check_after = plan[1].ops_to_not_decompose(decomposed)
+                    if check_after is None and set(ops_after) == set(ops):
+                        skipped["run_decompositions({})"] += 1
+                        return decomposed
+            return original_decompose(self, *d_args, **d_kwargs)
+
+        ExportedProgram.run_decompositions = run_decompositions  # type: ignore[method-assign]
+        try:
+            return original_gen(partitioner, aten_programs, *args, **kwargs)
+        finally:
+            ExportedProgram.run_decompositions = original_decompose  # type: ignore[method-assign]
+
+    _program._gen_edge_manager_for_partitioners = gen
+    try:
+        yield
+    finally:
+        _program._gen_edge_manager_for_partitioners = original_gen
+
+
+@contextmanager
 def lowering_shortcuts() -> Iterator[Counter[str]]:
     """This module's lowering shortcuts together (each leaves the .pte byte-identical): shared node
     provenance, memoized graph-signature lookups, bit-set dependency closures, unrendered debug
     messages, nodes moved rather than copied when re-sorting, inapplicable ATen-to-edge and XNNPACK
-    passes skipped (yields their names). Pair with :func:`xnnpack_partitioner`; code generation is deferred by
-    ``run_build`` for every target."""
+    passes skipped, one decomposition retrace instead of two (yields the names of what was skipped).
+    Pair with :func:`xnnpack_partitioner`; code generation is deferred by ``run_build`` for every
+    target."""
     with (
         shared_node_provenance(),
         memoized_signature_lookups(),
@@ -606,6 +666,7 @@ def lowering_shortcuts() -> Iterator[Counter[str]]:
         moving_node_legalization(),
         applicable_xnnpack_passes() as skipped,
         applicable_edge_passes(skipped),
+        single_decomposition(skipped),
     ):
         yield skipped
 

@@ -219,7 +219,7 @@ def test_skipping_inapplicable_xnnpack_passes_changes_no_byte(model: TinySegment
     with_skips, skipped = _lower(model, (64, 64), skip=True)
     without, _ = _lower(model, (64, 64), skip=False)
     assert with_skips == without
-    assert {"PReLUReshapePass", "Conv1dUnsqueezePass"} <= set(skipped)
+    assert {"PReLUReshapePass", "Conv1dUnsqueezePass", "run_decompositions({})"} <= set(skipped)
 
 
 class _RuntimeWeightLinear(torch.nn.Module):
@@ -248,6 +248,50 @@ def test_checked_partitioner_drops_the_check_only_when_nothing_fails_it() -> Non
     ops, check = xnnpack_partitioner().ops_to_not_decompose(rejected)
     stock_ops, _ = XnnpackPartitioner().ops_to_not_decompose(rejected)
     assert check is not None and ops == stock_ops
+
+
+def test_single_decomposition_retraces_once_and_falls_back_when_answers_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The functionalization retrace is folded into the decomposition (one run_decompositions, with a
+    table) when the partitioner gives the same answer before and after it; when the answers differ the
+    stock functionalization runs. Either way the .pte is the stock lowering's."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from torch.export import ExportedProgram
+
+    from hrvit_mobile.exporters.executorch import single_decomposition, xnnpack_partitioner
+
+    class DriftingAnswer(type(xnnpack_partitioner())):  # its first answer keeps one op fewer
+        calls = 0
+
+        def ops_to_not_decompose(self, ep: Any) -> tuple[list[Any], Any]:
+            ops, check = super().ops_to_not_decompose(ep)
+            DriftingAnswer.calls += 1
+            return (ops if DriftingAnswer.calls > 1 else ops[:-1]), check
+
+    def program() -> Any:
+        return torch.export.export(_UpsampleHardswish().eval(), (torch.randn(1, 3, 8, 8),))
+
+    stock = to_edge_transform_and_lower(program(), partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    real = ExportedProgram.run_decompositions
+    retraces: list[str] = []
+
+    def counted(self: Any, decomp_table: Any = None, **kwargs: Any) -> Any:
+        retraces.append("{}" if type(decomp_table) is dict and not decomp_table else "table")
+        return real(self, decomp_table, **kwargs)
+
+    monkeypatch.setattr(ExportedProgram, "run_decompositions", counted)
+    for partitioner, folded in ((xnnpack_partitioner(), True), (DriftingAnswer(), False)):
+        retraces.clear()
+        skipped: Counter[str] = Counter()
+        with single_decomposition(skipped):
+            lowered = to_edge_transform_and_lower(program(), partitioner=[partitioner])
+        assert lowered.to_executorch().buffer == stock
+        if folded:
+            assert skipped["run_decompositions({})"] == 1 and retraces == ["table"]
+        else:
+            assert not skipped and retraces[:2] == ["table", "{}"]
 
 
 def test_pass_predicates_see_the_ops() -> None:
