@@ -402,6 +402,7 @@ class CoreMLW8A8(PT2ERecipe):
         stack = contextlib.ExitStack()
         stack.enter_context(fast_pattern_capture(self.pattern_utils))
         stack.enter_context(deferred_annotation_recompile(CoreMLQuantizer))
+        stack.enter_context(present_activation_patterns(CoreMLQuantizer, self.pattern_utils))
         return stack
 
     @torch.no_grad()
@@ -415,6 +416,69 @@ class CoreMLW8A8(PT2ERecipe):
             super().calibrate(prepared, batches[:1], progress=False)
             first_batch_done()
             return super().calibrate(prepared, batches[1:], progress)
+
+
+def _aten_op_names(graph: torch.fx.Graph) -> set[str]:
+    """Names of the aten ops called in ``graph`` (``relu_`` for ``aten.relu_.default``)."""
+    return {
+        str(n.target).split(".")[1]
+        for n in graph.nodes
+        if n.op == "call_function" and str(n.target).startswith("aten.")
+    }
+
+
+_ACTIVATION_TUPLES = ("_supported_activations", "_supported_activations_no_inplace")
+
+
+@contextlib.contextmanager
+def present_activation_patterns(quantizer_cls: type, utils_module: str) -> Iterator[None]:
+    """``quantizer_cls.annotate`` tries only the activation patterns whose activation is in the graph.
+
+    ``CoreMLQuantizer`` pairs every conv, linear and binary-op pattern with each of 15 activations
+    (in place and not): ~26 patterns per kind, each one captured before it is matched. A pattern's
+    activation is the aten op named after the function (``F.relu(x, inplace=True)`` ->
+    ``aten.relu_.default``; tests check every one), and the matcher matches targets exactly, so an
+    activation whose op (in place or not) the graph never calls cannot match anything. HRViT calls
+    three (relu, hardswish, gelu); the other twelve are dropped from the quantizer's activation lists
+    while it annotates. Activations not named after an aten op are always kept. Same annotations
+    (``tests/test_quant_recipes.py`` compares with the stock quantizer).
+    """
+    import importlib
+
+    try:
+        cu = importlib.import_module(utils_module)
+    except ImportError:
+        yield
+        return
+    original = quantizer_cls.__dict__.get("annotate")
+    if original is None or not all(hasattr(cu, name) for name in _ACTIVATION_TUPLES):
+        yield
+        return
+
+    def may_match(act: Any, called: set[str]) -> bool:
+        name = getattr(act, "__name__", None)
+        if not name or not hasattr(torch.ops.aten, name):
+            return True
+        return name in called or f"{name}_" in called
+
+    def annotate(self: Any, model: torch.fx.GraphModule) -> Any:
+        if not isinstance(model, torch.fx.GraphModule):
+            return original(self, model)
+        called = _aten_op_names(model.graph)
+        saved = {name: getattr(cu, name) for name in _ACTIVATION_TUPLES}
+        for name, acts in saved.items():
+            setattr(cu, name, tuple(a for a in acts if may_match(a, called)))
+        try:
+            return original(self, model)
+        finally:
+            for name, acts in saved.items():
+                setattr(cu, name, acts)
+
+    quantizer_cls.annotate = annotate  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        quantizer_cls.annotate = original  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -238,6 +238,49 @@ def test_fast_histograms_keep_histogram_observers_state() -> None:
     assert torch.equal(q0[0], q1[0]) and torch.equal(q0[1], q1[1])
 
 
+_COREML_UTILS = "executorch.backends.apple.coreml.quantizer._coreml_quantizer_utils"
+
+
+def test_coreml_activation_patterns_call_the_op_named_after_the_activation() -> None:
+    """Every activation CoreMLQuantizer pairs with its patterns appears in the captured pattern as the
+    aten op of its own name (in place: with a trailing underscore): what present_activation_patterns
+    looks for in the model graph."""
+    import importlib
+
+    cu = importlib.import_module(_COREML_UTILS)
+    checked = 0
+    with recipes.fast_pattern_capture(_COREML_UTILS):
+        for act in cu._supported_activations + cu._supported_activations_no_inplace:
+            for in_place in (True, False) if act in cu._supported_activations else (False,):
+                pattern = cu.get_binary_op_act_pattern(torch.add, act, in_place)
+                expected = act.__name__ + ("_" if in_place else "")
+                assert recipes._aten_op_names(pattern.graph) == {"add", expected}, act
+                checked += 1
+    assert checked == 26
+
+
+def test_present_activation_patterns_keeps_the_graphs_activations_only() -> None:
+    import importlib
+
+    cu = importlib.import_module(_COREML_UTILS)
+    seen: dict[str, tuple[str, ...]] = {}
+
+    class Quantizer:
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for name in recipes._ACTIVATION_TUPLES:
+                seen[name] = tuple(a.__name__ for a in getattr(cu, name))
+            return model
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(inplace=True), torch.nn.GELU())
+    model = torch.export.export(net.eval(), (torch.randn(1, 3, 4, 4),)).module()
+    stock = {name: getattr(cu, name) for name in recipes._ACTIVATION_TUPLES}
+    with recipes.present_activation_patterns(Quantizer, _COREML_UTILS):
+        Quantizer().annotate(model)
+    assert seen == {"_supported_activations": ("relu",), "_supported_activations_no_inplace": ("gelu",)}
+    assert {name: getattr(cu, name) for name in recipes._ACTIVATION_TUPLES} == stock  # restored
+    assert Quantizer.annotate.__qualname__.endswith("<locals>.Quantizer.annotate")  # restored too
+
+
 def _coreml_w8a8_both_ways(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, tuple]:
     g = torch.Generator().manual_seed(0)
     # several batches of different ranges: the activations' moving averages move between batches
