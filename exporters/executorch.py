@@ -64,6 +64,32 @@ def _has(*needles: str) -> Callable[[Any], bool]:
     return lambda ep: any(needle in target for target in _targets(ep) for needle in needles)
 
 
+def _removes_a_copy(ep: Any) -> bool:
+    """Whether RemoveRedundantCopyPass would remove any ``_to_copy``: its own checks, in its own order, on
+    a copy of the graph (they edit what they find), up to the first that fires. The copy shares each
+    node's ``meta`` (shallow), which the checks only read."""
+    if not _has("aten._to_copy.default")(ep):
+        return False
+    from executorch.backends.xnnpack._passes.remove_redundant_copy_pass import RemoveRedundantCopyPass
+    from executorch.backends.xnnpack.utils.quant_utils import is_dequant
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    probe = RemoveRedundantCopyPass(ep)
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(ep.graph_module.graph, {}))  # the output node too: it counts as a user
+    to_copy = exir_ops.edge.aten._to_copy.default
+    for node in list(graph.nodes):
+        if not node.all_input_nodes or node.target != to_copy:
+            continue
+        if is_dequant(node.args[0]):
+            removed = probe._try_remove_quantized_redundant_to_copy(node, graph)
+        else:
+            removed = probe._try_remove_regular_redundant_to_copy(node, graph)
+        if removed:
+            return True
+    return False
+
+
 def _has_wide_cat(ep: Any) -> bool:
     return any(
         n.op == "call_function" and "aten.cat" in str(n.target) and len(n.args[0]) > 5
@@ -155,7 +181,7 @@ _PASS_APPLIES: dict[str, Callable[[Any], bool]] = {
     "DimOrderOpsRevertPass": _has("dim_order"),
     "PropagateCustomMetaPass": _has_custom_meta_to_propagate,
     "FuseActivationPass": _has("aten.relu.default", "aten.hardtanh.default"),  # its FUSEABLE_ACTIVATIONS
-    "RemoveRedundantCopyPass": _has("aten._to_copy.default"),  # it only looks at _to_copy nodes
+    "RemoveRedundantCopyPass": _removes_a_copy,
 }
 
 

@@ -330,6 +330,38 @@ def test_edge_pass_predicates_see_the_ops() -> None:
     assert not _PASS_APPLIES["PropagateCustomMetaPass"](gelu)
 
 
+def test_redundant_copy_predicate_runs_the_pass_checks_on_a_copy() -> None:
+    """A _to_copy pair of opposite memory formats is what RemoveRedundantCopyPass removes: the predicate
+    says so and leaves the graph it was asked about as it was; a single copy is not removed."""
+    from types import SimpleNamespace
+
+    from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import (
+        ChannelsLastTaggedReshapePass as Tagged,
+    )
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+
+    def program(pair: bool) -> Any:
+        graph = torch.fx.Graph()
+        x = graph.placeholder("x")
+        to_copy = exir_ops.edge.aten._to_copy.default
+        to_nhwc = graph.call_function(to_copy, (x,), {"memory_format": torch.channels_last})
+        Tagged.mark_as_nhwc_node(to_nhwc)
+        last = to_nhwc
+        if pair:
+            kwargs = {"memory_format": torch.contiguous_format}
+            last = graph.call_function(to_copy, (to_nhwc,), kwargs)
+            Tagged.mark_as_nchw_node(last)
+        graph.output(graph.call_function(exir_ops.edge.aten.relu.default, (last,)))
+        return SimpleNamespace(graph_module=torch.fx.GraphModule(torch.nn.Module(), graph))
+
+    removes = _PASS_APPLIES["RemoveRedundantCopyPass"]
+    pair, single = program(True), program(False)
+    assert removes(pair) and len(pair.graph_module.graph.nodes) == 5
+    assert not removes(single) and len(single.graph_module.graph.nodes) == 4
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tokens", "channels_first"])
 def test_skipping_passes_on_nano_deploy_form_changes_no_byte(
