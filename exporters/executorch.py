@@ -639,25 +639,26 @@ def single_decomposition(skipped: Counter[str]) -> Iterator[None]:
 
     def gen(partitioner: Any, aten_programs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         # the programs as handed in, each with its single partitioner (XNNPACK's pre-decomposition
-        # transform returns the program itself, so ExecuTorch calls run_decompositions on these objects)
+        # transform returns the program itself, so ExecuTorch calls run_decompositions on these objects;
+        # aten_programs keeps them alive while this runs, so their ids are not reused)
         planned = {
-            id(program): (program, parts[0])
+            id(program): parts[0]
             for name, program in aten_programs.items()
             if len(parts := (partitioner or {}).get(name, [])) == 1
         }
 
         def run_decompositions(self: Any, *d_args: Any, **d_kwargs: Any) -> Any:
-            plan = planned.get(id(self))
+            part = planned.get(id(self))
             # ExecuTorch's call is run_decompositions({}); a CustomDecompTable also compares equal to {}
             empty_dict = len(d_args) == 1 and type(d_args[0]) is dict and not d_args[0]
-            if plan is not None and plan[0] is self and empty_dict and not d_kwargs:
-                ops, check = plan[1].ops_to_not_decompose(self)
+            if part is not None and empty_dict and not d_kwargs:
+                ops, check = part.ops_to_not_decompose(self)
                 if check is None:
                     table = _program._default_decomposition_table()
                     for op in ops:
                         table.pop(op, None)
                     decomposed = original_decompose(self, table)
-                    ops_after, check_after = plan[1].ops_to_not_decompose(decomposed)
+                    ops_after, check_after = part.ops_to_not_decompose(decomposed)
                     if check_after is None and set(ops_after) == set(ops):
                         skipped["run_decompositions({})"] += 1
                         return decomposed
