@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+import types
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -126,6 +127,106 @@ def arange_int32_in_place() -> Iterator[Counter[str]]:
         yield rewritten
     finally:
         litert_export._convert_i64_to_i32 = original
+
+
+def _inner_function_code(outer: Any, name: str) -> types.CodeType:
+    """The code object of the function ``name`` defined inside ``outer`` (one per module, shared by
+    every closure made from it)."""
+    for const in outer.__code__.co_consts:
+        if isinstance(const, types.CodeType) and const.co_name == name:
+            return const
+    raise ExportError(f"litert-torch changed: {outer.__qualname__} defines no {name}")
+
+
+def _closure_cell(fn: Any, name: str) -> Any:
+    return dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))[name]
+
+
+@contextmanager
+def layout_callables_traced_once() -> Iterator[Counter[str]]:
+    """litert-torch's FX passes with one whole-graph retrace fewer: the layout pass's callables are
+    inlined by the retrace that lowering always does, not by a retrace of their own.
+
+    litert-torch's layout pass (``OptimizeLayoutTransposesPass``) turns NHWC-friendly nodes into Python
+    callables (``tensor_to_nhwc``/``tensor_to_nchw`` and closures around ``conv2d`` and the NCHW-only
+    ops such as ``upsample_nearest2d``); ``CanonicalizePass`` then retraces the whole graph only to
+    inline them (b1: 386 callables, 7-10 s of a ~50 s conversion) before ``BuildAtenCompositePass``
+    marks composites. Lowering retraces the whole graph again in any case (``pre_lower_decomp``,
+    ``can_skip=False``), inlining any callable it meets. Here ``CanonicalizePass`` leaves the graph as
+    it is when its only callables are those layout functions and no node is one
+    ``ReduceViewRankPass`` (the pass in between) would look at (an ``unsqueeze`` past rank 4); and
+    ``BuildAtenCompositePass`` builds the composite of an op wrapped in a layout closure (the resizes)
+    inside that closure, with the wrapped node's metadata (the NCHW shape, which the layout pass leaves
+    in place): the lowering retrace then meets the same ops in the same order. Any other callable
+    takes litert-torch's own path. The .tflite is byte-identical (b1 fp32 compared;
+    tests/test_export_litert.py). Yields a counter: ``callables`` left for the lowering retrace,
+    ``composites`` built inside a closure.
+    """
+    from litert_torch._convert.fx_passes import build_aten_composite_pass as composite_pass
+    from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import layout_rewrite
+    from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import utils as layout_utils
+    from litert_torch.fx_infra import _canonicalize_pass as canonicalize_pass
+    from litert_torch.fx_infra import pass_base
+
+    wrapping = {  # closures with an ``op`` cell: the aten op they call between the transposes
+        _inner_function_code(layout_rewrite._aten_convolution_rewriter, "conv_nhwc"),
+        _inner_function_code(layout_rewrite.transpose_first_arg_rewriter, "nhwc_op"),
+    }
+    layout_codes = wrapping | {layout_utils.tensor_to_nhwc.__code__, layout_utils.tensor_to_nchw.__code__}
+    canonicalize_cls = canonicalize_pass.CanonicalizePass
+    composite_cls = composite_pass.BuildAtenCompositePass
+    original_canonicalize, original_composites = canonicalize_cls.call, composite_cls.call
+    counts: Counter[str] = Counter()
+    deferred = False
+
+    def layout_callables(graph: torch.fx.Graph) -> int | None:
+        """How many layout callables ``graph`` holds, or None where the retrace must run."""
+        found = 0
+        for node in graph.nodes:
+            if node.op != "call_function":
+                continue
+            target = node.target
+            if target == torch.ops.aten.unsqueeze.default:
+                val = node.meta.get("val")
+                if val is None or val.dim() > 4:
+                    return None
+            elif not isinstance(target, (torch._ops.OpOverload, torch._ops.OperatorBase)):
+                if getattr(target, "__module__", None) == "_operator":
+                    continue
+                if getattr(target, "__code__", None) not in layout_codes:
+                    return None
+                found += 1
+        return found
+
+    def canonicalize(self: Any, exported_program: Any) -> Any:
+        nonlocal deferred
+        found = layout_callables(exported_program.graph)
+        if not found:
+            return original_canonicalize(self, exported_program)
+        deferred = True
+        counts["callables"] += found
+        return pass_base.ExportedProgramPassResult(exported_program, False)
+
+    def build_composites(self: Any, graph_module: torch.fx.GraphModule) -> Any:
+        if deferred:
+            builders = composite_pass._composite_builders
+            for node in graph_module.graph.nodes:
+                if getattr(node.target, "__code__", None) not in wrapping:
+                    continue
+                cell = _closure_cell(node.target, "op")
+                if cell.cell_contents in builders:
+                    stand_in = types.SimpleNamespace(target=cell.cell_contents, meta=node.meta)
+                    builders[cell.cell_contents](graph_module, stand_in)
+                    cell.cell_contents = stand_in.target
+                    counts["composites"] += 1
+        return original_composites(self, graph_module)
+
+    canonicalize_cls.call = canonicalize
+    composite_cls.call = build_composites
+    try:
+        yield counts
+    finally:
+        canonicalize_cls.call, composite_cls.call = original_canonicalize, original_composites
 
 
 @contextmanager
@@ -413,12 +514,16 @@ def convert(
         if not prequantized:  # LiteRT has a nearest resize; the deploy form's upsampler is for XNNPACK
             graph = copy.deepcopy(model)
             details["nearest_upsamplers_as_resize"] = use_resize_nearest(graph)
-        with step(TARGET, "litert_torch.convert"), torch.no_grad(), arange_int32_in_place() as aranges:
+        with (
+            step(TARGET, "litert_torch.convert"), torch.no_grad(), arange_int32_in_place() as aranges,
+            layout_callables_traced_once() as inlined,
+        ):
             edge = litert_torch.convert(
                 _NamedIO(graph).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export,
                 **kwargs,
             )
         details["aranges_int32_in_place"] = aranges["arange"]
+        details["layout_callables_traced_once"] = dict(inlined)
         float_path = stage / "float.tflite"
         edge.export(str(float_path))
         del edge  # the converted model and its MLIR state are not needed past this point

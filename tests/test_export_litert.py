@@ -344,8 +344,24 @@ def test_compaction_writes_out_of_line_buffers_as_vectors(
     assert contents(after) == contents(before)
 
 
+NANO_SIZE = (64, 96)
+
+
+def _nano_tflite(deployed: torch.nn.Module, out_dir: Path) -> tuple[bytes, dict]:
+    spec = ExportSpec(target="tflite", bits=32, img_size=NANO_SIZE, num_classes=7,
+                      out_dir=out_dir, model_name="hrvit_nano", run_parity=False)
+    artifact = export(deployed, spec).artifact
+    return artifact.path.read_bytes(), artifact.details
+
+
+@pytest.fixture(scope="module")
+def nano_tflite(deploy_nano, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict]:
+    """The nano deploy form's fp32 .tflite as the exporter writes it (every conversion shortcut on)."""
+    return _nano_tflite(deploy_nano(NANO_SIZE), tmp_path_factory.mktemp("nano_tflite"))
+
+
 def test_int32_aranges_in_place_change_no_byte(
-    deploy_nano, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    deploy_nano, nano_tflite: tuple[bytes, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The nano deploy form's interpolations bring int64 aranges; asking them for int32 in place
     (instead of litert-torch's lambda, which forces a retrace) writes the same .tflite."""
@@ -353,15 +369,7 @@ def test_int32_aranges_in_place_change_no_byte(
 
     from hrvit_mobile.exporters import litert as litert_exporter
 
-    deployed = deploy_nano((64, 96))
-
-    def tflite(out: str) -> tuple[bytes, dict]:
-        spec = ExportSpec(target="tflite", bits=32, img_size=(64, 96), num_classes=7,
-                          out_dir=tmp_path / out, model_name="hrvit_nano", run_parity=False)
-        artifact = export(deployed, spec).artifact
-        return artifact.path.read_bytes(), artifact.details
-
-    in_place, details = tflite("in_place")
+    in_place, details = nano_tflite
     assert details["aranges_int32_in_place"] > 0
 
     @contextmanager
@@ -370,9 +378,35 @@ def test_int32_aranges_in_place_change_no_byte(
 
     with monkeypatch.context() as patch:
         patch.setattr(litert_exporter, "arange_int32_in_place", litert_own_rewrite)
-        retraced, details = tflite("retraced")
+        retraced, details = _nano_tflite(deploy_nano(NANO_SIZE), tmp_path)
     assert details["aranges_int32_in_place"] == 0
     assert in_place == retraced
+
+
+def test_layout_callables_traced_once_change_no_byte(
+    deploy_nano, nano_tflite: tuple[bytes, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaving the layout pass's callables (transposes, NHWC convolutions, resizes with their
+    composites built inside the closure) to the lowering retrace writes the same .tflite as
+    litert-torch's own canonicalizing retrace."""
+    from collections import Counter
+    from contextlib import contextmanager
+
+    from hrvit_mobile.exporters import litert as litert_exporter
+
+    once, details = nano_tflite
+    assert details["layout_callables_traced_once"]["callables"] > 0
+    assert details["layout_callables_traced_once"]["composites"] > 0  # the nearest resizes
+
+    @contextmanager
+    def litert_own_retrace():
+        yield Counter()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(litert_exporter, "layout_callables_traced_once", litert_own_retrace)
+        retraced, details = _nano_tflite(deploy_nano(NANO_SIZE), tmp_path)
+    assert details["layout_callables_traced_once"] == {}
+    assert once == retraced
 
 
 def test_profiler_calibration_gathers_the_statistics_of_the_preserve_all_mode(tmp_path: Path) -> None:
