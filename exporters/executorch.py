@@ -8,10 +8,11 @@ take (they run on ExecuTorch's portable kernels, which are far slower); ``valida
 from __future__ import annotations
 
 import copy
+import io
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,87 @@ def _removes_a_copy(ep: Any) -> bool:
             removed = probe._try_remove_regular_redundant_to_copy(node, graph)
         if removed:
             return True
+    return False
+
+
+def _node_args(graph: torch.fx.Graph) -> list[tuple[Any, ...]]:
+    return [(n, n.target, n.args, n.kwargs) for n in graph.nodes]
+
+
+def _converts_to_linear(ep: Any) -> bool:
+    """Whether ConvertToLinearPass would rewrite anything: an ``mm``/``addmm``/``bmm`` inside a linear's
+    source partition (its loop), or a change made by its fallback ``apply_addmm_mm_to_linear_transform``,
+    run on a copy of the graph (it edits what it finds; the copy shares nothing it writes to). Where
+    neither holds, the pass would only retrace (and format the graph twice for debug logging)."""
+    from executorch.backends.transforms.addmm_mm_to_linear import apply_addmm_mm_to_linear_transform
+    from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
+    from torch.fx.passes.utils.source_matcher_utils import get_source_partitions
+
+    graph = ep.graph_module.graph
+    partitions = get_source_partitions(graph, ConvertToLinearPass.linear_modules)
+    if any(
+        node.target in ConvertToLinearPass.targets
+        for found in partitions.values()
+        for partition in found
+        for node in partition.nodes
+    ):
+        return True
+    probe = torch.fx.Graph()
+    probe.output(probe.graph_copy(graph, {}))
+    before = _node_args(probe)
+    with redirect_stdout(io.StringIO()):  # it prints about linears it leaves alone
+        probe = apply_addmm_mm_to_linear_transform(probe)
+    return _node_args(probe) != before
+
+
+def _unfolded_qdq_ops() -> set[Any]:
+    """The quantize/dequantize operators ConstPropPass leaves alone (XNNPACK runs it with
+    ``propogate_quant=False``): the same set it builds, aten and edge dialect."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    names = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel")
+    dialects = (torch.ops.quantized_decomposed, exir_ops.edge.quantized_decomposed)
+    return {getattr(dialect, name).default for dialect in dialects for name in names}
+
+
+def _const_prop_folds(ep: Any) -> bool:
+    """Whether ConstPropPass would fold any operator: one (other than quantize/dequantize ``.default``)
+    whose every argument is a constant by its ``is_const`` during the retrace: Python scalars, strings,
+    dtypes, devices, layouts, real tensors (a ``get_attr`` of a tensor), and the results of operators
+    it folds before (a ``getitem`` of one too); a graph input or ``None`` is not one."""
+    from executorch.exir.dialects.edge._ops import EdgeOpOverload
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    gm = ep.graph_module
+    operators = (EdgeOpOverload, torch._ops.OpOverload, torch._ops.OpOverloadPacket)
+    qdq = _unfolded_qdq_ops()
+    constant: set[torch.fx.Node] = set()
+
+    def is_const(arg: Any) -> bool:
+        if isinstance(arg, torch.fx.Node):
+            return arg in constant
+        if isinstance(arg, FakeTensor):
+            return False
+        if isinstance(arg, (float, int, bool, str, torch.Tensor, torch.device, torch.dtype, torch.layout)):
+            return True
+        if isinstance(arg, (tuple, list)):
+            return all(map(is_const, arg))
+        if isinstance(arg, dict):
+            return all(map(is_const, arg.values()))
+        return False
+
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(gm, node.target, None)  # flat names only: nested ones never hold tensors here
+            if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+                constant.add(node)
+        elif node.op == "call_function":
+            if node.target is operator.getitem:
+                if node.args[0] in constant:
+                    constant.add(node)
+            elif isinstance(node.target, operators):  # what its retrace hands to call_operator
+                if node.target not in qdq and is_const([node.args, node.kwargs]):
+                    return True
     return False
 
 
@@ -182,6 +264,8 @@ _PASS_APPLIES: dict[str, Callable[[Any], bool]] = {
     "PropagateCustomMetaPass": _has_custom_meta_to_propagate,
     "FuseActivationPass": _has("aten.relu.default", "aten.hardtanh.default"),  # its FUSEABLE_ACTIVATIONS
     "RemoveRedundantCopyPass": _removes_a_copy,
+    "ConvertToLinearPass": _converts_to_linear,
+    "ConstPropPass": _const_prop_folds,
 }
 
 

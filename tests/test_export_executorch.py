@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from collections import Counter
@@ -360,6 +361,43 @@ def test_redundant_copy_predicate_runs_the_pass_checks_on_a_copy() -> None:
     pair, single = program(True), program(False)
     assert removes(pair) and len(pair.graph_module.graph.nodes) == 5
     assert not removes(single) and len(single.graph_module.graph.nodes) == 4
+
+
+class _ArangeAdd(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(8).to(torch.float32)  # arange and the cast take constants only
+
+
+def test_const_prop_and_linear_predicates_agree_with_the_passes() -> None:
+    """ConstPropPass and ConvertToLinearPass are skipped by predicates that must say True exactly where
+    the pass itself rewrites the graph: checked against the passes on edge programs with and without
+    what they rewrite (a constant-only arange; a linear that to_edge decomposes into addmm)."""
+    from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
+    from executorch.exir import to_edge
+    from executorch.exir.passes.const_prop_pass import ConstPropPass
+
+    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+
+    def edge(module: torch.nn.Module, shape: tuple[int, ...]) -> Any:
+        return to_edge(torch.export.export(module.eval(), (torch.randn(*shape),))).exported_program()
+
+    def structure(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
+        return [(n.op, str(n.target)) for n in gm.graph.nodes]
+
+    def rewrites(ep: Any, pass_: Any) -> bool:  # on a copy: the verifier of _transform rejects aten.linear
+        return structure(pass_(copy.deepcopy(ep.graph_module)).graph_module) != structure(ep.graph_module)
+
+    conv = edge(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), (1, 3, 8, 8))
+    arange = edge(_ArangeAdd(), (2, 8))
+    linear = edge(torch.nn.Linear(8, 4), (2, 8))
+    for ep, expected in ((arange, True), (conv, False), (linear, False)):
+        assert _PASS_APPLIES["ConstPropPass"](ep) is expected
+        assert rewrites(ep, ConstPropPass()) is expected
+    for ep, expected in ((linear, True), (conv, False), (arange, False)):
+        before = structure(ep.graph_module)
+        assert _PASS_APPLIES["ConvertToLinearPass"](ep) is expected
+        assert structure(ep.graph_module) == before  # the predicate ran the fallback transform on a copy
+        assert rewrites(ep, ConvertToLinearPass()) is expected
 
 
 @pytest.mark.slow
