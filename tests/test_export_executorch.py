@@ -221,6 +221,7 @@ def test_skipping_inapplicable_xnnpack_passes_changes_no_byte(model: TinySegment
     without, _ = _lower(model, (64, 64), skip=False)
     assert with_skips == without
     assert {"PReLUReshapePass", "Conv1dUnsqueezePass", "run_decompositions({})"} <= set(skipped)
+    assert "FuseActivationPass's retrace" in skipped  # its ReLUs are fused without a retrace
 
 
 class _RuntimeWeightLinear(torch.nn.Module):
