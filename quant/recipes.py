@@ -595,7 +595,9 @@ def fast_fake_quantize() -> Iterator[None]:
 _EXACT_FLOAT32_COUNTS = 1 << 24
 
 
-def histc_in_range(x: torch.Tensor, bins: int, low: Any, high: Any) -> torch.Tensor | None:
+def histc_in_range(
+    x: torch.Tensor, bins: int, low: Any, high: Any, extrema: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor | None:
     """``torch.histc(x, bins, low, high)`` of a float32 CPU tensor whose values all lie in ``[low, high]``,
     bit for bit, or None where that does not hold (the caller then takes the stock kernel).
 
@@ -603,7 +605,8 @@ def histc_in_range(x: torch.Tensor, bins: int, low: Any, high: Any) -> torch.Ten
     at a time, and puts ``v == high`` in the last bin. Here the same float32 operations run as whole-tensor
     passes and ``bincount`` counts the bins: ~2x faster on a 4M-element activation on this host. Ranges
     where the kernel does something else (``low == high`` widens the range by 1; overflowing or
-    non-float32 bounds; NaN or out-of-range values, which it skips) are left to it.
+    non-float32 bounds; NaN or out-of-range values, which it skips) are left to it. ``extrema``: the
+    ``torch.aminmax`` of ``x`` where the caller has it already (then not computed again).
     """
     if x.dtype != torch.float32 or x.device.type != "cpu" or not 0 < x.numel() < _EXACT_FLOAT32_COUNTS:
         return None
@@ -614,7 +617,7 @@ def histc_in_range(x: torch.Tensor, bins: int, low: Any, high: Any) -> torch.Ten
     span = hi - lo
     if not (span > 0 and torch.isfinite(span * bins)):
         return None
-    x_min, x_max = torch.aminmax(x)
+    x_min, x_max = extrema if extrema is not None else torch.aminmax(x)
     if not (x_min >= lo and x_max <= hi):  # also False for NaN
         return None
     position = torch.sub(x, lo).mul_(float(bins)).div_(span).to(torch.int32)
@@ -629,24 +632,36 @@ def fast_histograms() -> Iterator[None]:
 
     ExecuTorch's int8 recipe observes activations with ``HistogramObserver``, and its ``torch.histc`` was
     58 % of b1's calibration (py-spy: 406M activation values per image through 876 observers).
+    ``HistogramObserver.forward`` takes ``torch.aminmax`` of the tensor just before it bins it, so the
+    last ``aminmax`` result is kept (with the tensor and its version counter) and reused when ``histc``
+    gets that same, unmodified tensor: one pass over each activation fewer.
     """
-    stock = torch.histc
+    stock_histc, stock_aminmax = torch.histc, torch.aminmax
+    last: list[Any] = [None, -1, None]  # tensor, its _version, its (min, max)
+
+    def aminmax(input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        result = stock_aminmax(input, *args, **kwargs)
+        whole = not args and not kwargs
+        last[:] = (input, input._version, result) if whole else (None, -1, None)
+        return result
 
     # torch.histc's own parameter names, since observers pass min=/max= by keyword
     def histc(
         input: torch.Tensor, bins: int = 100, min: Any = 0, max: Any = 0, **kwargs: Any
     ) -> torch.Tensor:
         if not kwargs:
-            counts = histc_in_range(input, bins, min, max)
+            known = last[2] if last[0] is input and last[1] == input._version else None
+            last[:] = (None, -1, None)  # the activation is not kept alive past its histogram
+            counts = histc_in_range(input, bins, min, max, extrema=known)
             if counts is not None:
                 return counts
-        return stock(input, bins, min=min, max=max, **kwargs)
+        return stock_histc(input, bins, min=min, max=max, **kwargs)
 
-    torch.histc = histc  # type: ignore[assignment]
+    torch.histc, torch.aminmax = histc, aminmax  # type: ignore[assignment]
     try:
         yield
     finally:
-        torch.histc = stock  # type: ignore[assignment]
+        torch.histc, torch.aminmax = stock_histc, stock_aminmax  # type: ignore[assignment]
 
 
 def _idempotent_observer_types() -> tuple[type, ...]:

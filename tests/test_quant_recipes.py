@@ -223,7 +223,7 @@ def test_fast_histograms_keep_histogram_observers_state() -> None:
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(2, 16, 24, 24, generator=g) * (0.5 + i) + i - 2 for i in range(6)]
     batches.append(torch.full((3, 5), 0.25))  # one value only
-    stock_histc = torch.histc
+    stock_histc, stock_aminmax = torch.histc, torch.aminmax
     states = []
     for fast in (False, True):
         observer = HistogramObserver()
@@ -232,10 +232,31 @@ def test_fast_histograms_keep_histogram_observers_state() -> None:
                 observer(x)
         states.append((observer.histogram.clone(), observer.min_val.clone(), observer.max_val.clone(),
                        observer.calculate_qparams()))
-    assert torch.histc is stock_histc
+    assert torch.histc is stock_histc and torch.aminmax is stock_aminmax
     (h0, lo0, hi0, q0), (h1, lo1, hi1, q1) = states
     assert torch.equal(h0, h1) and torch.equal(lo0, lo1) and torch.equal(hi0, hi1)
     assert torch.equal(q0[0], q1[0]) and torch.equal(q0[1], q1[1])
+
+
+def test_fast_histograms_reuse_extrema_only_of_the_unchanged_tensor() -> None:
+    """The aminmax kept for histc is the one of the very tensor, before any in-place change: a tensor
+    changed after its aminmax (values now outside the range) or another tensor is binned as the stock
+    kernel bins it (which skips out-of-range values), not with stale extrema."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 1000, generator=g)
+    original = x.clone()
+    with recipes.fast_histograms():
+        torch.aminmax(x)
+        reused = torch.histc(x, 64, min=-5.0, max=5.0)
+        torch.aminmax(x)
+        x.mul_(3)  # now beyond [-5, 5] in places
+        changed = torch.histc(x, 64, min=-5.0, max=5.0)
+        torch.aminmax(x)
+        other = torch.histc(x * 1, 64, min=-5.0, max=5.0)
+    assert torch.equal(changed, torch.histc(x, 64, min=-5.0, max=5.0))
+    assert torch.equal(other, torch.histc(x, 64, min=-5.0, max=5.0))
+    assert torch.equal(reused, torch.histc(original, 64, min=-5.0, max=5.0))
+    assert changed.sum() < x.numel()  # some values left the range, and the kernel skipped them
 
 
 _COREML_UTILS = "executorch.backends.apple.coreml.quantizer._coreml_quantizer_utils"
