@@ -65,6 +65,14 @@ def _has(*needles: str) -> Callable[[Any], bool]:
     return lambda ep: any(needle in target for target in _targets(ep) for needle in needles)
 
 
+def _graph_copy(graph: torch.fx.Graph) -> torch.fx.Graph:
+    """A copy of ``graph`` for a pass's checks to edit, its output node included (it counts as a user);
+    each node's ``meta`` is a shallow copy."""
+    copied = torch.fx.Graph()
+    copied.output(copied.graph_copy(graph, {}))
+    return copied
+
+
 def _removes_a_copy(ep: Any) -> bool:
     """Whether RemoveRedundantCopyPass would remove any ``_to_copy``: its own checks, in its own order, on
     a copy of the graph (they edit what they find), up to the first that fires. The copy shares each
@@ -76,8 +84,7 @@ def _removes_a_copy(ep: Any) -> bool:
     from executorch.exir.dialects._ops import ops as exir_ops
 
     probe = RemoveRedundantCopyPass(ep)
-    graph = torch.fx.Graph()
-    graph.output(graph.graph_copy(ep.graph_module.graph, {}))  # the output node too: it counts as a user
+    graph = _graph_copy(ep.graph_module.graph)
     to_copy = exir_ops.edge.aten._to_copy.default
     for node in list(graph.nodes):
         if not node.all_input_nodes or node.target != to_copy:
@@ -113,8 +120,7 @@ def _converts_to_linear(ep: Any) -> bool:
         for node in partition.nodes
     ):
         return True
-    probe = torch.fx.Graph()
-    probe.output(probe.graph_copy(graph, {}))
+    probe = _graph_copy(graph)
     before = _node_args(probe)
     with redirect_stdout(io.StringIO()):  # it prints about linears it leaves alone
         probe = apply_addmm_mm_to_linear_transform(probe)

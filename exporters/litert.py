@@ -177,7 +177,6 @@ def layout_callables_traced_once() -> Iterator[Counter[str]]:
     composite_cls = composite_pass.BuildAtenCompositePass
     original_canonicalize, original_composites = canonicalize_cls.call, composite_cls.call
     counts: Counter[str] = Counter()
-    deferred = False
 
     def layout_callables(graph: torch.fx.Graph) -> int | None:
         """How many layout callables ``graph`` holds, or None where the retrace must run."""
@@ -199,26 +198,24 @@ def layout_callables_traced_once() -> Iterator[Counter[str]]:
         return found
 
     def canonicalize(self: Any, exported_program: Any) -> Any:
-        nonlocal deferred
         found = layout_callables(exported_program.graph)
         if not found:
             return original_canonicalize(self, exported_program)
-        deferred = True
         counts["callables"] += found
         return pass_base.ExportedProgramPassResult(exported_program, False)
 
     def build_composites(self: Any, graph_module: torch.fx.GraphModule) -> Any:
-        if deferred:
-            builders = composite_pass._composite_builders
-            for node in graph_module.graph.nodes:
-                if getattr(node.target, "__code__", None) not in wrapping:
-                    continue
-                cell = _closure_cell(node.target, "op")
-                if cell.cell_contents in builders:
-                    stand_in = types.SimpleNamespace(target=cell.cell_contents, meta=node.meta)
-                    builders[cell.cell_contents](graph_module, stand_in)
-                    cell.cell_contents = stand_in.target
-                    counts["composites"] += 1
+        # layout closures are still in the graph only where canonicalize left them there
+        builders = composite_pass._composite_builders
+        for node in graph_module.graph.nodes:
+            if getattr(node.target, "__code__", None) not in wrapping:
+                continue
+            cell = _closure_cell(node.target, "op")
+            if cell.cell_contents in builders:
+                stand_in = types.SimpleNamespace(target=cell.cell_contents, meta=node.meta)
+                builders[cell.cell_contents](graph_module, stand_in)
+                cell.cell_contents = stand_in.target
+                counts["composites"] += 1
         return original_composites(self, graph_module)
 
     canonicalize_cls.call = canonicalize

@@ -251,8 +251,8 @@ def test_fast_histograms_reuse_extrema_only_of_the_unchanged_tensor() -> None:
         torch.aminmax(x)
         x.mul_(3)  # now beyond [-5, 5] in places
         changed = torch.histc(x, 64, min=-5.0, max=5.0)
-        torch.aminmax(x)
-        other = torch.histc(x * 1, 64, min=-5.0, max=5.0)
+        torch.aminmax(original)  # in range: its extrema must not stand for x's
+        other = torch.histc(x, 64, min=-5.0, max=5.0)
     assert torch.equal(changed, torch.histc(x, 64, min=-5.0, max=5.0))
     assert torch.equal(other, torch.histc(x, 64, min=-5.0, max=5.0))
     assert torch.equal(reused, torch.histc(original, 64, min=-5.0, max=5.0))
