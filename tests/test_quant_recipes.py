@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 import hrvit_mobile
-from hrvit_mobile.quant import recipes
+from hrvit_mobile.quant import native, recipes
 from hrvit_mobile.quant.recipes import (
     CoreMLW8A8,
     CoreMLWeightOnly,
@@ -176,9 +177,37 @@ def _values_on_bin_edges(low: float, high: float, g: torch.Generator, bins: int 
     return values.clamp(low, high)[torch.randperm(values.numel(), generator=g)]
 
 
-def test_histc_in_range_gives_the_kernels_bins() -> None:
+def _require_native_kernel() -> None:
+    """Skip without a C compiler; with one, the kernel must build and pass its check against torch.histc."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler here: the native binning kernel is not built")
+    assert native.available(), "the native binning kernel did not build, load or match torch.histc"
+
+
+@pytest.fixture(params=["native", "pytorch"])
+def binning_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """histc_in_range through the native C kernel, or with it unavailable (its PyTorch path); yields a
+    list that counts the native kernel's calls."""
+    calls: list[int] = []
+    if request.param == "native":
+        _require_native_kernel()
+        stock = native.bin_counts
+
+        def counted(*args: object) -> torch.Tensor | None:
+            calls.append(1)
+            return stock(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(native, "bin_counts", counted)
+    else:
+        monkeypatch.setattr(native, "bin_counts", lambda *args: None)
+    return calls
+
+
+def test_histc_in_range_gives_the_kernels_bins(
+    binning_path: list[int], request: pytest.FixtureRequest
+) -> None:
     """histc_in_range equals torch.histc bit for bit on bin edges and their neighbours, over ranges from
-    tiny to wide, and declines (None) where the kernel does something else."""
+    tiny to wide, and declines (None) where the kernel does something else; in C and in PyTorch."""
     g = torch.Generator().manual_seed(0)
     compared = 0
     for trial in range(200):
@@ -199,6 +228,7 @@ def test_histc_in_range_gives_the_kernels_bins() -> None:
             assert torch.equal(counts, torch.histc(x, bins, min=bounds[0], max=bounds[1])), (trial, bins)
             compared += 1
     assert compared > 400
+    assert len(binning_path) == (compared if "native" in request.node.name else 0)
     x = torch.randn(1000, generator=g)
     lo, hi = torch.aminmax(x)
     assert recipes.histc_in_range(x, 64, lo, hi) is not None
@@ -213,6 +243,43 @@ def test_histc_in_range_gives_the_kernels_bins() -> None:
     }
     for why, (values, low, high) in declined.items():
         assert recipes.histc_in_range(values, 64, low, high) is None, why
+
+
+def test_native_binning_split_over_threads_counts_the_same() -> None:
+    """Tensors large enough to be split over two threads (each with its own tables) give torch.histc's
+    counts: ReLU-like data (half the values in bin 0) and a normal spread."""
+    _require_native_kernel()
+    g = torch.Generator().manual_seed(4)
+    for x in (torch.randn(5_000_003, generator=g).relu_(), torch.randn(2, 2_500_001, generator=g)):
+        lo, hi = torch.aminmax(x)
+        span = float(hi - lo)
+        expected = torch.ops.aten.histc.default(x, 2048, float(lo), float(hi))
+        for threads in (1, 2, 3):
+            counts = native._run(native._kernel(), x, 2048, float(lo), span, threads=threads)
+            assert torch.equal(counts, expected), threads
+
+
+def test_native_binning_falls_back_without_a_working_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiler that fails leaves no library and no partial file (the caller takes the PyTorch path);
+    HRVIT_MOBILE_NATIVE=0 switches the kernel off."""
+    import shutil
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    failing = shutil.which("false")
+    assert failing is not None
+    assert native._build(failing) is None
+    assert list((tmp_path / "hrvit-mobile").iterdir()) == []
+    monkeypatch.setenv("HRVIT_MOBILE_NATIVE", "0")
+    native._kernel.cache_clear()
+    try:
+        assert not native.available()
+        x = torch.rand(1000)
+        assert torch.equal(recipes.histc_in_range(x, 64, 0.0, 1.0), torch.histc(x, 64, 0.0, 1.0))
+    finally:
+        monkeypatch.delenv("HRVIT_MOBILE_NATIVE")
+        native._kernel.cache_clear()
 
 
 def test_fast_histograms_keep_histogram_observers_state() -> None:

@@ -1,0 +1,37 @@
+/* Histogram counts for int8 calibration, compiled on first use by quant/native.py.
+ *
+ * bin = int32((v - lo) * bins / span) in float32, clamped to the last bin (v == high): ATen's
+ * torch.histc rule for values inside [lo, lo + span]. The caller checks that every value is in range
+ * and finite. Compiled with -ffp-contract=off and without -ffast-math so each operation rounds as a
+ * float32 operation; quant/native.py checks the result against torch.histc once per process anyway.
+ *
+ * Indices are computed a chunk at a time (a loop the compiler vectorizes), then counted into four
+ * tables in turn: activations put long runs of values into one bin (a ReLU's zeros), and four tables
+ * break the chain of increments to one counter. The caller sums the tables.
+ */
+#include <stdint.h>
+
+#define CHUNK 512
+
+void bin_counts(const float *x, int64_t n, float lo, float span, int32_t bins, int64_t *tables) {
+    int64_t *t0 = tables, *t1 = tables + bins, *t2 = tables + 2 * (int64_t)bins, *t3 = tables + 3 * (int64_t)bins;
+    const float bins_f = (float)bins;
+    const int32_t last = bins - 1;
+    int32_t index[CHUNK];
+    for (int64_t start = 0; start < n; start += CHUNK) {
+        const int64_t m = n - start < CHUNK ? n - start : CHUNK;
+        const float *chunk = x + start;
+        for (int64_t j = 0; j < m; j++) {
+            const int32_t b = (int32_t)(((chunk[j] - lo) * bins_f) / span);
+            index[j] = b < last ? b : last;
+        }
+        int64_t j = 0;
+        for (; j + 4 <= m; j += 4) {
+            t0[index[j]]++;
+            t1[index[j + 1]]++;
+            t2[index[j + 2]]++;
+            t3[index[j + 3]]++;
+        }
+        for (; j < m; j++) t0[index[j]]++;
+    }
+}
