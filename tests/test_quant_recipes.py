@@ -282,6 +282,28 @@ def test_native_binning_falls_back_without_a_working_build(
         native._kernel.cache_clear()
 
 
+def test_native_binning_check_rejects_a_kernel_that_rounds_differently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that multiplies by bins/span instead of dividing by span (a reordering fast-math could
+    make) builds and loads, but its check against torch.histc on bin edges turns it down."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler here: the native binning kernel is not built")
+    source = native.SOURCE.read_text()
+    exact = "((chunk[j] - lo) * bins_f) / span"
+    assert exact in source
+    reordered = tmp_path / "bin_counts.c"
+    reordered.write_text(source.replace(exact, "(chunk[j] - lo) * (bins_f / span)"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "SOURCE", reordered)
+    native._kernel.cache_clear()
+    try:
+        assert not native.available()
+        assert len(list((tmp_path / "cache" / "hrvit-mobile").glob("bin_counts-*.so"))) == 1  # it was built
+    finally:
+        native._kernel.cache_clear()
+
+
 def test_fast_histograms_keep_histogram_observers_state() -> None:
     """HistogramObservers fed batches of moving ranges (so histograms are rescaled and combined) end in
     the same state, bins and range, with and without fast_histograms; torch.histc is restored after."""
