@@ -801,12 +801,79 @@ def single_decomposition(skipped: Counter[str]) -> Iterator[None]:
         _program._gen_edge_manager_for_partitioners = original_gen
 
 
+def _value_key(value: Any) -> Any:
+    """What the edge dtype check can learn from a node's value or argument: a tensor's class, dtype,
+    shape, strides and device; containers element by element; graph nodes by name."""
+    if isinstance(value, torch.fx.Node):
+        return ("node", value.name)
+    if isinstance(value, torch.Tensor):
+        strides = tuple(value.stride()) if value.layout == torch.strided else None
+        return ("tensor", type(value), value.dtype, tuple(value.shape), strides, value.device, value.layout)
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_value_key(v) for v in value))
+    if isinstance(value, dict):
+        return (dict, tuple((k, _value_key(v)) for k, v in value.items()))
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device, torch.layout,
+                                           torch.memory_format)):
+        return (type(value), value)
+    return (type(value), repr(value))  # SymInts and the like: by what they print
+
+
+def edge_check_key(gm: torch.fx.GraphModule) -> tuple[Any, ...] | None:
+    """Everything ExecuTorch's edge dtype check reads from a graph, or None where it reads more
+    (submodules: delegates, control flow). The check runs the graph on fake tensors made from the
+    placeholders' recorded values, so its outcome is a function of each node's kind, name, target
+    (the op object itself), arguments and recorded value, and of the tensors behind ``get_attr``."""
+    if any(True for _ in gm.children()):
+        return None
+    key = []
+    for node in gm.graph.nodes:
+        attr = _value_key(getattr(gm, node.target, None)) if node.op == "get_attr" else None
+        key.append((node.op, node.name, node.target, _value_key(node.args), _value_key(node.kwargs),
+                    _value_key(node.meta.get("val")), attr))
+    return tuple(key)
+
+
+@contextmanager
+def edge_dtype_checked_once(skipped: Counter[str] | None = None) -> Iterator[Counter[str]]:
+    """Run ExecuTorch's edge-dialect dtype check once per distinct graph.
+
+    ``to_edge_transform_and_lower`` validates the edge program when it is made, again when the edge
+    manager wraps it, before and after its ATen-to-edge passes, when ``to_backend`` starts and on the
+    fake-tensor copy it partitions: the dtype check (a fake-tensor run of the whole graph) was ~12 s of
+    the b1 int8 lowering (py-spy), four of its six runs on a graph it had just passed. Within the block a
+    graph whose :func:`edge_check_key` equals one that passed is not checked again; a changed graph, or
+    one with submodules, is checked as before, and a failure raises as before (failures are not
+    remembered). Counts skipped checks in ``skipped`` (a new Counter if not given) and yields it."""
+    from executorch.exir.verification import verifier
+
+    original = verifier._check_tensor_args_matching_op_allowed_dtype
+    passed: set[tuple[Any, ...]] = set()
+    skipped = Counter() if skipped is None else skipped
+
+    def check(gm: torch.fx.GraphModule) -> None:
+        key = edge_check_key(gm)
+        if key is not None and key in passed:
+            skipped["edge dtype check of an unchanged graph"] += 1
+            return
+        original(gm)
+        if key is not None:
+            passed.add(key)
+
+    verifier._check_tensor_args_matching_op_allowed_dtype = check
+    try:
+        yield skipped
+    finally:
+        verifier._check_tensor_args_matching_op_allowed_dtype = original
+
+
 @contextmanager
 def lowering_shortcuts() -> Iterator[Counter[str]]:
     """This module's lowering shortcuts together (each leaves the .pte byte-identical): shared node
     provenance, memoized graph-signature lookups, bit-set dependency closures, unrendered debug
     messages, nodes moved rather than copied when re-sorting, inapplicable ATen-to-edge and XNNPACK
-    passes skipped, one decomposition retrace instead of two (yields the names of what was skipped).
+    passes skipped, one decomposition retrace instead of two, the edge dtype check once per distinct
+    graph (yields the names of what was skipped).
     Pair with :func:`xnnpack_partitioner`; code generation is deferred by ``run_build`` for every
     target."""
     with (
@@ -818,6 +885,7 @@ def lowering_shortcuts() -> Iterator[Counter[str]]:
         applicable_xnnpack_passes() as skipped,
         applicable_edge_passes(skipped),
         single_decomposition(skipped),
+        edge_dtype_checked_once(skipped),
     ):
         yield skipped
 

@@ -222,6 +222,41 @@ def test_skipping_inapplicable_xnnpack_passes_changes_no_byte(model: TinySegment
     assert with_skips == without
     assert {"PReLUReshapePass", "Conv1dUnsqueezePass", "run_decompositions({})"} <= set(skipped)
     assert "FuseActivationPass's retrace" in skipped  # its ReLUs are fused without a retrace
+    assert skipped.count("edge dtype check of an unchanged graph") == 1  # a Counter's keys: it happened
+
+
+def test_edge_dtype_check_runs_once_per_distinct_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within edge_dtype_checked_once a graph is checked once, a copy of it is not checked again, a
+    graph with one recorded dtype changed is, and a check that fails raises every time."""
+    import copy
+
+    from executorch.exir import to_edge
+    from executorch.exir.verification import verifier
+
+    from hrvit_mobile.exporters.executorch import edge_dtype_checked_once
+
+    runs: list[int] = []
+    stock = verifier._check_tensor_args_matching_op_allowed_dtype
+
+    def counted(gm: torch.fx.GraphModule) -> None:
+        runs.append(len(gm.graph.nodes))
+        stock(gm)
+
+    monkeypatch.setattr(verifier, "_check_tensor_args_matching_op_allowed_dtype", counted)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    gm = to_edge(torch.export.export(model, (torch.randn(1, 3, 8, 8),))).exported_program().graph_module
+    runs.clear()  # to_edge checked it already, outside the block
+    with edge_dtype_checked_once() as skipped:
+        verifier._check_tensor_args_matching_op_allowed_dtype(gm)
+        verifier._check_tensor_args_matching_op_allowed_dtype(copy.deepcopy(gm))
+        assert len(runs) == 1 and skipped["edge dtype check of an unchanged graph"] == 1
+        relu = next(n for n in gm.graph.nodes if "relu" in str(n.target))
+        relu.meta["val"] = relu.meta["val"].to(torch.float16)  # relu's output no longer its input's dtype
+        for _ in range(2):
+            with pytest.raises(verifier.SpecViolationError, match="mismatched dtypes"):
+                verifier._check_tensor_args_matching_op_allowed_dtype(gm)
+        assert len(runs) == 3 and skipped["edge dtype check of an unchanged graph"] == 1
+    assert verifier._check_tensor_args_matching_op_allowed_dtype is counted  # restored
 
 
 class _RuntimeWeightLinear(torch.nn.Module):
