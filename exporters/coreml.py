@@ -32,6 +32,7 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.models.norm import DelegableLayerNorm, use_native_layer_norm
+from hrvit_mobile.patching import patched
 from hrvit_mobile.quant.recipes import CoreMLWeightOnly
 
 from .contract import (
@@ -140,19 +141,13 @@ def validate_once_per_pipeline() -> Iterator[None]:
         def deferred(check_essential_scope: bool = False) -> None:
             return None
 
-        prog.validate = deferred  # an instance attribute shadows Program.validate
-        try:
+        with patched(prog, validate=deferred):  # an instance attribute shadows Program.validate
             original(prog, pass_pipeline)
-        finally:
-            del prog.validate
         passes = pass_pipeline.passes
         prog.validate(check_essential_scope=bool(passes) and passes[-1] == "common::dead_code_elimination")
 
-    PassPipelineManager.apply_pipeline = staticmethod(apply_pipeline)
-    try:
+    with patched(PassPipelineManager, apply_pipeline=staticmethod(apply_pipeline)):
         yield
-    finally:
-        PassPipelineManager.apply_pipeline = staticmethod(original)
 
 
 # Constants with fewer elements than this are written into the program description, not the weight file
@@ -180,11 +175,8 @@ def small_constants_inline(max_elements: int = INLINE_CONSTANT_MAX_ELEMENTS) -> 
             return original(val)
         return original(val, specification_version)
 
-    load.should_use_weight_file = should_use_weight_file
-    try:
+    with patched(load, should_use_weight_file=should_use_weight_file):
         yield
-    finally:
-        load.should_use_weight_file = original
 
 
 def _pass_pipeline(spec: ExportSpec, variant: str) -> tuple[Any, dict[str, Any] | None]:

@@ -21,6 +21,7 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.deploy.fold import NearestUpsample, use_broadcast_nearest
+from hrvit_mobile.patching import patched
 from hrvit_mobile.quant.recipes import Prequantized
 
 from .contract import (
@@ -299,11 +300,8 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
                 return original(ep, pass_)
         return original(ep, pass_)
 
-    xnnpack_passes._transform = transform
-    try:
+    with patched(xnnpack_passes, _transform=transform):
         yield skipped
-    finally:
-        xnnpack_passes._transform = original
 
 
 # XNNPACK passes that rewrite the graph in place and then retrace it only "to regenerate meta data and
@@ -329,11 +327,8 @@ def retrace_skipped(pass_: Any) -> Iterator[None]:
             return PassResult(graph_module, True)
         return retrace(self, graph_module)
 
-    owner.call = call
-    try:
+    with patched(owner, call=call):
         yield
-    finally:
-        owner.call = retrace
 
 
 def _call_nodes(gm: torch.fx.GraphModule) -> Iterator[torch.fx.Node]:
@@ -449,11 +444,8 @@ def applicable_edge_passes(skipped: Counter[str] | None = None) -> Iterator[Coun
         pre, post = original(config)
         return [guarded(p) for p in pre], list(post)
 
-    _program._get_aten_to_edge_passes = passes
-    try:
+    with patched(_program, _get_aten_to_edge_passes=passes):
         yield skipped
-    finally:
-        _program._get_aten_to_edge_passes = original
 
 
 def xnnpack_partitioner() -> Any:
@@ -665,22 +657,15 @@ def bitset_dependency_viewers() -> Iterator[None]:
     import torch.fx.passes.infra.partitioner as fx_partitioner
     from executorch.exir.backend.canonical_partitioners import group_partitioner
 
-    modules = (fx_partitioner, group_partitioner)
-    originals = [module._DependencyViewer for module in modules]
     partitioner_cls = group_partitioner.GroupBasedPartitioner
-    original_can_merge = partitioner_cls.__dict__["_can_merge_partitions"]
-    original_merge = partitioner_cls.__dict__["_perform_partition_merge"]
-    for module in modules:
-        module._DependencyViewer = BitSetDependencyViewer
-    partitioner_cls._can_merge_partitions = _bitset_can_merge_partitions(original_can_merge)
-    partitioner_cls._perform_partition_merge = _bitset_perform_partition_merge(original_merge)
-    try:
+    can_merge = _bitset_can_merge_partitions(partitioner_cls.__dict__["_can_merge_partitions"])
+    perform_merge = _bitset_perform_partition_merge(partitioner_cls.__dict__["_perform_partition_merge"])
+    with (
+        patched(fx_partitioner, _DependencyViewer=BitSetDependencyViewer),
+        patched(group_partitioner, _DependencyViewer=BitSetDependencyViewer),
+        patched(partitioner_cls, _can_merge_partitions=can_merge, _perform_partition_merge=perform_merge),
+    ):
         yield
-    finally:
-        for module, original in zip(modules, originals):
-            module._DependencyViewer = original
-        partitioner_cls._can_merge_partitions = original_can_merge
-        partitioner_cls._perform_partition_merge = original_merge
 
 
 @contextmanager
@@ -712,17 +697,11 @@ def unrendered_partition_logs() -> Iterator[None]:
             or "__str__" in own_class.__dict__
         ):
             return original(tagged_graph_module, *args, **kwargs)
-        own_class.__str__ = placeholder  # type: ignore[method-assign]
-        try:
+        with patched(own_class, __str__=placeholder):  # own_class has no __str__ of its own (checked above)
             return original(tagged_graph_module, *args, **kwargs)
-        finally:
-            del own_class.__str__
 
-    backend_api._create_partitions_in_graph_module = create_partitions
-    try:
+    with patched(backend_api, _create_partitions_in_graph_module=create_partitions):
         yield
-    finally:
-        backend_api._create_partitions_in_graph_module = original
 
 
 @contextmanager
@@ -733,12 +712,8 @@ def moving_node_legalization() -> Iterator[None]:
     moved instead of copied)."""
     from executorch.exir import lowered_backend_module
 
-    original = lowered_backend_module.legalize_graph
-    lowered_backend_module.legalize_graph = legalize_graph_moving_nodes
-    try:
+    with patched(lowered_backend_module, legalize_graph=legalize_graph_moving_nodes):
         yield
-    finally:
-        lowered_backend_module.legalize_graph = original
 
 
 @contextmanager
@@ -788,17 +763,11 @@ def single_decomposition(skipped: Counter[str]) -> Iterator[None]:
                         return decomposed
             return original_decompose(self, *d_args, **d_kwargs)
 
-        ExportedProgram.run_decompositions = run_decompositions  # type: ignore[method-assign]
-        try:
+        with patched(ExportedProgram, run_decompositions=run_decompositions):
             return original_gen(partitioner, aten_programs, *args, **kwargs)
-        finally:
-            ExportedProgram.run_decompositions = original_decompose  # type: ignore[method-assign]
 
-    _program._gen_edge_manager_for_partitioners = gen
-    try:
+    with patched(_program, _gen_edge_manager_for_partitioners=gen):
         yield
-    finally:
-        _program._gen_edge_manager_for_partitioners = original_gen
 
 
 def _value_key(value: Any) -> Any:
@@ -860,11 +829,8 @@ def edge_dtype_checked_once(skipped: Counter[str] | None = None) -> Iterator[Cou
         if key is not None:
             passed.add(key)
 
-    verifier._check_tensor_args_matching_op_allowed_dtype = check
-    try:
+    with patched(verifier, _check_tensor_args_matching_op_allowed_dtype=check):
         yield skipped
-    finally:
-        verifier._check_tensor_args_matching_op_allowed_dtype = original
 
 
 @contextmanager

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from hrvit_mobile.patching import patched
+
 
 class _DeferredPythonCode:
     """What ``recompile`` returns while deferred: the real ``PythonCode`` on first attribute access."""
@@ -88,18 +90,11 @@ def deferred_graph_codegen() -> Iterator[weakref.WeakSet]:
             materialize(self)
         return original_reduce(self)
 
-    gm_cls.recompile = recompile  # type: ignore[method-assign]
-    gm_cls.code = property(code)  # type: ignore[assignment]
-    gm_cls.__str__ = to_str  # type: ignore[method-assign]
-    gm_cls.__reduce__ = reduce  # type: ignore[method-assign]
     try:
-        yield stale
+        with patched(gm_cls, recompile=recompile, code=property(code), __str__=to_str, __reduce__=reduce):
+            yield stale
     finally:
-        gm_cls.recompile = original_recompile  # type: ignore[method-assign]
-        gm_cls.code = original_code  # type: ignore[assignment]
-        gm_cls.__str__ = original_str  # type: ignore[method-assign]
-        gm_cls.__reduce__ = original_reduce  # type: ignore[method-assign]
-        for gm in list(stale):
+        for gm in list(stale):  # with GraphModule's own methods back
             materialize(gm)
 
 
@@ -134,11 +129,8 @@ def shared_node_provenance() -> Iterator[None]:
             self.from_node = list(node.meta.get("from_node", []))
 
     init._shares_provenance = True  # type: ignore[attr-defined]
-    cls.__init__ = init
-    try:
+    with patched(cls, __init__=init):
         yield
-    finally:
-        cls.__init__ = original
 
 
 # the ExportGraphSignature properties that rebuild a dict from every input spec on each access
@@ -171,9 +163,6 @@ def memoized_signature_lookups() -> Iterator[dict[str, int]]:
         yield {}
         return
 
-    watched = (gs.InputSpec, gs.TensorArgument, sig_cls)
-    saved_setattr = {cls: cls.__dict__.get("__setattr__") for cls in watched}
-    saved_props = {name: sig_cls.__dict__[name] for name in SIGNATURE_LOOKUPS}
     generation = [0]
     counts = {"hits": 0, "misses": 0}
     # id(signature), property -> (signature, its input_specs list, that list's length, generation, answer);
@@ -206,20 +195,15 @@ def memoized_signature_lookups() -> Iterator[dict[str, int]]:
         fget._memoized = True  # type: ignore[attr-defined]
         return property(fget)
 
-    for cls in watched:
-        cls.__setattr__ = setattr_counted  # type: ignore[method-assign, assignment]
-    for name, prop in saved_props.items():
-        setattr(sig_cls, name, memoized(name, prop.fget))
+    lookups = {name: memoized(name, sig_cls.__dict__[name].fget) for name in SIGNATURE_LOOKUPS}
     try:
-        yield counts
+        with (
+            patched(gs.InputSpec, __setattr__=setattr_counted),
+            patched(gs.TensorArgument, __setattr__=setattr_counted),
+            patched(sig_cls, __setattr__=setattr_counted, **lookups),
+        ):
+            yield counts
     finally:
-        for name, prop in saved_props.items():
-            setattr(sig_cls, name, prop)
-        for cls, original in saved_setattr.items():
-            if original is None:
-                del cls.__setattr__
-            else:
-                cls.__setattr__ = original  # type: ignore[method-assign]
         cache.clear()
 
 

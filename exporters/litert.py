@@ -24,6 +24,7 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.deploy.fold import use_resize_nearest
+from hrvit_mobile.patching import patched
 from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
 from .contract import (
@@ -99,7 +100,6 @@ def arange_int32_in_place() -> Iterator[Counter[str]]:
     from litert_torch.backend import export as litert_export
     from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-    original = litert_export._convert_i64_to_i32
     rewritten: Counter[str] = Counter()
     int32 = torch.iinfo(torch.int32)
 
@@ -122,11 +122,8 @@ def arange_int32_in_place() -> Iterator[Counter[str]]:
             changed = True
         return changed
 
-    litert_export._convert_i64_to_i32 = convert_in_place
-    try:
+    with patched(litert_export, _convert_i64_to_i32=convert_in_place):
         yield rewritten
-    finally:
-        litert_export._convert_i64_to_i32 = original
 
 
 def _inner_function_code(outer: Any, name: str) -> types.CodeType:
@@ -218,12 +215,8 @@ def layout_callables_traced_once() -> Iterator[Counter[str]]:
                 counts["composites"] += 1
         return original_composites(self, graph_module)
 
-    canonicalize_cls.call = canonicalize
-    composite_cls.call = build_composites
-    try:
+    with patched(canonicalize_cls, call=canonicalize), patched(composite_cls, call=build_composites):
         yield counts
-    finally:
-        canonicalize_cls.call, composite_cls.call = original_canonicalize, original_composites
 
 
 @contextmanager
@@ -259,13 +252,11 @@ def calibration_reads_views() -> Iterator[None]:
             if d["name"] and np.all(d["shape"])  # the same tensors the original returns
         }
 
-    calibrator_cls._calibrate_step = calibrate_step
-    tfl_interpreter_utils.get_tensor_name_to_content_map = read_views
-    try:
+    with (
+        patched(calibrator_cls, _calibrate_step=calibrate_step),
+        patched(tfl_interpreter_utils, get_tensor_name_to_content_map=read_views),
+    ):
         yield
-    finally:
-        calibrator_cls._calibrate_step = original_step
-        tfl_interpreter_utils.get_tensor_name_to_content_map = original_read
 
 
 def _quantize(

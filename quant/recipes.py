@@ -34,6 +34,7 @@ from hrvit_mobile.deploy.layout import export_layout
 from hrvit_mobile.deploy.modules import FACTORED_DES_MIN_CHANNELS
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.models.norm import DelegableLayerNorm
+from hrvit_mobile.patching import patched
 
 from . import native
 
@@ -342,23 +343,17 @@ def fast_pattern_capture(utils_module: str) -> Iterator[None]:
             def non_strict(*a: Any, **k: Any) -> Any:
                 return real_export(*a, **{**k, "strict": False})
 
-            torch.export.export = non_strict
-            try:
+            with patched(torch.export, export=non_strict):
                 # torch.export takes modules only; litert-torch still hands it plain functions
                 module = pattern if isinstance(pattern, nn.Module) else _FunctionModule(pattern)
                 gm = original(module, example_inputs, is_cuda, **kwargs)
-            finally:
-                torch.export.export = real_export
             if key is None:
                 return gm
             _PATTERN_CACHE[key] = gm
         return copy.deepcopy(_PATTERN_CACHE[key])  # the matcher must not share one graph between matches
 
-    cu._get_aten_graph_module_for_pattern = capture
-    try:
+    with patched(cu, _get_aten_graph_module_for_pattern=capture):
         yield
-    finally:
-        cu._get_aten_graph_module_for_pattern = original
 
 
 def fast_coreml_pattern_capture() -> contextlib.AbstractContextManager[None]:
@@ -468,20 +463,14 @@ def present_activation_patterns(quantizer_cls: type, utils_module: str) -> Itera
         if not isinstance(model, torch.fx.GraphModule):
             return original(self, model)
         called = _aten_op_names(model.graph)
-        saved = {name: getattr(cu, name) for name in _ACTIVATION_TUPLES}
-        for name, acts in saved.items():
-            setattr(cu, name, tuple(a for a in acts if may_match(a, called)))
-        try:
+        present = {
+            name: tuple(a for a in getattr(cu, name) if may_match(a, called)) for name in _ACTIVATION_TUPLES
+        }
+        with patched(cu, **present):
             return original(self, model)
-        finally:
-            for name, acts in saved.items():
-                setattr(cu, name, acts)
 
-    quantizer_cls.annotate = annotate  # type: ignore[attr-defined]
-    try:
+    with patched(quantizer_cls, annotate=annotate):
         yield
-    finally:
-        quantizer_cls.annotate = original  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -520,20 +509,18 @@ def deferred_annotation_recompile(quantizer_cls: type) -> Iterator[None]:
             clean_len = len(graph.nodes)
             return changed
 
-        graph.eliminate_dead_code = eliminate_dead_code  # type: ignore[method-assign]
-        model.recompile = lambda: None  # type: ignore[method-assign]
         try:
-            return original(self, model)
+            # instance attributes shadow the graph's and the module's own methods
+            with (
+                patched(graph, eliminate_dead_code=eliminate_dead_code),
+                patched(model, recompile=lambda: None),
+            ):
+                return original(self, model)
         finally:
-            del model.recompile
-            del graph.eliminate_dead_code
             model.recompile()
 
-    quantizer_cls.annotate = annotate  # type: ignore[attr-defined]
-    try:
+    with patched(quantizer_cls, annotate=annotate):
         yield
-    finally:
-        quantizer_cls.annotate = original  # type: ignore[attr-defined]
 
 
 def fake_quantize_per_tensor(
@@ -587,11 +574,8 @@ def fast_fake_quantize() -> Iterator[None]:
         post = self.activation_post_process
         return fake_quantize_per_tensor(x, self.scale, self.zero_point, post.quant_min, post.quant_max)
 
-    FakeQuantize.forward = forward  # type: ignore[method-assign]
-    try:
+    with patched(FakeQuantize, forward=forward):
         yield
-    finally:
-        FakeQuantize.forward = original  # type: ignore[method-assign]
 
 
 # torch.histc counts in float32: a bin holding 2**24 values or more could round in the stock kernel
@@ -668,11 +652,8 @@ def fast_histograms() -> Iterator[None]:
                 return counts
         return stock_histc(input, bins, min=min, max=max, **kwargs)
 
-    torch.histc, torch.aminmax = histc, aminmax  # type: ignore[assignment]
-    try:
+    with patched(torch, histc=histc, aminmax=aminmax):
         yield
-    finally:
-        torch.histc, torch.aminmax = stock_histc, stock_aminmax  # type: ignore[assignment]
 
 
 def _idempotent_observer_types() -> tuple[type, ...]:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.patching import patched
+
 log = logging.getLogger("hrvit_mobile.report")
 
 SOURCE = (
@@ -160,13 +162,10 @@ def _logging_with(
 ) -> Iterator[None]:
     """Every logger runs ``forward_for(name, compared)`` instead of storing its output (an instance
     attribute shadows ``OutputLogger.forward``), for the duration of the block."""
-    for logger, (name, compared) in loggers.items():
-        logger.forward = forward_for(name, compared)
-    try:
+    with contextlib.ExitStack() as stack:
+        for logger, (name, compared) in loggers.items():
+            stack.enter_context(patched(logger, forward=forward_for(name, compared)))
         yield
-    finally:
-        for logger in loggers:
-            del logger.forward
 
 
 def _chunks(sizes: dict[str, int], budget: int) -> list[set[str]]:
