@@ -144,6 +144,22 @@ def _run(function: Callable[..., None], x: torch.Tensor, bins: int, low: float, 
     return tables.sum(dim=(0, 1)).to(torch.float32)
 
 
+def dense_view(x: torch.Tensor) -> torch.Tensor | None:
+    """``x``'s elements as a 1-D view in memory order where they fill one block of memory without
+    gaps or overlaps (a contiguous tensor, or a permuted one such as a channels-last activation), else
+    None. For order-free work on the values (extrema, histograms): ATen reduces a permuted tensor
+    element by element along its logical order, ~15x slower than over the same values in memory order
+    (``aminmax`` of a permuted 4M-value activation on this host: 5.5 ms against 0.36 ms)."""
+    if x.is_contiguous():
+        return x.view(-1)
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(x.shape, x.stride()) if sz != 1):
+        if stride != expected:
+            return None
+        expected *= size
+    return x.as_strided((x.numel(),), (1,))
+
+
 def available() -> bool:
     """Whether the native kernel is built, loaded and agrees with ``torch.histc`` on this host."""
     return _kernel() is not None
@@ -156,4 +172,6 @@ def bin_counts(x: torch.Tensor, bins: int, low: float, span: float) -> torch.Ten
     function = _kernel()
     if function is None:
         return None
-    return _run(function, x.contiguous(), bins, low, span, threads=torch.get_num_threads())
+    values = dense_view(x)
+    values = values if values is not None else x.reshape(-1).contiguous()  # counts do not depend on order
+    return _run(function, values, bins, low, span, threads=torch.get_num_threads())

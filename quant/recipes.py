@@ -635,8 +635,11 @@ def fast_histograms() -> Iterator[None]:
     last: list[Any] = [None, -1, None]  # tensor, its _version, its (min, max)
 
     def aminmax(input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        result = stock_aminmax(input, *args, **kwargs)
         whole = not args and not kwargs
+        # the extrema of the whole tensor do not depend on the order: a permuted activation is reduced in
+        # memory order (native.dense_view)
+        values = native.dense_view(input) if whole and not input.is_contiguous() else None
+        result = stock_aminmax(values if values is not None else input, *args, **kwargs)
         last[:] = (input, input._version, result) if whole else (None, -1, None)
         return result
 

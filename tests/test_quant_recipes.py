@@ -304,6 +304,36 @@ def test_native_binning_check_rejects_a_kernel_that_rounds_differently(
         native._kernel.cache_clear()
 
 
+def test_dense_view_covers_exactly_the_values_in_memory_order() -> None:
+    """Contiguous and permuted tensors (channels-last, transposed) come back as one flat view of their
+    memory; slices with gaps and broadcast (overlapping) tensors do not."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 6, 5, generator=g)
+    for dense in (x, x.permute(0, 2, 3, 1), x.transpose(1, 3), x[:1].permute(3, 1, 0, 2)):
+        flat = native.dense_view(dense)
+        assert flat is not None and flat.numel() == dense.numel()
+        assert torch.equal(flat.sort().values, dense.reshape(-1).sort().values)
+    for gapped in (x[:, :4], x.permute(0, 2, 3, 1)[..., ::2], torch.randn(3, 1).expand(3, 4)):
+        assert native.dense_view(gapped) is None
+
+
+def test_fast_histograms_aminmax_of_permuted_tensors_is_the_stock_one() -> None:
+    """Within fast_histograms, aminmax of a permuted tensor (reduced in memory order) equals the stock
+    result, NaN included; reductions over a dimension take the stock path."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 16, 9, 7, generator=g).permute(0, 2, 3, 1)
+    with_nan = x.clone()
+    with_nan[0, 3, 2, 5] = float("nan")
+    with_nan = with_nan.permute(0, 2, 1, 3)
+    stock = [torch.aminmax(t) for t in (x, with_nan)] + [torch.aminmax(x, dim=1)]
+    with recipes.fast_histograms():
+        fast = [torch.aminmax(t) for t in (x, with_nan)] + [torch.aminmax(x, dim=1)]
+    for a, b in zip(stock, fast):
+        assert torch.equal(a[0], b[0]) or (a[0].isnan().all() and b[0].isnan().all())
+        assert torch.equal(a[1], b[1]) or (a[1].isnan().all() and b[1].isnan().all())
+    assert torch.isnan(fast[1][0]) and torch.isnan(fast[1][1])
+
+
 def test_fast_histograms_keep_histogram_observers_state() -> None:
     """HistogramObservers fed batches of moving ranges (so histograms are rescaled and combined) end in
     the same state, bins and range, with and without fast_histograms; torch.histc is restored after."""
@@ -312,6 +342,7 @@ def test_fast_histograms_keep_histogram_observers_state() -> None:
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(2, 16, 24, 24, generator=g) * (0.5 + i) + i - 2 for i in range(6)]
     batches.append(torch.full((3, 5), 0.25))  # one value only
+    batches.append((batches[1] * 3).permute(0, 2, 3, 1))  # permuted (channels-last), a wider range
     stock_histc, stock_aminmax = torch.histc, torch.aminmax
     states = []
     for fast in (False, True):
