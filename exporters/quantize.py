@@ -6,12 +6,13 @@ The recipes themselves live in :mod:`hrvit_mobile.quant`; this module only maps 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from hrvit_mobile.quant.recipes import Prequantized, PT2ERecipe, QuantRecipe, get_recipe
+from hrvit_mobile.quant.recipes import BINNING_PATHS, Prequantized, PT2ERecipe, QuantRecipe, get_recipe
 
 from .contract import EXPORTER_SYNTHETIC, ExportError, ExportSpec, step
 
@@ -104,8 +105,12 @@ def quantize_pt2e(
             check_keep_float(model, spec)
             recipe = recipe.with_keep_float(names)
             info["keep_float"] = names
+        binned_before = Counter(BINNING_PATHS)
         with step(target, f"quantize ({recipe.name}), calibrate on {len(calib)} inputs"):
             quantized = recipe.quantize(model, example, calib, strict=spec.strict_export)
+        binned = BINNING_PATHS - binned_before
+        if binned:  # histogram observers (XNNPACK int8): which code binned their activations
+            info["histogram_binning"] = dict(sorted(binned.items()))
     if report is not None:
         report.update(info)
     assert quantized is not None

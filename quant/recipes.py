@@ -22,6 +22,7 @@ import copy
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -581,6 +582,10 @@ def fast_fake_quantize() -> Iterator[None]:
 # torch.histc counts in float32: a bin holding 2**24 values or more could round in the stock kernel
 _EXACT_FLOAT32_COUNTS = 1 << 24
 
+# how many histograms each path has binned in this process (exports report their share, see
+# hrvit_mobile.exporters.quantize): "native C kernel", "PyTorch passes", "torch.histc" (cases declined)
+BINNING_PATHS: Counter[str] = Counter()
+
 
 def histc_in_range(
     x: torch.Tensor, bins: int, low: Any, high: Any, extrema: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -613,10 +618,12 @@ def histc_in_range(
         return None
     counts = native.bin_counts(x, bins, low, float(span32))
     if counts is not None:
+        BINNING_PATHS["native C kernel"] += 1
         return counts
     lo, span = torch.tensor(low, dtype=torch.float32), torch.tensor(float(span32), dtype=torch.float32)
     position = torch.sub(x, lo).mul_(float(bins)).div_(span).to(torch.int32)
     position.clamp_(max=bins - 1)  # v == high: the last bin includes its right edge
+    BINNING_PATHS["PyTorch passes"] += 1
     return torch.bincount(position.reshape(-1), minlength=bins).to(torch.float32)
 
 
@@ -653,6 +660,7 @@ def fast_histograms() -> Iterator[None]:
             counts = histc_in_range(input, bins, min, max, extrema=known)
             if counts is not None:
                 return counts
+        BINNING_PATHS["torch.histc"] += 1
         return stock_histc(input, bins, min=min, max=max, **kwargs)
 
     with patched(torch, histc=histc, aminmax=aminmax):

@@ -80,6 +80,12 @@ def test_executorch_variant(
     if variant == "int8":  # a model without HRViT's branches is quantized in its own layout
         quantization = report.artifact.details["quantization"]
         assert quantization["layout"] == report.artifact.details["layout"] == "as given"
+        # the histogram observers' activations were binned, by the C kernel where it builds here
+        from hrvit_mobile.quant import native
+
+        binned = quantization["histogram_binning"]
+        assert sum(binned.values()) > 0
+        assert binned.get("native C kernel", 0) > 0 if native.available() else "native C kernel" not in binned
 
     meta = json.loads((tmp_path / (pte.name + ".json")).read_text())
     assert meta["variant"] == variant and meta["bits"] == bits
