@@ -40,8 +40,9 @@ _VALUES_PER_THREAD = 1 << 21
 
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 
@@ -104,11 +105,12 @@ def _kernel() -> Callable[..., None] | None:
     function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int32,
                          ctypes.c_void_p]
     # the compiler's arithmetic must be the kernel's: checked on edge values over narrow to wide ranges
-    # (through torch.ops: torch.histc itself may be fast_histograms' wrapper, which calls back here)
+    # (through torch.ops: torch.histc and torch.aminmax may be fast_histograms' wrappers, and its histc
+    # calls back here)
     for low, high, bins in ((-1.5, 2.25, 2048), (0.0, 1e-3, 2048), (-3.1e4, 7.7e5, 2048), (1.0, 1.0001, 256),
                             (-0.37, 0.91, 7)):
         x = _edge_values(low, high, bins)
-        lo, hi = torch.aminmax(x)
+        lo, hi = torch.ops.aten.aminmax.default(x)
         span = float(hi - lo)
         if not torch.equal(_run(function, x, bins, float(lo), span, threads=1),
                            torch.ops.aten.histc.default(x, bins, float(lo), float(hi))):
