@@ -38,6 +38,7 @@ from hrvit_mobile.models.norm import DelegableLayerNorm
 from hrvit_mobile.patching import patched
 
 from . import native
+from .observers import fast_param_search
 
 log = logging.getLogger("hrvit_mobile.quant")
 
@@ -142,10 +143,13 @@ class PT2ERecipe(QuantRecipe):
         return prepared
 
     def convert(self, prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        """Observers/fake-quant -> quantize/dequantize pairs with the calibrated (or trained) parameters."""
+        """Observers/fake-quant -> quantize/dequantize pairs with the calibrated (or trained) parameters
+        (histogram observers search their ranges with :func:`~hrvit_mobile.quant.observers.fast_param_search`:
+        the same ranges)."""
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-        return convert_pt2e(prepared)
+        with fast_param_search():
+            return convert_pt2e(prepared)
 
     def quantize(
         self,
@@ -273,7 +277,8 @@ class LiteRTInt8(PT2ERecipe):
         turns each pair into a quantized tensor and refuses weights folded into int8 constants."""
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-        return convert_pt2e(prepared, fold_quantize=False)
+        with fast_param_search():
+            return convert_pt2e(prepared, fold_quantize=False)
 
     def quantizer(self) -> Any:
         from litert_torch.quantize import pt2e_quantizer as pt2eq

@@ -379,6 +379,92 @@ def test_fast_histograms_reuse_extrema_only_of_the_unchanged_tensor() -> None:
     assert changed.sum() < x.numel()  # some values left the range, and the kernel skipped them
 
 
+def _histogram_observer(batches: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    observer = HistogramObserver()
+    for x in batches:
+        observer(x)
+    observer.histogram = observer.histogram.to(dtype)
+    return observer
+
+
+def _search_cases() -> list[tuple[str, list[torch.Tensor]]]:
+    g = torch.Generator().manual_seed(5)
+    normal = torch.randn(4, 32, 20, 20, generator=g)
+    heavy = torch.randn(50_000, generator=g) ** 3  # long tails: the walk moves both bounds far in
+    outlier = torch.cat([torch.rand(20_000, generator=g), torch.tensor([40.0, -15.0])])
+    skewed = torch.rand(30_000, generator=g) ** 6
+    sparse = torch.randint(0, 4, (5_000,), generator=g).float() * 0.7  # four spikes, empty bins between
+    return [
+        ("normal, growing ranges", [normal * (1 + i) + i for i in range(3)]),
+        ("heavy tails", [heavy]),
+        ("two outliers", [outlier]),
+        ("skewed", [skewed]),
+        ("spikes", [sparse]),
+        ("one value", [torch.full((64,), 1.0)]),  # the bounds meet at once: the walk runs out its steps
+        ("few values", [torch.tensor([0.0, 1e-3, 2e-3, 5.0])]),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", _search_cases(), ids=lambda c: c[0])
+def test_param_search_chooses_the_stock_range(case, dtype) -> None:
+    """HistogramObserver's range search over Python floats returns the stock method's bounds, bit for
+    bit, on histograms of many shapes; inside fast_param_search calculate_qparams takes it, and the
+    class's own method is back afterwards."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from hrvit_mobile.quant import observers
+
+    observer = _histogram_observer(case[1], dtype)
+    stock = HistogramObserver._non_linear_param_search
+    want = stock(observer)
+    got = observers.non_linear_param_search(observer)
+    assert got[0].dtype == want[0].dtype and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with observers.fast_param_search():
+        assert HistogramObserver._non_linear_param_search is not stock
+        inside = observer.calculate_qparams()
+    assert HistogramObserver._non_linear_param_search is stock
+    outside = observer.calculate_qparams()
+    assert torch.equal(inside[0], outside[0]) and torch.equal(inside[1], outside[1])
+
+
+def test_param_search_rounds_its_limits_as_the_tensor_comparison_does() -> None:
+    """A histogram where the first lower limit, 1e-5 * total, lies just above the first bin's cumulative
+    count as a double but rounds onto it as float32: the stock walk keeps bin 0 (a float32 comparison),
+    a walk comparing doubles would drop it. The search takes the stock range."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from hrvit_mobile.quant.observers import non_linear_param_search
+
+    observer = HistogramObserver()
+    counts = torch.full((observer.bins,), 48824.0)
+    counts[0] = 1000.0
+    counts[-1] = 1e8 - 1000.0 - 48824.0 * (observer.bins - 2)  # multiples of 8: exact float32 sums
+    observer.histogram.resize_(counts.shape).copy_(counts)
+    observer.min_val.copy_(torch.tensor(0.0))
+    observer.max_val.copy_(torch.tensor(1.0))
+    total = torch.sum(observer.histogram).item()
+    assert total == 1e8 and 1000.0 < (0.0 + 1e-5) * total  # as doubles bin 0 lies below the limit
+    want = HistogramObserver._non_linear_param_search(observer)
+    got = non_linear_param_search(observer)
+    assert want[0].item() == 0.0  # ... but the stock walk kept it
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_param_search_compares_as_float32_like_the_tensors() -> None:
+    """What the search relies on: a float32 0-dim tensor compared with a Python float compares with the
+    float rounded to float32 (1 < 1 + 1e-12 as doubles, not as float32), and _float32 rounds so."""
+    from hrvit_mobile.quant.observers import _float32
+
+    one = torch.ones(3)[0]
+    assert not bool(one < 1.0 + 1e-12) and 1.0 < 1.0 + 1e-12
+    assert _float32(1.0 + 1e-12) == 1.0 and _float32(16777217.0) == 16777216.0
+    assert _float32(0.1) == float(torch.tensor(0.1, dtype=torch.float32))
+    assert _float32(1e300) == float("inf") and _float32(-1e300) == float("-inf")
+
+
 _COREML_UTILS = "executorch.backends.apple.coreml.quantizer._coreml_quantizer_utils"
 
 
