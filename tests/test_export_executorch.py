@@ -241,6 +241,33 @@ def test_skipping_inapplicable_xnnpack_passes_changes_no_byte(model: TinySegment
     assert "delegate calls answered from recorded outputs" in skipped
 
 
+def test_memoized_dataclass_encoding_writes_the_stock_json(model: TinySegmenter) -> None:
+    """The XNNPACK graphs of a lowering encode to the same JSON (Union fields tagged with their types)
+    with the memoized encoder as with ExecuTorch's, and the stock encoder is back afterwards."""
+    from executorch.backends.xnnpack.serialization import xnnpack_graph_serialize as serialize
+
+    from hrvit_mobile.exporters.executorch import memoized_dataclass_encoding
+    from hrvit_mobile.patching import patched
+
+    graphs: list[Any] = []
+    original = serialize.convert_to_flatbuffer
+
+    def capture(graph: Any) -> bytes:
+        graphs.append(graph)
+        return original(graph)
+
+    with patched(serialize, convert_to_flatbuffer=capture):
+        _lower(model, (64, 64), skip=True)
+    stock_encoder = serialize._DataclassEncoder
+    stock = [json.dumps(g, cls=stock_encoder) for g in graphs]
+    with memoized_dataclass_encoding():
+        assert serialize._DataclassEncoder is not stock_encoder
+        memoized = [json.dumps(g, cls=serialize._DataclassEncoder) for g in graphs]
+    assert serialize._DataclassEncoder is stock_encoder
+    assert graphs and memoized == stock
+    assert '_type": "XNN' in stock[0]  # the Union tags are part of what is compared
+
+
 def test_edge_dtype_check_runs_once_per_distinct_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     """Within edge_dtype_checked_once a graph is checked once, a copy of it is not checked again, a
     graph with one recorded dtype changed is, and a check that fails raises every time."""
