@@ -914,6 +914,65 @@ def delegate_outputs_from_metadata(verify: bool = False) -> Iterator[Counter[str
 
 
 @functools.cache
+def _op_replace_with_dim_order_pass() -> type:
+    """ExecuTorch's ``OpReplacePass`` and ``MemoryFormatOpsPass`` as one pass: each operator becomes its
+    edge op (OpReplacePass's rule) and that edge op then gets MemoryFormatOpsPass's rewrite (memory
+    format -> dim order), in one retrace instead of two."""
+    from executorch.exir.passes.memory_format_ops_pass import MemoryFormatOpsPass
+    from executorch.exir.passes.replace_aten_with_edge_pass import aten_to_edge, should_lower_to_edge
+
+    class OpReplaceWithDimOrderPass(MemoryFormatOpsPass):  # type: ignore[misc, valid-type]
+        def call_operator(self, op: Any, args: Any, kwargs: Any, meta: Any) -> Any:
+            if should_lower_to_edge(op):
+                op = aten_to_edge(op)
+            return super().call_operator(op, args, kwargs, meta)
+
+    return OpReplaceWithDimOrderPass
+
+
+class _DimOrderDoneWithOpReplace:
+    """Stands in for ``MemoryFormatOpsPass`` after :func:`_op_replace_with_dim_order_pass`'s pass: the
+    graph it gets has had that rewrite already."""
+
+    def __call__(self, graph_module: torch.fx.GraphModule) -> Any:
+        from executorch.exir.pass_base import PassResult
+
+        return PassResult(graph_module, False)
+
+
+@contextmanager
+def edge_ops_in_one_retrace(skipped: Counter[str] | None = None) -> Iterator[Counter[str]]:
+    """ATen-to-edge conversion with the op replacement and the dim-order rewrite in one retrace.
+
+    ``to_edge_transform_and_lower`` ends its ATen-to-edge passes with ``OpReplacePass`` (every op to its
+    edge op) and ``MemoryFormatOpsPass`` (``_to_copy``/``clone``/``empty`` with a memory format to their
+    dim-order variants), each a whole-graph retrace through fake tensors: ~3-6 s each on b1 int8. The
+    second only rewrites edge ops the first produced, node by node, so composing the two per operator
+    gives the same ops, arguments and values. Graphs with control-flow submodules and configs that skip
+    the dim-order pass take ExecuTorch's own passes. Counts the retrace saved in ``skipped``.
+    """
+    from executorch.exir.program import _program
+
+    original = _program._generate_edge_program
+    skipped = Counter() if skipped is None else skipped
+
+    def generate(config: Any, program: Any, *args: Any, **kwargs: Any) -> Any:
+        if config._skip_dim_order or _has_control_flow(program.graph_module):
+            return original(config, program, *args, **kwargs)
+        with patched(
+            _program,
+            OpReplacePass=_op_replace_with_dim_order_pass(),
+            MemoryFormatOpsPass=_DimOrderDoneWithOpReplace,
+        ):
+            result = original(config, program, *args, **kwargs)
+        skipped["MemoryFormatOpsPass's own retrace"] += 1
+        return result
+
+    with patched(_program, _generate_edge_program=generate):
+        yield skipped
+
+
+@functools.cache
 def _dataclass_json_fields(cls: type) -> tuple[tuple[str, bool], ...]:
     """``cls``'s fields in order, each with whether ExecuTorch's JSON encoder tags it with its value's
     type name (a string-annotated Union field)."""
@@ -956,8 +1015,8 @@ def lowering_shortcuts() -> Iterator[Counter[str]]:
     provenance, memoized graph-signature lookups, bit-set dependency closures, unrendered debug
     messages, nodes moved rather than copied when re-sorting, inapplicable ATen-to-edge and XNNPACK
     passes skipped, one decomposition retrace instead of two, the edge dtype check once per distinct
-    graph, the delegate's JSON encoded with type hints looked up once per class (yields the names of
-    what was skipped).
+    graph, edge ops and their dim-order form in one retrace, the delegate's JSON encoded with type
+    hints looked up once per class (yields the names of what was skipped).
     Pair with :func:`xnnpack_partitioner`; code generation is deferred by ``run_build`` for every
     target."""
     with (
@@ -970,6 +1029,7 @@ def lowering_shortcuts() -> Iterator[Counter[str]]:
         applicable_edge_passes(skipped),
         single_decomposition(skipped),
         edge_dtype_checked_once(skipped),
+        edge_ops_in_one_retrace(skipped),
         memoized_dataclass_encoding(),
     ):
         yield skipped

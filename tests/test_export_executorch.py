@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -266,6 +267,43 @@ def test_memoized_dataclass_encoding_writes_the_stock_json(model: TinySegmenter)
     assert serialize._DataclassEncoder is stock_encoder
     assert graphs and memoized == stock
     assert '_type": "XNN' in stock[0]  # the Union tags are part of what is compared
+
+
+class _MemoryFormatOps(torch.nn.Module):
+    """Ops MemoryFormatOpsPass rewrites to their dim-order forms (dtype casts, a clone with a memory
+    format, contiguous), around a conv XNNPACK takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x)).to(torch.float16).to(torch.float32)
+        z = y.clone(memory_format=torch.channels_last) + 1.0
+        return z.contiguous() * 2.0
+
+
+def test_edge_ops_in_one_retrace_give_the_stock_edge_program() -> None:
+    """OpReplacePass and MemoryFormatOpsPass composed per operator give the edge program and .pte of
+    the two passes run one after the other, dim-order ops included; one retrace is counted saved."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    from hrvit_mobile.exporters.executorch import edge_ops_in_one_retrace, xnnpack_partitioner
+
+    model = _MemoryFormatOps().eval()
+    example = (torch.randn(1, 3, 8, 8),)
+    results = []
+    for fused in (False, True):
+        ep = torch.export.export(model, example)
+        with edge_ops_in_one_retrace() if fused else contextlib.nullcontext() as saved:
+            edge = to_edge_transform_and_lower(ep, partitioner=[xnnpack_partitioner()])
+        program = edge.exported_program()
+        targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+        results.append((program.graph_module.code, targets, edge.to_executorch().buffer, saved))
+    (code0, targets0, pte0, _), (code1, targets1, pte1, saved) = results
+    assert any("dim_order" in t for t in targets0)  # the rewrite happened, and is compared
+    assert code1 == code0 and targets1 == targets0 and pte1 == pte0
+    assert saved["MemoryFormatOpsPass's own retrace"] == 1
 
 
 def test_edge_dtype_check_runs_once_per_distinct_graph(monkeypatch: pytest.MonkeyPatch) -> None:
