@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,6 +116,41 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="converter crashed"):
         c.run_build(spec, variant, ".tflite", build)
     assert list(tmp_path.iterdir()) == []  # no artifact, no sidecar, no staging dir
+
+
+def test_build_runs_with_cyclic_collection_deferred(tmp_path: Path) -> None:
+    """The collector is off while ``build`` runs, cyclic garbage made there is collected when it returns
+    (or raises), and a caller's disabled collector stays disabled."""
+    import gc
+    import weakref
+
+    spec, variant = resolve(ExportSpec(target="tflite", img_size=(64, 64), out_dir=tmp_path))
+    seen: dict[str, Any] = {}
+
+    class Node:
+        pass
+
+    def build(stage: Path) -> c.Built:
+        seen["enabled"] = gc.isenabled()
+        cycle = Node()
+        cycle.self = cycle  # garbage only the cyclic collector frees
+        seen["ref"] = weakref.ref(cycle)
+        del cycle
+        seen["alive in build"] = seen["ref"]() is not None
+        raise RuntimeError("stop here")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="stop here"):
+        c.run_build(spec, variant, ".tflite", build)
+    assert seen["enabled"] is False and seen["alive in build"] and seen["ref"]() is None
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with c.cyclic_collection_deferred():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_failed_rebuild_keeps_previous_artifact(tmp_path: Path) -> None:
