@@ -3,7 +3,7 @@
 ``HistogramObserver.calculate_qparams`` picks the clipping range with ``_non_linear_param_search``:
 it walks two quantile bounds inwards in steps of 1e-5 and, at every step, scans the cumulative
 histogram bin by bin, each bin read as a 0-dim tensor and compared with a Python float (~6 us a
-bin here). On b1's ExecuTorch int8 export (876 histogram observers, 2,048 bins) the search was ~90 %
+bin here). On b1's ExecuTorch int8 export (876 histogram observers, 2,048 bins) the search was ~87 %
 of ``convert_pt2e`` under py-spy, and more than half of it outside the candidates' error computation.
 :func:`non_linear_param_search` runs the same walk over the cumulative histogram as Python floats;
 everything else (the error of each candidate range, the returned bounds) is computed by the observer's
