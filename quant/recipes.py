@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -99,6 +99,9 @@ class PT2ERecipe(QuantRecipe):
 
     # the module whose ``_get_aten_graph_module_for_pattern`` the quantizer calls (see fast_pattern_capture)
     pattern_utils: str = ""
+    # convert_pt2e's fold_quantize: int8 weight constants (True) or quantize/dequantize pairs around float
+    # weights (False, what litert-torch's converter needs)
+    fold_quantize: ClassVar[bool] = True
 
     def _annotation_context(self) -> contextlib.AbstractContextManager[None]:
         return fast_pattern_capture(self.pattern_utils) if self.pattern_utils else contextlib.nullcontext()
@@ -149,7 +152,7 @@ class PT2ERecipe(QuantRecipe):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         with fast_param_search():
-            return convert_pt2e(prepared)
+            return convert_pt2e(prepared, fold_quantize=self.fold_quantize)
 
     def quantize(
         self,
@@ -261,6 +264,9 @@ class LiteRTInt8(PT2ERecipe):
     per_channel: bool = True
     scheme: str = "PT2E litert_torch PT2EQuantizer: int8 per-channel weights, static int8 activations"
     pattern_utils: str = "litert_torch.quantize.pt2e_quantizer_utils"
+    # litert-torch's converter turns each quantize/dequantize pair around a float weight into a quantized
+    # tensor and refuses weights folded into int8 constants
+    fold_quantize: ClassVar[bool] = False
 
     def adapt(self, model: nn.Module) -> nn.Module:
         """Linears (and the LayerNorm's mean linears) on (B, H, W, C) tokens run on (B, H*W, C): LiteRT's
@@ -271,14 +277,6 @@ class LiteRTInt8(PT2ERecipe):
             if type(module) in swaps:
                 module.__class__ = swaps[type(module)]  # same parameters and names, another forward
         return model
-
-    def convert(self, prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        """Quantize/dequantize pairs around float weights (``fold_quantize=False``): litert-torch's converter
-        turns each pair into a quantized tensor and refuses weights folded into int8 constants."""
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-        with fast_param_search():
-            return convert_pt2e(prepared, fold_quantize=False)
 
     def quantizer(self) -> Any:
         from litert_torch.quantize import pt2e_quantizer as pt2eq

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,20 @@ def test_pt2e_recipe_quantizes_nano_close_to_float(recipe) -> None:
         a = agreement([quantized(x).numpy() for x in calib], [model(x).numpy() for x in calib])
     # measured on these inputs: XNNPACK cosine 0.9976, LiteRT 0.9973, Core ML W8A8 0.981
     assert a.cosine > 0.97 and a.argmax > 0.9
+
+
+@pytest.mark.parametrize(
+    "recipe, folded", [(XNNPACKInt8(), True), (LiteRTInt8(), False)], ids=["xnnpack", "litert"]
+)
+def test_convert_folds_int8_weights_only_for_converters_that_take_them(recipe, folded) -> None:
+    # XNNPACK lowering reads int8 weight constants; litert-torch refuses them and wants quantize/dequantize
+    # pairs around the float weights
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8)).eval()
+    x = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(0))
+    quantized = recipe.quantize(model, x, [x], progress=False)
+    constants = [attrgetter(n.target)(quantized) for n in quantized.graph.nodes if n.op == "get_attr"]
+    weights = [c for c in constants if isinstance(c, torch.Tensor) and c.dim() == 2]
+    assert weights and all((w.dtype == torch.int8) == folded for w in weights)
 
 
 def test_module_groups_cover_stem_branches_and_head() -> None:
