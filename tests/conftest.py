@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,35 @@ import hrvit_mobile
 from hrvit_mobile import weights
 
 DATA = Path(__file__).parent / "data"
+
+# Under pytest-xdist (the default run, see pyproject's addopts) each worker gets its share of the cores:
+# most of the suite is single-threaded Python (tracing, lowering, conversion), so workers side by side
+# finish sooner than one process with every core, and threads beyond the share only oversubscribe.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS_PER_WORKER = max(1, (os.cpu_count() or 1) // _WORKERS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _WORKERS > 1:
+        torch.set_num_threads(THREADS_PER_WORKER)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # ``--dist loadgroup`` keeps a group on one worker: by default a group is a test file, so its
+    # module-scoped fixtures (exports, captured graphs) are built once; files that share a session
+    # fixture name one group with ``pytestmark = pytest.mark.xdist_group(...)``
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@pytest.fixture
+def single_thread():
+    """Torch on one thread for the test, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def recipe_state_dict(manifest: dict[str, list]) -> dict[str, torch.Tensor]:

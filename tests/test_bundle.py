@@ -18,6 +18,9 @@ from hrvit_mobile.exporters import open_artifact, synthetic_images
 from hrvit_mobile.exporters.contract import sha256_file
 from hrvit_mobile.labels import LabelsError, assets_dir, load_labels
 
+# the tiny artifacts are a session fixture shared with test_predict.py: built once, on one worker
+pytestmark = pytest.mark.xdist_group("tiny_artifacts")
+
 APP_TARGETS = {"android": ("executorch", "tflite"), "ios": ("coreml", "executorch")}
 
 

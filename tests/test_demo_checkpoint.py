@@ -34,8 +34,7 @@ def test_demo_loads_into_b1_in_fp32() -> None:
     assert demo_checkpoint().num_classes == 8
 
 
-def test_demo_predicts_the_synthetic_shapes() -> None:
-    torch.set_num_threads(1)
+def test_demo_predicts_the_synthetic_shapes(single_thread) -> None:
     model = load_demo_model((512, 512)).eval()
     cm = ConfusionMatrix(8)
     with torch.no_grad():

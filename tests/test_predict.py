@@ -16,6 +16,9 @@ from hrvit_mobile.exporters import Normalization
 from hrvit_mobile.labels import assets_dir
 from hrvit_mobile.predict import PredictError, _tile_origins, _upsample_argmax, predict
 
+# the tiny artifacts are a session fixture shared with test_bundle.py: built once, on one worker
+pytestmark = pytest.mark.xdist_group("tiny_artifacts")
+
 SAMPLE = assets_dir() / "samples" / "synthetic_227x301.jpg"  # non-square, odd-sized
 
 
