@@ -153,6 +153,37 @@ def test_build_runs_with_cyclic_collection_deferred(tmp_path: Path) -> None:
         gc.enable()
 
 
+def test_graph_modules_that_die_in_the_build_never_get_their_code(tmp_path: Path, monkeypatch) -> None:
+    """The deferred collection runs before the deferred code generation ends: a graph module left as
+    cyclic garbage is freed, not compiled, and one the build keeps is compiled."""
+    import torch
+
+    spec, variant = resolve(ExportSpec(target="tflite", img_size=(64, 64), out_dir=tmp_path))
+    compiled: list[str] = []
+    stock = torch.fx.GraphModule.recompile
+
+    def counting_recompile(self: torch.fx.GraphModule) -> Any:
+        compiled.append(self.meta.get("name", "?"))
+        return stock(self)
+
+    monkeypatch.setattr(torch.fx.GraphModule, "recompile", counting_recompile)
+    kept: dict[str, torch.fx.GraphModule] = {}
+
+    def build(stage: Path) -> c.Built:
+        for name in ("dead", "kept"):
+            gm = torch.fx.symbolic_trace(torch.nn.ReLU())  # deferred: marked stale, no code yet
+            gm.meta["name"] = name
+            gm.cycle = [gm]  # a reference cycle: only the collector frees it
+            kept[name] = gm
+        del kept["dead"], gm
+        (stage / "x.tflite").write_bytes(b"tflite")
+        return c.Built(main=stage / "x.tflite")
+
+    c.run_build(spec, variant, ".tflite", build)
+    assert compiled == ["kept"]
+    assert "relu" in kept["kept"].code
+
+
 def test_failed_rebuild_keeps_previous_artifact(tmp_path: Path) -> None:
     spec, variant = resolve(ExportSpec(target="coreml", img_size=(64, 64), out_dir=tmp_path))
 
