@@ -522,10 +522,21 @@ def synthetic_images(n: int, img_size: tuple[int, int], seed: int = 0) -> np.nda
     return out
 
 
+def check_calibration_count(count: int) -> int:
+    """``count`` when it is a usable number of calibration images, else one line saying what is allowed
+    (a slice ``[:count]`` would silently take none, or all but the last few)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ExportError(f"the number of calibration images (--calib-samples) must be 1 or more, "
+                          f"got {count!r}")
+    return count
+
+
 def load_calibration_images(directory: Path, img_size: tuple[int, int], limit: int = 32) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB from a folder of images: shorter side resized, then center-cropped."""
+    """uint8 (N, H, W, 3) RGB from a folder of images (the first ``limit`` by name): shorter side resized,
+    then center-cropped."""
     from PIL import Image
 
+    check_calibration_count(limit)
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
     paths = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in exts)[:limit]
     if not paths:
@@ -719,6 +730,7 @@ def calibration_tensors(
 ) -> list[torch.Tensor]:
     """Calibration inputs as normalized (1, 3, H, W) tensors; synthetic images when none are given."""
     if calib is None:
+        check_calibration_count(spec.calib_samples)
         log.warning(
             "[%s] no calibration data given: calibrating on %d synthetic images; pass real images "
             "(--calib DIR) for a usable int8 model",

@@ -291,3 +291,35 @@ def test_compare_refuses_nan_outputs() -> None:
     out[0, 0, 0, 0] = np.nan
     res = c.compare([out], [ref], c.ParityThresholds(max_abs_err=1.0, min_cosine=-1.0), "test")
     assert res.passed is False and "non-finite" in res.reason
+
+
+NANO_CLI = ["--model", "hrvit_nano", "--img-size", "32x32", "--num-classes", "3"]
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_calib_samples_below_one_is_one_line_and_leaves_nothing(count: str, tmp_path: Path, capsys) -> None:
+    # a slice [:0] took no image and [:-3] all but the last three, without a word
+    from hrvit_mobile.cli import main
+
+    code = main(["export", "--target", "executorch", "--bits", "8", *NANO_CLI, "--calib-samples", count,
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert f"calibration images (--calib-samples) must be 1 or more, got {count}" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "a.png").write_bytes(b"")  # never opened: the count is refused first
+    with pytest.raises(c.ExportError, match="must be 1 or more"):
+        c.load_calibration_images(tmp_path, (32, 32), limit=0)
+
+
+def test_calib_samples_reaches_the_exporters_synthetic_calibration(tmp_path: Path) -> None:
+    """Without --calib (and not the demo model) the exporter calibrates on its own synthetic images, as
+    many as --calib-samples says."""
+    pytest.importorskip("executorch")
+    from hrvit_mobile.cli import main
+
+    assert main(["export", "--target", "executorch", "--bits", "8", *NANO_CLI, "--calib-samples", "3",
+                 "--no-parity", "--no-report", "--out", str(tmp_path)]) == 0
+    sidecar = json.loads(next(tmp_path.glob("*.pte.json")).read_text())
+    quant = sidecar["details"]["quantization"]
+    assert quant["calibration_samples"] == 3 and quant["calibration_source"] == c.EXPORTER_SYNTHETIC

@@ -47,6 +47,9 @@ def default_calibration(
     ``report`` and ``bench`` call this with the export's arguments to rebuild the same set for the
     per-layer simulation.
     """
+    from hrvit_mobile.exporters.contract import check_calibration_count
+
+    check_calibration_count(samples)
     if calib:
         images = calibration_images(calib, img_size, limit=samples)
         return images, f"{len(images)} images of {Path(calib).resolve()}"
