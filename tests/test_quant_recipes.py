@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from operator import attrgetter
 from pathlib import Path
 
@@ -570,3 +571,75 @@ def test_coreml_w8a8_speedups_keep_the_quantization(monkeypatch) -> None:
 @pytest.mark.slow  # the unpatched annotation alone takes ~2 min on nano
 def test_coreml_w8a8_speedups_keep_the_quantization_of_nano() -> None:
     _assert_same_quantization(_coreml_w8a8_both_ways(_deployed(), SIZE))
+
+
+@pytest.fixture
+def two_threads():
+    """Torch on two intra-op threads for the test (xdist workers run on one), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _histogram_states(recipe: PT2ERecipe, captured, calib) -> list[tuple]:
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    prepared = recipe.prepare(copy.deepcopy(captured), calib[0], captured=True)
+    recipe.calibrate(prepared, calib, progress=False)
+    return [(m.min_val.item(), m.max_val.item(), m.histogram.clone())
+            for m in prepared.modules() if isinstance(m, HistogramObserver)]
+
+
+def test_histograms_observed_in_background_end_as_observed_inline(two_threads, monkeypatch) -> None:
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(1, 3, *SIZE, generator=g) * (1 + i) for i in range(3)]
+    captured = PT2ERecipe.capture(_deployed(), calib[0])
+    assert not recipes._mutates_in_place(captured.graph)
+    stock, threads_seen = HistogramObserver.forward, set()
+
+    def recording(self, x):
+        threads_seen.add(threading.current_thread().name)
+        return stock(self, x)
+
+    monkeypatch.setattr(HistogramObserver, "forward", recording)
+    # the forward on one thread, the histograms on another
+    background = _histogram_states(XNNPACKInt8(), captured, calib)
+    assert threads_seen == {"histogram-observers"} and torch.get_num_threads() == 2
+    threads_seen.clear()
+    torch.set_num_threads(1)  # one thread: inline, with the same forward thread count
+    inline = _histogram_states(XNNPACKInt8(), captured, calib)
+    assert threads_seen == {threading.current_thread().name}
+    assert len(background) == len(inline) > 20
+    for (lo0, hi0, h0), (lo1, hi1, h1) in zip(background, inline):
+        assert lo0 == lo1 and hi0 == hi1 and torch.equal(h0, h1)
+
+
+def test_background_observer_error_reaches_the_calibrating_thread(two_threads, monkeypatch) -> None:
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+    prepared = XNNPACKInt8().prepare(PT2ERecipe.capture(_deployed(), x), x, captured=True)
+    # the forward's last histogram observer fails: no later observer call could raise it, only the exit
+    called = [prepared.get_submodule(n.target) for n in prepared.graph.nodes if n.op == "call_module"]
+    last = [m for m in called if isinstance(m, HistogramObserver)][-1]
+
+    def broken(self, x):
+        if self is last:
+            raise ValueError("observer broke")
+        return x
+
+    monkeypatch.setattr(HistogramObserver, "forward", broken)
+    with pytest.raises(ValueError, match="observer broke"):
+        XNNPACKInt8().calibrate(prepared, [x], progress=False)
+    assert torch.get_num_threads() == 2 and HistogramObserver.forward is broken
+    assert not any(t.name == "histogram-observers" for t in threading.enumerate())
+
+
+def test_graphs_that_write_in_place_are_observed_inline() -> None:
+    with_relu_ = torch.fx.Graph()
+    x = with_relu_.placeholder("x")
+    with_relu_.output(with_relu_.call_function(torch.ops.aten.relu_.default, (x,)))
+    assert recipes._mutates_in_place(with_relu_)
