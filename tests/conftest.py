@@ -37,11 +37,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def single_thread():
-    """Torch on one thread for the test, restored afterwards."""
+def torch_threads():
+    """``torch_threads(n)``: torch on ``n`` intra-op threads for the rest of the test, restored afterwards."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    yield torch.set_num_threads
     torch.set_num_threads(threads)
 
 

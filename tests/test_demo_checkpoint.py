@@ -34,7 +34,8 @@ def test_demo_loads_into_b1_in_fp32() -> None:
     assert demo_checkpoint().num_classes == 8
 
 
-def test_demo_predicts_the_synthetic_shapes(single_thread) -> None:
+def test_demo_predicts_the_synthetic_shapes(torch_threads) -> None:
+    torch_threads(1)
     model = load_demo_model((512, 512)).eval()
     cm = ConfusionMatrix(8)
     with torch.no_grad():

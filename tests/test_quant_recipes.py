@@ -573,15 +573,6 @@ def test_coreml_w8a8_speedups_keep_the_quantization_of_nano() -> None:
     _assert_same_quantization(_coreml_w8a8_both_ways(_deployed(), SIZE))
 
 
-@pytest.fixture
-def two_threads():
-    """Torch on two intra-op threads for the test (xdist workers run on one), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _histogram_states(recipe: PT2ERecipe, captured, calib) -> list[tuple]:
     from torchao.quantization.pt2e.observer import HistogramObserver
 
@@ -591,8 +582,10 @@ def _histogram_states(recipe: PT2ERecipe, captured, calib) -> list[tuple]:
             for m in prepared.modules() if isinstance(m, HistogramObserver)]
 
 
-def test_histograms_observed_in_background_end_as_observed_inline(two_threads, monkeypatch) -> None:
+def test_histograms_observed_in_background_end_as_observed_inline(torch_threads, monkeypatch) -> None:
     from torchao.quantization.pt2e.observer import HistogramObserver
+
+    torch_threads(2)  # xdist workers run on one: the background needs two
 
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(1, 3, *SIZE, generator=g) * (1 + i) for i in range(3)]
@@ -609,7 +602,7 @@ def test_histograms_observed_in_background_end_as_observed_inline(two_threads, m
     background = _histogram_states(XNNPACKInt8(), captured, calib)
     assert threads_seen == {"histogram-observers"} and torch.get_num_threads() == 2
     threads_seen.clear()
-    torch.set_num_threads(1)  # one thread: inline, with the same forward thread count
+    torch_threads(1)  # one thread: inline, with the same forward thread count
     inline = _histogram_states(XNNPACKInt8(), captured, calib)
     assert threads_seen == {threading.current_thread().name}
     assert len(background) == len(inline) > 20
@@ -617,8 +610,10 @@ def test_histograms_observed_in_background_end_as_observed_inline(two_threads, m
         assert lo0 == lo1 and hi0 == hi1 and torch.equal(h0, h1)
 
 
-def test_background_observer_error_reaches_the_calibrating_thread(two_threads, monkeypatch) -> None:
+def test_background_observer_error_reaches_the_calibrating_thread(torch_threads, monkeypatch) -> None:
     from torchao.quantization.pt2e.observer import HistogramObserver
+
+    torch_threads(2)
 
     x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
     prepared = XNNPACKInt8().prepare(PT2ERecipe.capture(_deployed(), x), x, captured=True)
