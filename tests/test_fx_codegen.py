@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 import pickle
 from pathlib import Path
@@ -244,3 +245,37 @@ def test_legalize_moving_nodes_falls_back_where_a_copy_differs() -> None:
     relu.args = (next(n for n in gm.graph.nodes if n.name == "add"),)  # relu -> sigmoid -> add -> relu
     with pytest.raises(RuntimeError, match="cycles"):
         legalize_graph_moving_nodes(gm)
+
+
+def test_modules_stale_at_exit_get_their_code_on_first_use() -> None:
+    """A module nobody compiled inside the block stays lazy after it: no code generated at exit, the
+    code on the first call, ``.code``, ``str`` or pickling, and then GraphModule's own methods."""
+    x = torch.tensor([-3.0, 0.5])
+    compiled: list[int] = []
+    stock = torch.fx.GraphModule.recompile
+
+    def counting(self: torch.fx.GraphModule) -> Any:
+        compiled.append(id(self))
+        return stock(self)
+
+    torch.fx.GraphModule.recompile = counting
+    try:
+        with deferred_graph_codegen() as stale:
+            called, read, printed, pickled = (torch.fx.symbolic_trace(_AddMul()) for _ in range(4))
+            twin = copy.deepcopy(printed)  # a deep copy shares its original's class
+            _relu_after_mul(twin)
+            twin.recompile()
+            assert {called, read, printed, pickled, twin} <= set(stale)
+        assert compiled == []  # nothing generated at exit
+        assert torch.equal(called(x), (x + 1) * 2)
+        assert "add" in read.code
+        assert "relu" not in str(printed) and "relu" in twin.code
+        assert torch.equal(pickle.loads(pickle.dumps(pickled))(x), (x + 1) * 2)
+        assert torch.equal(twin(x), torch.relu((x + 1) * 2)) and torch.equal(printed(x), (x + 1) * 2)
+        # each once; pickling twice, as GraphModule.__reduce__ itself recompiles (the unpickled copy
+        # compiles in its own __init__)
+        assert [compiled.count(id(gm)) for gm in (called, read, printed, pickled, twin)] == [1, 1, 1, 2, 1]
+        for gm in (called, read, printed, pickled, twin):  # the hooks are gone: GraphModule's own again
+            assert "code" not in vars(type(gm)) and "__reduce__" not in vars(type(gm))
+    finally:
+        torch.fx.GraphModule.recompile = stock
