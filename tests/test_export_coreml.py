@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from pathlib import Path
@@ -205,3 +206,74 @@ def test_weight_only_recipe_in_the_conversion_equals_applying_it(model: TinySegm
         return sorted(op.outputs[0].op.materialized_val_inference().tobytes() for op in ops)
 
     assert weights(applied) == weights(converted)
+
+
+def test_nonreplaceable_vars_as_bits_reads_the_stock_sets() -> None:
+    """Inside the block every var reads the same nonreplaceable-var set as coremltools computes, through
+    a pass pipeline; after it every var holds a plain set again."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipelineManager
+
+    from hrvit_mobile.exporters.coreml import nonreplaceable_vars_as_bits
+
+    def build() -> object:
+        @mb.program(input_specs=[mb.TensorSpec(shape=(2, 4))], opset_version=ct.target.iOS17)
+        def prog(x):
+            weights = [mb.constexpr_affine_dequantize(
+                quantized_data=np.full((4, 4), i + 1, dtype=np.int8), zero_point=np.int8(0),
+                scale=np.float32(0.5), axis=0) for i in range(2)]
+            a = mb.relu(x=mb.linear(x=x, weight=weights[0]))
+            b = mb.linear(x=a, weight=weights[1])
+            shape = mb.shape(x=b)  # metadata ops stop the propagation
+            return mb.add(x=b, y=a), mb.cast(x=shape, dtype="fp32")
+        return prog
+
+    def sets(prog: object) -> list[set[int]]:
+        """Each output's set as positions of outputs (names differ between builds)."""
+        outputs = [o for op in prog.functions["main"].operations for o in op.outputs]
+        position = {id(o): i for i, o in enumerate(outputs)}
+        return [{position[id(v)] for v in o.nonreplaceable_vars_upstream} for o in outputs]
+
+    stock = build()
+    expected = sets(stock)
+    assert {2, 0} <= {len(members) for members in expected}
+    with nonreplaceable_vars_as_bits():
+        prog = build()
+        assert sets(prog) == expected
+        with prog.functions["main"]:  # leaving a block recomputes every var's set
+            pass
+        assert sets(prog) == expected
+        PassPipelineManager.apply_pipeline(prog, ct.PassPipeline.DEFAULT)
+    PassPipelineManager.apply_pipeline(stock, ct.PassPipeline.DEFAULT)
+    assert sets(prog) == sets(stock)
+    for op in prog.functions["main"].operations:
+        assert all(type(o._nonreplaceable_vars_upstream) is set for o in op.outputs)
+
+
+def test_w8a8_program_is_the_same_with_nonreplaceable_bits(tmp_path: Path) -> None:
+    """The W8A8 conversion gives the same ML program and weights with the bitmask sets as without."""
+    from coremltools.proto import Model_pb2
+
+    from hrvit_mobile.exporters import coreml as coreml_exporter
+
+    model = TinySegmenter(num_classes=5, channels=32).eval()
+    calib = [torch.rand(1, 3, *SIZE) for _ in range(2)]
+
+    def package(out: str) -> tuple[object, bytes]:
+        spec = ExportSpec(target="coreml", bits=8, activations=8, img_size=SIZE, num_classes=5,
+                          out_dir=tmp_path / out, run_parity=False)
+        path = export(model, spec, calib=calib).artifact.path / "Data" / "com.apple.CoreML"
+        program = Model_pb2.Model()
+        program.ParseFromString((path / "model.mlmodel").read_bytes())
+        del program.description.metadata.userDefined["com.github.apple.coremltools.conversion_date"]
+        return program, (path / "weights" / "weight.bin").read_bytes()
+
+    with_bits = package("bits")
+    original = coreml_exporter.nonreplaceable_vars_as_bits
+    coreml_exporter.nonreplaceable_vars_as_bits = contextlib.nullcontext
+    try:
+        stock = package("stock")
+    finally:
+        coreml_exporter.nonreplaceable_vars_as_bits = original
+    assert len(with_bits[1]) > 1000 and with_bits == stock
