@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import warnings
 from operator import attrgetter
 from pathlib import Path
 
@@ -359,19 +360,36 @@ def test_fast_histograms_keep_histogram_observers_state() -> None:
     batches = [torch.randn(2, 16, 24, 24, generator=g) * (0.5 + i) + i - 2 for i in range(6)]
     batches.append(torch.full((3, 5), 0.25))  # one value only
     batches.append((batches[1] * 3).permute(0, 2, 3, 1))  # permuted (channels-last), a wider range
+    # inside the range (fast_histograms' short path), at its very edges, then NaN and infinities
+    batches += [batches[2] * 0.5, batches[-1][..., :3].contiguous(), batches[3].clamp(-2.0, 1.0)]
+    edges = batches[-1].clone()
+    edges[0, 0, 0, :2] = torch.stack(list(torch.aminmax(torch.cat([b.reshape(-1) for b in batches]))))
+    with_nan, with_inf = batches[2].clone(), batches[2].clone()
+    with_nan[0, 1, 2, 3] = float("nan")
+    with_inf[1, 0, 0, 0] = float("-inf")
+    batches += [edges, with_inf, batches[4] * 0.1]
     stock_histc, stock_aminmax = torch.histc, torch.aminmax
+    stock_forward = HistogramObserver.forward
     states = []
+    recipes.HISTOGRAM_FAST_PATH.clear()
     for fast in (False, True):
         observer = HistogramObserver()
         with recipes.fast_histograms() if fast else contextlib.nullcontext():
             for x in batches:
-                observer(x)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # stock warns about the infinities
+                    observer(x)
         states.append((observer.histogram.clone(), observer.min_val.clone(), observer.max_val.clone(),
                        observer.calculate_qparams()))
     assert torch.histc is stock_histc and torch.aminmax is stock_aminmax
+    assert HistogramObserver.forward is stock_forward
+    assert recipes.HISTOGRAM_FAST_PATH["in range"] >= 4 and recipes.HISTOGRAM_FAST_PATH["stock"] >= 6
     (h0, lo0, hi0, q0), (h1, lo1, hi1, q1) = states
     assert torch.equal(h0, h1) and torch.equal(lo0, lo1) and torch.equal(hi0, hi1)
     assert torch.equal(q0[0], q1[0]) and torch.equal(q0[1], q1[1])
+    for fast in (False, True):  # a NaN takes the stock path, which refuses it
+        with recipes.fast_histograms() if fast else contextlib.nullcontext(), pytest.raises(RuntimeError):
+            observer(with_nan)
 
 
 def test_fast_histograms_reuse_extrema_only_of_the_unchanged_tensor() -> None:
