@@ -643,6 +643,12 @@ def fast_histograms() -> Iterator[None]:
     ``HistogramObserver.forward`` takes ``torch.aminmax`` of the tensor just before it bins it, so the
     last ``aminmax`` result is kept (with the tensor and its version counter) and reused when ``histc``
     gets that same, unmodified tensor: one pass over each activation fewer.
+
+    ``HistogramObserver.forward`` itself takes a short path when the activation lies inside the range
+    the observer has already: its ~15 small tensor ops become an ``aminmax``, the counts and one
+    ``add_``, the state the stock forward reaches. On b1 (32 images) 55,441 of 60,992 calls took it, and
+    the ExecuTorch int8 quantize step went 37.2 / 38.5 -> 33.7 / 34.4 s (old and new alternating; the
+    same .pte).
     """
     stock_histc, stock_aminmax = torch.histc, torch.aminmax
     # per thread: histograms may be observed on a background thread (histograms_in_background) while the
