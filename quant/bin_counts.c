@@ -35,3 +35,36 @@ void bin_counts(const float *x, int64_t n, float lo, float span, int32_t bins, i
         for (; j < m; j++) t0[index[j]]++;
     }
 }
+
+/* The same counts when every value lies in [lo, hi], checked in the same pass: returns 1 with the tables
+ * filled, or 0 at the first value outside the range or NaN (the tables are then partial and unused).
+ * HistogramObserver's common case (an activation inside the range it has already) needs no separate
+ * min/max pass this way. */
+int bin_counts_if_inside(const float *x, int64_t n, float lo, float hi, float span, int32_t bins,
+                         int64_t *tables) {
+    int64_t *t0 = tables, *t1 = tables + bins, *t2 = tables + 2 * (int64_t)bins, *t3 = tables + 3 * (int64_t)bins;
+    const float bins_f = (float)bins;
+    const int32_t last = bins - 1;
+    int32_t index[CHUNK];
+    for (int64_t start = 0; start < n; start += CHUNK) {
+        const int64_t m = n - start < CHUNK ? n - start : CHUNK;
+        const float *chunk = x + start;
+        int inside = 1;
+        for (int64_t j = 0; j < m; j++) {
+            const float v = chunk[j];
+            inside &= (v >= lo) & (v <= hi); /* 0 for NaN */
+            const int32_t b = (int32_t)(((v - lo) * bins_f) / span);
+            index[j] = b < last ? b : last;
+        }
+        if (!inside) return 0; /* before any index from this chunk is used */
+        int64_t j = 0;
+        for (; j + 4 <= m; j += 4) {
+            t0[index[j]]++;
+            t1[index[j + 1]]++;
+            t2[index[j + 2]]++;
+            t3[index[j + 3]]++;
+        }
+        for (; j < m; j++) t0[index[j]]++;
+    }
+    return 1;
+}

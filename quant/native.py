@@ -1,4 +1,4 @@
-"""A native binning kernel for int8 calibration (``bin_counts.c``), compiled on first use.
+"""Native binning kernels for int8 calibration (``bin_counts.c``), compiled on first use.
 
 ``HistogramObserver`` bins every activation of every calibration image (b1 at 512x512: ~400M values per
 image). In PyTorch that is four whole-tensor passes plus a single-threaded ``bincount``; the C loop does it
@@ -89,7 +89,7 @@ def _edge_values(low: float, high: float, bins: int) -> torch.Tensor:
 
 
 @functools.cache
-def _kernel() -> Callable[..., None] | None:
+def _library() -> ctypes.CDLL | None:
     if os.environ.get("HRVIT_MOBILE_NATIVE", "1") == "0":
         return None
     compiler = _compiler()
@@ -97,9 +97,17 @@ def _kernel() -> Callable[..., None] | None:
     if library is None:
         return None
     try:
-        function = ctypes.CDLL(str(library)).bin_counts
-    except (OSError, AttributeError) as error:
+        return ctypes.CDLL(str(library))
+    except OSError as error:
         log.info("native binning kernel not loaded (%s); calibration uses its PyTorch path", error)
+        return None
+
+
+@functools.cache
+def _kernel() -> Callable[..., None] | None:
+    library = _library()
+    function = getattr(library, "bin_counts", None) if library is not None else None
+    if function is None:
         return None
     function.restype = None
     function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int32,
@@ -117,6 +125,40 @@ def _kernel() -> Callable[..., None] | None:
             log.warning("native binning kernel disagrees with torch.histc on this host; not used")
             return None
     return function
+
+
+@functools.cache
+def _kernel_if_inside() -> Callable[..., int] | None:
+    """``bin_counts_if_inside``, checked against ``bin_counts`` (itself checked against ``torch.histc``):
+    the same counts for values inside the range, a refusal for a value outside it or NaN."""
+    counts = _kernel()
+    function = getattr(_library(), "bin_counts_if_inside", None) if counts is not None else None
+    if function is None:
+        return None
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                         ctypes.c_int32, ctypes.c_void_p]
+    for low, high, bins in ((-1.5, 2.25, 2048), (0.0, 1e-3, 2048), (-0.37, 0.91, 7)):
+        x = _edge_values(low, high, bins)
+        lo, hi = (float(v) for v in torch.ops.aten.aminmax.default(x))
+        span = float(torch.tensor(hi, dtype=torch.float32) - torch.tensor(lo, dtype=torch.float32))
+        inside = _run_if_inside(function, x, bins, lo, hi, span, threads=1)
+        outside = [x.clone() for _ in range(3)]
+        outside[0][-1] = float("nan")
+        outside[1][len(x) // 2] = hi * 2 + 1
+        outside[2][0] = lo - 1
+        if inside is None or not torch.equal(inside, _run(counts, x, bins, lo, span, threads=1)) or any(
+            _run_if_inside(function, o, bins, lo, hi, span, threads=1) is not None for o in outside
+        ):
+            log.warning("native in-range binning kernel disagrees with bin_counts on this host; not used")
+            return None
+    return function
+
+
+def clear_caches() -> None:
+    """Build, load and check again on next use (tests that swap the source or the environment)."""
+    for cached in (_library, _kernel, _kernel_if_inside):
+        cached.cache_clear()
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -146,6 +188,30 @@ def _run(function: Callable[..., None], x: torch.Tensor, bins: int, low: float, 
     return tables.sum(dim=(0, 1)).to(torch.float32)
 
 
+def _run_if_inside(function: Callable[..., int], x: torch.Tensor, bins: int, low: float, high: float,
+                   span: float, threads: int) -> torch.Tensor | None:
+    global _pool
+    n = x.numel()
+    parts = max(1, min(threads, n // _VALUES_PER_THREAD))
+    tables = torch.zeros(parts, 4, bins, dtype=torch.int64)
+    step = -(-n // parts)
+    base, table_bytes = x.data_ptr(), 4 * bins * 8
+
+    def count(part: int) -> int:
+        start = part * step
+        table = tables.data_ptr() + part * table_bytes
+        return function(base + 4 * start, min(step, n - start), low, high, span, bins, table)
+
+    if parts == 1:
+        inside = [count(0)]
+    else:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
+                                       thread_name_prefix="hrvit-bin-counts")
+        inside = list(_pool.map(count, range(parts)))
+    return tables.sum(dim=(0, 1)).to(torch.float32) if all(inside) else None
+
+
 def dense_view(x: torch.Tensor) -> torch.Tensor | None:
     """``x``'s elements as a 1-D view in memory order where they fill one block of memory without
     gaps or overlaps (a contiguous tensor, or a permuted one such as a channels-last activation), else
@@ -165,6 +231,25 @@ def dense_view(x: torch.Tensor) -> torch.Tensor | None:
 def available() -> bool:
     """Whether the native kernel is built, loaded and agrees with ``torch.histc`` on this host."""
     return _kernel() is not None
+
+
+def available_if_inside() -> bool:
+    """Whether :func:`bin_counts_if_inside` has its kernel on this host."""
+    return _kernel_if_inside() is not None
+
+
+def bin_counts_if_inside(
+    x: torch.Tensor, bins: int, low: float, high: float, span: float
+) -> torch.Tensor | None:
+    """:func:`bin_counts` of ``x`` when every value lies in ``[low, high]`` (``high`` = ``low + span`` as the
+    caller computed it in float32), checked in the same pass; None when one does not (or is NaN) or the
+    kernel is not available."""
+    function = _kernel_if_inside()
+    if function is None:
+        return None
+    values = dense_view(x)
+    values = values if values is not None else x.reshape(-1).contiguous()
+    return _run_if_inside(function, values, bins, low, high, span, threads=torch.get_num_threads())
 
 
 def bin_counts(x: torch.Tensor, bins: int, low: float, span: float) -> torch.Tensor | None:

@@ -289,14 +289,14 @@ def test_native_binning_falls_back_without_a_working_build(
     assert native._build(failing) is None
     assert list((tmp_path / "hrvit-mobile").iterdir()) == []
     monkeypatch.setenv("HRVIT_MOBILE_NATIVE", "0")
-    native._kernel.cache_clear()
+    native.clear_caches()
     try:
-        assert not native.available()
+        assert not native.available() and not native.available_if_inside()
         x = torch.rand(1000)
         assert torch.equal(recipes.histc_in_range(x, 64, 0.0, 1.0), torch.histc(x, 64, 0.0, 1.0))
     finally:
         monkeypatch.delenv("HRVIT_MOBILE_NATIVE")
-        native._kernel.cache_clear()
+        native.clear_caches()
 
 
 def test_native_binning_check_rejects_a_kernel_that_rounds_differently(
@@ -309,16 +309,22 @@ def test_native_binning_check_rejects_a_kernel_that_rounds_differently(
     source = native.SOURCE.read_text()
     exact = "((chunk[j] - lo) * bins_f) / span"
     assert exact in source
+    exact_inside = "((v - lo) * bins_f) / span"
+    assert exact_inside in source
     reordered = tmp_path / "bin_counts.c"
-    reordered.write_text(source.replace(exact, "(chunk[j] - lo) * (bins_f / span)"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "SOURCE", reordered)
-    native._kernel.cache_clear()
     try:
-        assert not native.available()
+        reordered.write_text(source.replace(exact, "(chunk[j] - lo) * (bins_f / span)"))
+        native.clear_caches()
+        assert not native.available() and not native.available_if_inside()
         assert len(list((tmp_path / "cache" / "hrvit-mobile").glob("bin_counts-*.so"))) == 1  # it was built
+        # the one-pass kernel reordered alone: checked against the (exact) counting kernel
+        reordered.write_text(source.replace(exact_inside, "(v - lo) * (bins_f / span)"))
+        native.clear_caches()
+        assert native.available() and not native.available_if_inside()
     finally:
-        native._kernel.cache_clear()
+        native.clear_caches()
 
 
 def test_dense_view_covers_exactly_the_values_in_memory_order() -> None:
@@ -351,7 +357,10 @@ def test_fast_histograms_aminmax_of_permuted_tensors_is_the_stock_one() -> None:
     assert torch.isnan(fast[1][0]) and torch.isnan(fast[1][1])
 
 
-def test_fast_histograms_keep_histogram_observers_state() -> None:
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass-kernel", "aminmax-then-counts"])
+def test_fast_histograms_keep_histogram_observers_state(
+    one_pass: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """HistogramObservers fed batches of moving ranges (so histograms are rescaled and combined) end in
     the same state, bins and range, with and without fast_histograms; torch.histc is restored after."""
     from torchao.quantization.pt2e.observer import HistogramObserver
@@ -368,6 +377,10 @@ def test_fast_histograms_keep_histogram_observers_state() -> None:
     with_nan[0, 1, 2, 3] = float("nan")
     with_inf[1, 0, 0, 0] = float("-inf")
     batches += [edges, with_inf, batches[4] * 0.1]
+    if one_pass and not native.available_if_inside():
+        pytest.skip("no native one-pass binning kernel on this host")
+    if not one_pass:
+        monkeypatch.setattr(native, "available_if_inside", lambda: False)
     stock_histc, stock_aminmax = torch.histc, torch.aminmax
     stock_forward = HistogramObserver.forward
     states = []
@@ -383,7 +396,8 @@ def test_fast_histograms_keep_histogram_observers_state() -> None:
                        observer.calculate_qparams()))
     assert torch.histc is stock_histc and torch.aminmax is stock_aminmax
     assert HistogramObserver.forward is stock_forward
-    assert recipes.HISTOGRAM_FAST_PATH["in range"] >= 4 and recipes.HISTOGRAM_FAST_PATH["stock"] >= 6
+    in_range = "in range, one pass" if one_pass else "in range"
+    assert recipes.HISTOGRAM_FAST_PATH[in_range] >= 4 and recipes.HISTOGRAM_FAST_PATH["stock"] >= 6
     (h0, lo0, hi0, q0), (h1, lo1, hi1, q1) = states
     assert torch.equal(h0, h1) and torch.equal(lo0, lo1) and torch.equal(hi0, hi1)
     assert torch.equal(q0[0], q1[0]) and torch.equal(q0[1], q1[1])
