@@ -713,6 +713,7 @@ def fast_histograms() -> Iterator[None]:
                     return stock_observe(self, x_orig)
                 self.histogram.add_(counts)
                 HISTOGRAM_FAST_PATH["in range, one pass"] += 1
+                BINNING_PATHS["native C kernel, range checked in the same pass"] += 1
                 return x_orig
             if low <= high:  # initialized (stock: min inf / max -inf until the first tensor)
                 extrema = aminmax(x)

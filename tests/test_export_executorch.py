@@ -87,6 +87,8 @@ def test_executorch_variant(
         binned = quantization["histogram_binning"]
         assert sum(binned.values()) > 0
         assert binned.get("native C kernel", 0) > 0 if native.available() else "native C kernel" not in binned
+        one_pass = "native C kernel, range checked in the same pass"  # activations inside the range so far
+        assert binned.get(one_pass, 0) > 0 if native.available_if_inside() else one_pass not in binned
 
     meta = json.loads((tmp_path / (pte.name + ".json")).read_text())
     assert meta["variant"] == variant and meta["bits"] == bits
