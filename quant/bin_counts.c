@@ -13,8 +13,20 @@
 
 #define CHUNK 512
 
-void bin_counts(const float *x, int64_t n, float lo, float span, int32_t bins, int64_t *tables) {
+/* Count m bin indices into the four tables in turn (the caller sums the tables). */
+static inline void count_into_tables(const int32_t *index, int64_t m, int64_t *tables, int32_t bins) {
     int64_t *t0 = tables, *t1 = tables + bins, *t2 = tables + 2 * (int64_t)bins, *t3 = tables + 3 * (int64_t)bins;
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        t0[index[j]]++;
+        t1[index[j + 1]]++;
+        t2[index[j + 2]]++;
+        t3[index[j + 3]]++;
+    }
+    for (; j < m; j++) t0[index[j]]++;
+}
+
+void bin_counts(const float *x, int64_t n, float lo, float span, int32_t bins, int64_t *tables) {
     const float bins_f = (float)bins;
     const int32_t last = bins - 1;
     int32_t index[CHUNK];
@@ -25,14 +37,7 @@ void bin_counts(const float *x, int64_t n, float lo, float span, int32_t bins, i
             const int32_t b = (int32_t)(((chunk[j] - lo) * bins_f) / span);
             index[j] = b < last ? b : last;
         }
-        int64_t j = 0;
-        for (; j + 4 <= m; j += 4) {
-            t0[index[j]]++;
-            t1[index[j + 1]]++;
-            t2[index[j + 2]]++;
-            t3[index[j + 3]]++;
-        }
-        for (; j < m; j++) t0[index[j]]++;
+        count_into_tables(index, m, tables, bins);
     }
 }
 
@@ -42,7 +47,6 @@ void bin_counts(const float *x, int64_t n, float lo, float span, int32_t bins, i
  * min/max pass this way. */
 int bin_counts_if_inside(const float *x, int64_t n, float lo, float hi, float span, int32_t bins,
                          int64_t *tables) {
-    int64_t *t0 = tables, *t1 = tables + bins, *t2 = tables + 2 * (int64_t)bins, *t3 = tables + 3 * (int64_t)bins;
     const float bins_f = (float)bins;
     const int32_t last = bins - 1;
     int32_t index[CHUNK];
@@ -57,14 +61,7 @@ int bin_counts_if_inside(const float *x, int64_t n, float lo, float hi, float sp
             index[j] = b < last ? b : last;
         }
         if (!inside) return 0; /* before any index from this chunk is used */
-        int64_t j = 0;
-        for (; j + 4 <= m; j += 4) {
-            t0[index[j]]++;
-            t1[index[j + 1]]++;
-            t2[index[j + 2]]++;
-            t3[index[j + 3]]++;
-        }
-        for (; j < m; j++) t0[index[j]]++;
+        count_into_tables(index, m, tables, bins);
     }
     return 1;
 }

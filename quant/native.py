@@ -164,8 +164,11 @@ def clear_caches() -> None:
 _pool: ThreadPoolExecutor | None = None
 
 
-def _run(function: Callable[..., None], x: torch.Tensor, bins: int, low: float, span: float,
-         threads: int) -> torch.Tensor:
+def _counted(x: torch.Tensor, bins: int, threads: int,
+             count: Callable[[int, int, int], int | None]) -> tuple[torch.Tensor, list[int | None]]:
+    """Float32 counts of ``x`` in ``bins`` bins, from ``count(first value's address, how many, tables'
+    address)`` run over up to ``threads`` consecutive parts of ``x`` (each part with its four tables),
+    and what each call returned."""
     global _pool
     n = x.numel()
     parts = max(1, min(threads, n // _VALUES_PER_THREAD))
@@ -173,43 +176,38 @@ def _run(function: Callable[..., None], x: torch.Tensor, bins: int, low: float, 
     step = -(-n // parts)
     base, table_bytes = x.data_ptr(), 4 * bins * 8
 
-    def count(part: int) -> None:
+    def run(part: int) -> int | None:
         start = part * step
-        table = tables.data_ptr() + part * table_bytes
-        function(base + 4 * start, min(step, n - start), low, span, bins, table)
+        return count(base + 4 * start, min(step, n - start), tables.data_ptr() + part * table_bytes)
 
     if parts == 1:
-        count(0)
+        results = [run(0)]
     else:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
                                        thread_name_prefix="hrvit-bin-counts")
-        list(_pool.map(count, range(parts)))
-    return tables.sum(dim=(0, 1)).to(torch.float32)
+        results = list(_pool.map(run, range(parts)))
+    return tables.sum(dim=(0, 1)).to(torch.float32), results
+
+
+def _run(function: Callable[..., None], x: torch.Tensor, bins: int, low: float, span: float,
+         threads: int) -> torch.Tensor:
+    return _counted(x, bins, threads, lambda first, n, table: function(first, n, low, span, bins, table))[0]
 
 
 def _run_if_inside(function: Callable[..., int], x: torch.Tensor, bins: int, low: float, high: float,
                    span: float, threads: int) -> torch.Tensor | None:
-    global _pool
-    n = x.numel()
-    parts = max(1, min(threads, n // _VALUES_PER_THREAD))
-    tables = torch.zeros(parts, 4, bins, dtype=torch.int64)
-    step = -(-n // parts)
-    base, table_bytes = x.data_ptr(), 4 * bins * 8
+    counts, inside = _counted(
+        x, bins, threads, lambda first, n, table: function(first, n, low, high, span, bins, table)
+    )
+    return counts if all(inside) else None
 
-    def count(part: int) -> int:
-        start = part * step
-        table = tables.data_ptr() + part * table_bytes
-        return function(base + 4 * start, min(step, n - start), low, high, span, bins, table)
 
-    if parts == 1:
-        inside = [count(0)]
-    else:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
-                                       thread_name_prefix="hrvit-bin-counts")
-        inside = list(_pool.map(count, range(parts)))
-    return tables.sum(dim=(0, 1)).to(torch.float32) if all(inside) else None
+def _in_memory_order(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s values as one flat tensor, in memory order where they fill one block (counts do not depend
+    on the order)."""
+    values = dense_view(x)
+    return values if values is not None else x.reshape(-1).contiguous()
 
 
 def dense_view(x: torch.Tensor) -> torch.Tensor | None:
@@ -247,9 +245,8 @@ def bin_counts_if_inside(
     function = _kernel_if_inside()
     if function is None:
         return None
-    values = dense_view(x)
-    values = values if values is not None else x.reshape(-1).contiguous()
-    return _run_if_inside(function, values, bins, low, high, span, threads=torch.get_num_threads())
+    threads = torch.get_num_threads()
+    return _run_if_inside(function, _in_memory_order(x), bins, low, high, span, threads=threads)
 
 
 def bin_counts(x: torch.Tensor, bins: int, low: float, span: float) -> torch.Tensor | None:
@@ -259,6 +256,4 @@ def bin_counts(x: torch.Tensor, bins: int, low: float, span: float) -> torch.Ten
     function = _kernel()
     if function is None:
         return None
-    values = dense_view(x)
-    values = values if values is not None else x.reshape(-1).contiguous()  # counts do not depend on order
-    return _run(function, values, bins, low, span, threads=torch.get_num_threads())
+    return _run(function, _in_memory_order(x), bins, low, span, threads=torch.get_num_threads())
