@@ -342,6 +342,42 @@ def test_edge_dtype_check_runs_once_per_distinct_graph(monkeypatch: pytest.Monke
     assert verifier._check_tensor_args_matching_op_allowed_dtype is counted  # restored
 
 
+def test_edge_dtype_check_on_recorded_values_finds_what_the_fake_run_finds(model: TinySegmenter) -> None:
+    """The validator reading arguments' dtypes from recorded values reports what the stock fake-tensor
+    run reports: nothing on real edge graphs (fp32, int8), the tampered op with the same dtypes."""
+    from contextlib import nullcontext
+
+    from executorch.exir import to_edge
+    from executorch.exir.verification import verifier
+    from executorch.exir.verification.arg_validator import EdgeOpArgValidator
+    from torch._dispatch.python import enable_python_dispatcher
+    from torch._export.utils import _detect_fake_mode_from_gm
+
+    from hrvit_mobile.exporters.executorch import _recorded_value_arg_validator
+    from hrvit_mobile.quant.recipes import XNNPACKInt8
+
+    def violations(validator_class: type, gm: torch.fx.GraphModule) -> dict[Any, Any]:
+        validator = validator_class(gm)
+        with enable_python_dispatcher(), _detect_fake_mode_from_gm(gm) or nullcontext():
+            validator.run(*verifier._get_inputs(gm))
+        return {op: (dtypes, node.name) for op, (dtypes, node) in validator.violating_ops.items()}
+
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        quantized = XNNPACKInt8().quantize(model, x, [x])
+    graphs = [to_edge(torch.export.export(m, (x,))).exported_program().graph_module
+              for m in (model, quantized)]
+    for gm in graphs:
+        assert violations(EdgeOpArgValidator, gm) == violations(_recorded_value_arg_validator(), gm) == {}
+    gm = graphs[0]
+    relu = next(n for n in gm.graph.nodes if "relu" in str(n.target))
+    relu.meta["val"] = relu.meta["val"].to(torch.float16)
+    # both name the relu; reading recorded values, its consumer (given a float16 input) is named too
+    found, stock = violations(_recorded_value_arg_validator(), gm), violations(EdgeOpArgValidator, gm)
+    assert [name for _, name in stock.values()] == [relu.name]
+    assert stock[relu.target] == found[relu.target] and len(found) == 2
+
+
 class _RuntimeWeightLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(x, weight)
