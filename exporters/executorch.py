@@ -43,6 +43,7 @@ from .contract import (
     step,
 )
 from .decompose import decomposed_without_retrace
+from .edge_ops import edge_ops_without_retrace, view_copies_without_retrace
 from .fx_codegen import legalize_graph_moving_nodes, memoized_signature_lookups, shared_node_provenance
 from .quantize import quantize_pt2e, recipe_for
 from .support import conversion_inputs
@@ -973,6 +974,23 @@ def _op_replace_with_dim_order_pass() -> type:
     return OpReplaceWithDimOrderPass
 
 
+def _without_retrace(pass_class: type, rewrite: Callable[[torch.fx.GraphModule], Any], label: str,
+                     skipped: Counter[str]) -> type:
+    """``pass_class`` answering with ``rewrite(gm)`` where that applies (see ``exporters/edge_ops.py``)."""
+    from executorch.exir.pass_base import PassResult
+
+    class WithoutRetrace(pass_class):  # type: ignore[misc, valid-type]
+        def __call__(self, graph_module: torch.fx.GraphModule) -> Any:
+            rebuilt = rewrite(graph_module)
+            if rebuilt is None:
+                return super().__call__(graph_module)
+            skipped[label] += 1
+            return PassResult(rebuilt, True)
+
+    WithoutRetrace.__name__ = pass_class.__name__
+    return WithoutRetrace
+
+
 class _DimOrderDoneWithOpReplace:
     """Stands in for ``MemoryFormatOpsPass`` after :func:`_op_replace_with_dim_order_pass`'s pass: the
     graph it gets has had that rewrite already."""
@@ -1004,8 +1022,15 @@ def edge_ops_in_one_retrace(skipped: Counter[str] | None = None) -> Iterator[Cou
             return original(config, program, *args, **kwargs)
         with patched(
             _program,
-            OpReplacePass=_op_replace_with_dim_order_pass(),
+            OpReplacePass=_without_retrace(
+                _op_replace_with_dim_order_pass(), edge_ops_without_retrace, "OpReplacePass's retrace",
+                skipped,
+            ),
             MemoryFormatOpsPass=_DimOrderDoneWithOpReplace,
+            ReplaceViewOpsWithViewCopyOpsPass=_without_retrace(
+                _program.ReplaceViewOpsWithViewCopyOpsPass, view_copies_without_retrace,
+                "ReplaceViewOpsWithViewCopyOpsPass's retrace", skipped,
+            ),
         ):
             result = original(config, program, *args, **kwargs)
         skipped["MemoryFormatOpsPass's own retrace"] += 1

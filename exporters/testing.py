@@ -7,6 +7,8 @@ normalized float32 (1, 3, H, W) in, (1, K, H/4, W/4) logits out. Not a real mode
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,3 +53,65 @@ class TinySegmenter(nn.Module):
         y = t.transpose(1, 2).reshape(b, c, hh, ww)
         y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
         return self.head(F.gelu(x + y))
+
+
+class RewrittenOps(nn.Module):
+    """A graph of the ops the exporters rewrite without a retrace (``exporters/decompose.py``,
+    ``exporters/edge_ops.py``): convolutions and transposed ones with defaults given and omitted,
+    softmax, transposes, reshapes of contiguous, viewable and non-viewable inputs (with -1 sizes),
+    slices, casts; (1, 3, 16, 16) in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.depthwise = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
+        self.upsample = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8)
+        self.register_buffer("mask", torch.randn(1, 1, 16, generator=g))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.depthwise(F.relu(self.stem(x)))  # (1, 8, 8, 8)
+        t = x.reshape(1, 8, -1).transpose(1, 2)  # a view, then (1, 64, 8) non-contiguous
+        q = t.reshape(4, 16, 8)  # a copy first: not viewable
+        a = torch.softmax(torch.bmm(q, q.transpose(-1, -2)) + self.mask, dim=-1)
+        y = torch.bmm(a, q).reshape(1, 64, 8).transpose(1, 2).reshape(1, 8, 8, 8)
+        y = y + t.reshape(1, -1).reshape(1, 8, 8, -1).mean() + x.reshape(-1, 64).reshape(1, 8, 8, -1)
+        y = torch.cat([y[:, :4], x[:, 4:]], dim=1).to(torch.float16).to(torch.float32)
+        y = F.conv2d(y, self.depthwise.weight, stride=1, padding=[2, 2], groups=8)
+        again = F.conv_transpose2d(y, self.upsample.weight, stride=2, output_padding=0, groups=8)
+        return self.upsample(y) + again
+
+
+def node_descriptions(
+    graph: torch.fx.Graph, meta_keys: tuple[str, ...] | None = None
+) -> list[tuple[Any, ...]]:
+    """Every node of ``graph`` as the rest of a lowering sees it, for comparing a rewrite with the pass it
+    stands for: name, op, target, arguments, the fake value's shapes, strides and dtypes, and metadata.
+    With ``meta_keys``, those keys of compute nodes and the sorted key names; without, every key's
+    value of every node (printed) and the provenance chain (``from_node``: names and pass names)."""
+    import torch.utils._pytree as pytree
+
+    def value(v: Any) -> str:
+        return str(pytree.tree_map(
+            lambda t: (tuple(t.shape), t.stride(), t.dtype) if isinstance(t, torch.Tensor) else t, v))
+
+    rows = []
+    for node in graph.nodes:
+        if meta_keys is not None:
+            meta: tuple[Any, ...] = ()
+            if node.op == "call_function":
+                meta = (*(str(node.meta.get(k)) for k in meta_keys), tuple(sorted(node.meta)))
+        else:
+            chain, sources = [], node.meta.get("from_node") or []
+            source = sources[-1] if sources else None
+            while source is not None:
+                chain.append((source.name, source.pass_name))
+                source = source.from_node[-1] if source.from_node else None
+            meta = (tuple(sorted((k, str(v)) for k, v in node.meta.items() if k not in ("val", "from_node"))),
+                    len(sources), tuple(chain))
+        rows.append((node.name, node.op, str(node.target), str(node.args), str(node.kwargs),
+                     value(node.meta.get("val")), meta))
+    return rows

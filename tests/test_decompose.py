@@ -6,55 +6,18 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hrvit_mobile.exporters.decompose import decomposed_without_retrace, normalized_arguments, unsupported
+from hrvit_mobile.exporters.testing import RewrittenOps, node_descriptions
 
-
-class _RewrittenOps(nn.Module):
-    """Every rewritten op, with defaults given and omitted, reshapes of contiguous, viewable and
-    non-viewable inputs (with -1 sizes) and casts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
-        self.depthwise = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
-        self.upsample = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8)
-        self.register_buffer("mask", torch.randn(1, 1, 16, generator=g))
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.depthwise(F.relu(self.stem(x)))  # (1, 8, 8, 8)
-        t = x.reshape(1, 8, -1).transpose(1, 2)  # a view, then (1, 64, 8) non-contiguous
-        q = t.reshape(4, 16, 8)  # a copy first: not viewable
-        a = torch.softmax(torch.bmm(q, q.transpose(-1, -2)) + self.mask, dim=-1)
-        y = torch.bmm(a, q).reshape(1, 64, 8).transpose(1, 2).reshape(1, 8, 8, 8)
-        y = y + t.reshape(1, -1).reshape(1, 8, 8, -1).mean() + x.reshape(-1, 64).reshape(1, 8, 8, -1)
-        y = torch.cat([y[:, :4], x[:, 4:]], dim=1).to(torch.float16).to(torch.float32)
-        y = F.conv2d(y, self.depthwise.weight, stride=1, padding=[2, 2], groups=8)
-        again = F.conv_transpose2d(y, self.upsample.weight, stride=2, output_padding=0, groups=8)
-        return self.upsample(y) + again
+# what ExecuTorch reads of a compute node's metadata; placeholders carry leftovers of the tracer's
+# state, and seq_nr (autograd's sequence number at tracing time) is -1 or whatever the tracer saw
+_READ_META = ("original_aten", "stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn")
 
 
 def _description(ep: Any) -> list[tuple[Any, ...]]:
-    """Every node as the rest of the lowering sees it: name, op, target, arguments, fake value, and
-    the metadata ExecuTorch reads (``original_aten`` on compute nodes, source locations)."""
-    rows = []
-    for node in ep.graph.nodes:
-        val = node.meta.get("val")
-        tensor = (tuple(val.shape), val.stride(), val.dtype) if isinstance(val, torch.Tensor) else None
-        meta = ()
-        if node.op == "call_function":  # placeholders carry leftovers of the tracer's state
-            # (seq_nr, autograd's sequence number at tracing time, is -1 or whatever the tracer saw)
-            meta = tuple(str(node.meta.get(k)) for k in ("original_aten", "stack_trace",
-                                                         "nn_module_stack", "source_fn_stack", "torch_fn"))
-            meta += (tuple(sorted(node.meta)),)
-        rows.append((node.name, node.op, str(node.target), str(node.args), str(node.kwargs), tensor, meta))
-    return rows
+    return node_descriptions(ep.graph, _READ_META)
 
 
 def _debug_handle_groups(ep: Any) -> list[int]:
@@ -97,7 +60,7 @@ def _assert_same_program(ep: Any, table: dict[Any, Any]) -> None:
 @pytest.mark.parametrize("table", ["executorch", "empty"])
 def test_rewritten_ops_give_the_retraced_program(table: str) -> None:
     pytest.importorskip("executorch")
-    ep = torch.export.export(_RewrittenOps().eval(), (torch.randn(1, 3, 16, 16),))
+    ep = torch.export.export(RewrittenOps().eval(), (torch.randn(1, 3, 16, 16),))
     targets = {str(n.target) for n in ep.graph.nodes}
     assert {"aten.conv2d.default", "aten.softmax.int", "aten.transpose.int", "aten.reshape.default",
             "aten.to.dtype"} <= targets

@@ -1,0 +1,83 @@
+"""ExecuTorch's view-copy and edge-op rewrites without a retrace write the graphs its passes write."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("executorch")
+
+from hrvit_mobile.exporters.edge_ops import edge_ops_without_retrace, view_copies_without_retrace
+from hrvit_mobile.exporters.testing import RewrittenOps, TinySegmenter, node_descriptions
+
+
+def _aten_graph(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """The graph ``_generate_edge_program`` hands to ReplaceViewOpsWithViewCopyOpsPass."""
+    from executorch.exir.passes.remove_graph_asserts_pass import RemoveNonCoreAtenOpGraphAssertsPass
+    from executorch.exir.program import _program
+
+    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
+
+    ep = torch.export.export(model, (example,))
+    table = _program._default_decomposition_table()
+    for op in xnnpack_partitioner().ops_to_not_decompose(ep)[0]:
+        table.pop(op, None)
+    return RemoveNonCoreAtenOpGraphAssertsPass()(ep.run_decompositions(table).graph_module).graph_module
+
+
+def _quantized_tiny() -> torch.nn.Module:
+    from hrvit_mobile.quant.recipes import XNNPACKInt8
+
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        return XNNPACKInt8().quantize(TinySegmenter(num_classes=5).eval(), x, [x])
+
+
+def _assert_same(rebuilt: Any, stock: torch.fx.GraphModule) -> None:
+    assert rebuilt is not None
+    # torch's pass base stamps its output node with autograd's sequence number at that moment (-1
+    # under no_grad, as in an export): global state, not the graph's
+    for gm in (rebuilt, stock):
+        gm.graph.output_node().meta.pop("seq_nr", None)
+    assert node_descriptions(rebuilt.graph) == node_descriptions(stock.graph)
+    assert rebuilt.meta.keys() == stock.meta.keys()
+
+
+@pytest.mark.parametrize("case", ["rewritten_ops", "tiny_int8"])
+def test_rewrites_write_the_graphs_the_passes_write(case: str) -> None:
+    from executorch.exir.passes.memory_format_ops_pass import MemoryFormatOpsPass
+    from executorch.exir.passes.replace_aten_with_edge_pass import OpReplacePass
+    from torch._export.passes import ReplaceViewOpsWithViewCopyOpsPass
+
+    from hrvit_mobile.exporters.executorch import _op_replace_with_dim_order_pass
+
+    if case == "rewritten_ops":
+        gm = _aten_graph(RewrittenOps().eval(), torch.randn(1, 3, 16, 16))
+    else:
+        gm = _aten_graph(_quantized_tiny(), torch.randn(1, 3, 32, 32))
+    stock_views = ReplaceViewOpsWithViewCopyOpsPass()(copy.deepcopy(gm)).graph_module
+    _assert_same(view_copies_without_retrace(gm), stock_views)
+    stock_edge = _op_replace_with_dim_order_pass()()(copy.deepcopy(stock_views)).graph_module
+    _assert_same(edge_ops_without_retrace(stock_views), stock_edge)
+    names = {getattr(n.target, "__name__", "") for n in stock_edge.graph.nodes}
+    assert "aten.view_copy.default" in names  # views became copies
+    if case == "rewritten_ops":  # and memory formats dim orders
+        assert {"aten.permute_copy.default", "aten.slice_copy.Tensor",
+                "dim_order_ops._clone_dim_order.default", "dim_order_ops._to_dim_order_copy.default"} <= names
+    # the combined pass the exporter runs is ExecuTorch's pair: OpReplacePass, then MemoryFormatOpsPass
+    pair = MemoryFormatOpsPass()(OpReplacePass()(copy.deepcopy(stock_views)).graph_module).graph_module
+    assert [row[:6] for row in node_descriptions(pair.graph)] == [
+        row[:6] for row in node_descriptions(stock_edge.graph)]
+
+
+def test_graphs_the_rewrites_cannot_take_are_left_to_the_passes() -> None:
+    gm = _aten_graph(RewrittenOps().eval(), torch.randn(1, 3, 16, 16))
+    no_value = copy.deepcopy(gm)
+    next(n for n in no_value.graph.nodes if n.op == "call_function").meta.pop("val")
+    assert view_copies_without_retrace(no_value) is None and edge_ops_without_retrace(no_value) is None
+    with_submodule = copy.deepcopy(gm)
+    with_submodule.add_module("inner", torch.nn.Identity())
+    assert view_copies_without_retrace(with_submodule) is None
