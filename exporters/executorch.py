@@ -43,8 +43,8 @@ from .contract import (
     step,
 )
 from .decompose import decomposed_without_retrace
-from .edge_ops import edge_ops_without_retrace, view_copies_without_retrace
 from .fx_codegen import legalize_graph_moving_nodes, memoized_signature_lookups, shared_node_provenance
+from .pass_rewrites import edge_ops_without_retrace, regenerated_without_retrace, view_copies_without_retrace
 from .quantize import quantize_pt2e, recipe_for
 from .support import conversion_inputs
 
@@ -303,6 +303,9 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
             skipped[f"{type(pass_).__name__}'s retrace"] += 1
             with retrace_skipped(pass_):
                 return original(ep, pass_)
+        if type(pass_).__name__ in _RETRACE_AFTER_IN_PLACE_EDITS:
+            with retrace_rebuilt(pass_, ep.graph_module, skipped):
+                return original(ep, pass_)
         return original(ep, pass_)
 
     with patched(xnnpack_passes, _transform=transform):
@@ -314,6 +317,37 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
 # relu/hardtanh whose input has no other user and tags that input's node: every remaining node keeps
 # its value, shape and dtype, and the tag is node metadata the retrace copies over as it is.
 _RETRACE_ONLY_REGENERATES_META = frozenset({"FuseActivationPass"})
+
+
+# XNNPACK passes that edit the graph in place (insert nodes, rewire inputs) and then retrace it to
+# regenerate metadata: the retrace is rebuilt node by node, values recomputed only from the edits on
+# (exporters/pass_rewrites.py::regenerated_without_retrace); 4.1 s of the b1 int8 lowering
+_RETRACE_AFTER_IN_PLACE_EDITS = frozenset({"ChannelsLastTaggedReshapePass"})
+
+
+@contextmanager
+def retrace_rebuilt(pass_: Any, graph_module: torch.fx.GraphModule, skipped: Counter[str]) -> Iterator[None]:
+    """Within the block, ``pass_``'s closing retrace (``ExportPass.call`` through its ``super().call``)
+    is :func:`~hrvit_mobile.exporters.pass_rewrites.regenerated_without_retrace` of the graph it edited,
+    the edited nodes being those ``graph_module`` did not have on entry or whose arguments changed since;
+    every other pass retraces as usual, as does this one where the rebuild does not apply."""
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    before = {node: (node.args, node.kwargs) for node in graph_module.graph.nodes}
+    owner = next(c for c in type(pass_).__mro__[1:] if "call" in c.__dict__)
+    retrace = owner.__dict__["call"]
+
+    def call(self: Any, gm: torch.fx.GraphModule) -> Any:
+        if self is pass_:
+            stale = frozenset(n for n in gm.graph.nodes if before.get(n, None) != (n.args, n.kwargs))
+            rebuilt = regenerated_without_retrace(gm, stale)
+            if rebuilt is not None:
+                skipped[f"{type(pass_).__name__}'s retrace"] += 1
+                return PassResult(rebuilt, True)
+        return retrace(self, gm)
+
+    with patched(owner, call=call):
+        yield
 
 
 @contextmanager
@@ -976,7 +1010,7 @@ def _op_replace_with_dim_order_pass() -> type:
 
 def _without_retrace(pass_class: type, rewrite: Callable[[torch.fx.GraphModule], Any], label: str,
                      skipped: Counter[str]) -> type:
-    """``pass_class`` answering with ``rewrite(gm)`` where that applies (see ``exporters/edge_ops.py``)."""
+    """``pass_class`` answering with ``rewrite(gm)`` where that applies (``exporters/pass_rewrites.py``)."""
     from executorch.exir.pass_base import PassResult
 
     class WithoutRetrace(pass_class):  # type: ignore[misc, valid-type]

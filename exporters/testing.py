@@ -57,7 +57,7 @@ class TinySegmenter(nn.Module):
 
 class RewrittenOps(nn.Module):
     """A graph of the ops the exporters rewrite without a retrace (``exporters/decompose.py``,
-    ``exporters/edge_ops.py``): convolutions and transposed ones with defaults given and omitted,
+    ``exporters/pass_rewrites.py``): convolutions and transposed ones with defaults given and omitted,
     softmax, transposes, reshapes of contiguous, viewable and non-viewable inputs (with -1 sizes),
     slices, casts; (1, 3, 16, 16) in."""
 

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("executorch")
 
-from hrvit_mobile.exporters.edge_ops import edge_ops_without_retrace, view_copies_without_retrace
+from hrvit_mobile.exporters.pass_rewrites import edge_ops_without_retrace, view_copies_without_retrace
 from hrvit_mobile.exporters.testing import RewrittenOps, TinySegmenter, node_descriptions
 
 
@@ -38,10 +38,11 @@ def _quantized_tiny() -> torch.nn.Module:
 
 def _assert_same(rebuilt: Any, stock: torch.fx.GraphModule) -> None:
     assert rebuilt is not None
-    # torch's pass base stamps its output node with autograd's sequence number at that moment (-1
-    # under no_grad, as in an export): global state, not the graph's
+    # a retrace stamps the nodes it makes without one (the output, nodes a pass added) with autograd's
+    # sequence number at that moment: process state (-1 in an export, whatever earlier tests left here)
     for gm in (rebuilt, stock):
-        gm.graph.output_node().meta.pop("seq_nr", None)
+        for node in gm.graph.nodes:
+            node.meta.pop("seq_nr", None)
     assert node_descriptions(rebuilt.graph) == node_descriptions(stock.graph)
     assert rebuilt.meta.keys() == stock.meta.keys()
 
@@ -81,3 +82,29 @@ def test_graphs_the_rewrites_cannot_take_are_left_to_the_passes() -> None:
     with_submodule = copy.deepcopy(gm)
     with_submodule.add_module("inner", torch.nn.Identity())
     assert view_copies_without_retrace(with_submodule) is None
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_channels_last_retrace_rebuilt_writes_the_retraced_graph(quantized: bool) -> None:
+    """XNNPACK's layout pass, its closing retrace rebuilt from its in-place edits on: the graph its own
+    retrace writes (copies inserted, values recomputed downstream, provenance of the new nodes)."""
+    from collections import Counter
+
+    from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import (
+        ChannelsLastTaggedReshapePass,
+    )
+    from executorch.exir import to_edge
+
+    from hrvit_mobile.exporters.executorch import retrace_rebuilt
+
+    x = torch.randn(1, 3, 32, 32)
+    model = _quantized_tiny() if quantized else TinySegmenter(num_classes=5).eval()
+    ep = to_edge(torch.export.export(model, (x,))).exported_program()
+    stock = ChannelsLastTaggedReshapePass(ep)(copy.deepcopy(ep.graph_module)).graph_module
+    skipped: Counter[str] = Counter()
+    pass_ = ChannelsLastTaggedReshapePass(ep)
+    with retrace_rebuilt(pass_, ep.graph_module, skipped):
+        rebuilt = pass_(ep.graph_module).graph_module
+    assert skipped == {"ChannelsLastTaggedReshapePass's retrace": 1}
+    _assert_same(rebuilt, stock)
+    assert any("_to_copy" in str(n.target) or "dim_order" in str(n.target) for n in rebuilt.graph.nodes)

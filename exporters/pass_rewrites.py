@@ -1,23 +1,23 @@
-"""ExecuTorch's two ATen-to-edge op rewrites as node rewrites instead of whole-graph retraces.
+"""ExecuTorch's whole-graph ``ExportPass`` retraces as node rewrites, where the pass changes no structure.
 
-``to_edge_transform_and_lower`` turns an ATen program into the edge dialect with two passes that each
-retrace the whole graph through fake tensors (``ExportPass``): ``ReplaceViewOpsWithViewCopyOpsPass``
-(every view op to its ``*_copy`` op) and ``OpReplacePass`` followed by ``MemoryFormatOpsPass`` (every
-op to its edge op, memory formats to dim orders; ``executorch.edge_ops_in_one_retrace`` already runs
-those two as one retrace). On the b1 int8 graph each retrace is ~4.4 s. Both passes
-change a node's target and sometimes its keyword arguments, never the graph's structure, so
-:func:`view_copies_without_retrace` and :func:`edge_ops_without_retrace` write the graph the retraces
-write: the nodes in the same order, named as ``ExportPass`` names them, with the same arguments, the
-node's metadata carried over as ``ExportPass`` carries it, ``tensor_meta`` cleared as it clears it, and
-each value recomputed on fake tensors where the op's semantics changed (a view becoming a copy, a
-memory format becoming a dim order) or an input's value changed; elsewhere the recorded value is the
-one a fake-tensor run gives. Graphs with submodules or values missing take the stock retrace.
+An ``ExportPass`` re-runs the whole graph through fake tensors and builds a new one: ~4.4 s each on
+the b1 int8 graph. Three of the lowering's retraces change nothing but targets and keyword arguments:
+``ReplaceViewOpsWithViewCopyOpsPass`` (every view op to its ``*_copy`` op), ``OpReplacePass`` with
+``MemoryFormatOpsPass`` (every op to its edge op, memory formats to dim orders; the exporter already
+runs those two as one retrace) and the retrace XNNPACK's ``ChannelsLastTaggedReshapePass`` ends with
+after inserting its layout copies in place (only "to regenerate metadata"). Here each writes the graph
+the retrace writes: the nodes in the same order, named as ``ExportPass`` names them, with the same
+arguments, the node's metadata carried over as ``ExportPass`` carries it, ``tensor_meta`` cleared as
+it clears it, and each value computed again on fake tensors where the op's semantics changed (a view
+becoming a copy, a memory format becoming a dim order), where the node is new or its inputs changed,
+or where an input's value changed; elsewhere the recorded value is the one a fake-tensor run gives.
+Graphs with submodules or values missing take the stock retrace.
 
 On the b1 int8 graph (9,558 nodes) the view rewrite took 1.9 s against the retrace's 4.9 s and the
 edge-op rewrite 0.6 s against 4.6 s; the b1 fp32 and int8 graphs came out node by node equal to the
 passes' (every metadata value, provenance included), and the b1 int8 .pte byte-identical (sha256
-844c000b...). tests/test_edge_ops.py compares both rewrites with ExecuTorch's passes on small graphs;
-the lowering tests in tests/test_export_executorch.py check the .pte is byte-identical.
+844c000b...). tests/test_pass_rewrites.py compares the rewrites with ExecuTorch's passes on small
+graphs; the lowering tests in tests/test_export_executorch.py check the .pte is byte-identical.
 """
 
 from __future__ import annotations
@@ -38,16 +38,19 @@ Kwargs = dict[str, Any]
 Rule = Callable[[Node, Any, Args, Kwargs], tuple[Any, Args, Kwargs, bool]]
 
 
-def _applicable(gm: torch.fx.GraphModule) -> bool:
+def _applicable(gm: torch.fx.GraphModule, stale: frozenset[Node]) -> bool:
+    from executorch.exir.dialects.edge._ops import EdgeOpOverload
+
     if any(True for _ in gm.children()):  # delegates, control flow
         return False
     for node in gm.graph.nodes:
         if node.op in ("get_attr", "call_module", "call_method"):
             return False
         if node.op == "call_function":
-            if not (isinstance(node.target, torch._ops.OpOverload) or node.target is operator.getitem):
+            ops = (torch._ops.OpOverload, EdgeOpOverload)
+            if not isinstance(node.target, ops) and node.target is not operator.getitem:
                 return False
-        if node.op != "output" and "val" not in node.meta:
+        if node.op != "output" and "val" not in node.meta and node not in stale:
             return False
     return True
 
@@ -70,10 +73,15 @@ def _cleared_tensor_meta(value: Any) -> Any:
     return pytree.tree_map(lambda v: None, value)
 
 
-def _rebuilt(gm: torch.fx.GraphModule, rule: Rule, torch_pass_base: bool) -> torch.fx.GraphModule | None:
+def _rebuilt(
+    gm: torch.fx.GraphModule, rule: Rule, torch_pass_base: bool, stale: frozenset[Node] = frozenset()
+) -> torch.fx.GraphModule | None:
     """``gm`` rebuilt node by node under ``rule`` as the given ExportPass base rebuilds it (torch's
-    deprecated one or ExecuTorch's), or None where the rewrite does not apply."""
-    if not _applicable(gm):
+    deprecated one or ExecuTorch's), or None where the rewrite does not apply. The values of ``stale``
+    nodes are computed again whatever the rule says."""
+    from torch.fx.traceback import NodeSource, NodeSourceAction
+
+    if not _applicable(gm, stale):
         return None
     fakes = (n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), FakeTensor))
     fake_mode = next((v.fake_mode for v in fakes), None)
@@ -96,18 +104,21 @@ def _rebuilt(gm: torch.fx.GraphModule, rule: Rule, torch_pass_base: bool) -> tor
             out.meta = dict(node.meta)
             out.meta["val"] = torch.fx.map_arg(args[0], lambda n: n.meta.get("val"))
             out.meta["tensor_meta"] = _cleared_tensor_meta(out.meta["val"])
-            if torch_pass_base:  # its tracer stamps the output with the sequence number it last saw
-                out.meta.setdefault("seq_nr", -1)
+            out.meta.setdefault("seq_nr", -1)  # the tracer stamps it with autograd's (-1 under no_grad)
             continue
         target, args, kwargs, changes_value = rule(node, node.target, args, kwargs)
         inputs = node.all_input_nodes
         new = graph.create_node("call_function", target, args, kwargs, name=_name(graph, target))
         new.meta = dict(node.meta)
-        if changes_value or any(env[i] in recomputed for i in inputs):
+        if "from_node" not in new.meta:  # a node a pass added without provenance: the retrace's own
+            source = NodeSource(node, "Interpreter_ExportInterpreter", NodeSourceAction.CREATE)
+            new.meta["from_node"] = [source]
+            new.meta.setdefault("seq_nr", -1)
+        if changes_value or node in stale or any(env[i] in recomputed for i in inputs):
             fake_args, fake_kwargs = torch.fx.map_arg((args, kwargs), lambda n: n.meta["val"])
             with fake_mode:
                 val = target(*fake_args, **fake_kwargs)
-            if not _same_meta(val, node.meta["val"]):
+            if node in stale or not _same_meta(val, node.meta.get("val")):
                 recomputed.add(new)
             new.meta["val"] = val
         new.meta["tensor_meta"] = _cleared_tensor_meta(new.meta["val"])
@@ -165,3 +176,16 @@ def _edge_op_rule(node: Node, target: Any, args: tuple[Any, ...], kwargs: dict[s
 def edge_ops_without_retrace(gm: torch.fx.GraphModule) -> torch.fx.GraphModule | None:
     """``OpReplacePass`` then ``MemoryFormatOpsPass`` on ``gm`` without a retrace (None: not applicable)."""
     return _rebuilt(gm, _edge_op_rule, torch_pass_base=False)
+
+
+def _same_op(node: Node, target: Any, args: Args, kwargs: Kwargs) -> tuple[Any, Args, Kwargs, bool]:
+    return target, args, kwargs, False
+
+
+def regenerated_without_retrace(
+    gm: torch.fx.GraphModule, stale: frozenset[Node]
+) -> torch.fx.GraphModule | None:
+    """ExecuTorch's ``ExportPass.call`` with no op rewritten (a retrace "to regenerate metadata") without
+    the retrace: the ``stale`` nodes (new, or with new inputs) and whatever their values change
+    downstream get values computed again (None: not applicable)."""
+    return _rebuilt(gm, _same_op, torch_pass_base=False, stale=stale)
