@@ -6,6 +6,7 @@ import contextlib
 import copy
 import threading
 import warnings
+from collections import Counter
 from operator import attrgetter
 from pathlib import Path
 
@@ -100,6 +101,30 @@ def test_pt2e_recipe_quantizes_nano_close_to_float(recipe) -> None:
         a = agreement([quantized(x).numpy() for x in calib], [model(x).numpy() for x in calib])
     # measured on these inputs: XNNPACK cosine 0.9976, LiteRT 0.9973, Core ML W8A8 0.981
     assert a.cosine > 0.97 and a.argmax > 0.9
+
+
+@pytest.mark.parametrize("recipe", [XNNPACKInt8(), CoreMLW8A8()], ids=lambda r: r.name)
+def test_indexed_attr_names_hand_out_the_stock_names(recipe) -> None:
+    """Every observer and quantization-parameter name prepare and convert ask for is the one the stock
+    search from index 0 finds (checked name by name), and the quantized graph is the same without the
+    shortcut."""
+    from hrvit_mobile.quant.recipes import indexed_attr_names
+
+    model, calib = _deployed(), _calib()
+    with indexed_attr_names(verify=True) as handed:
+        quantized = recipe.quantize(model, calib[0], calib[:1], progress=False)
+    assert handed["activation_post_process_"] > 50 and handed["_scale_"] > 0
+    import torchao.quantization.pt2e.utils as pt2e_utils
+
+    original = pt2e_utils.get_new_attr_name_with_prefix
+    pt2e_utils.get_new_attr_name_with_prefix.indexed = Counter()  # makes the recipe's own block a no-op
+    try:
+        stock = recipe.quantize(model, calib[0], calib[:1], progress=False)
+    finally:
+        del pt2e_utils.get_new_attr_name_with_prefix.indexed
+    assert pt2e_utils.get_new_attr_name_with_prefix is original
+    assert [(n.name, n.op, str(n.target), str(n.args)) for n in quantized.graph.nodes] == [
+        (n.name, n.op, str(n.target), str(n.args)) for n in stock.graph.nodes]
 
 
 @pytest.mark.parametrize(
