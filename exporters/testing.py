@@ -59,7 +59,7 @@ class RewrittenOps(nn.Module):
     """A graph of the ops the exporters rewrite without a retrace (``exporters/decompose.py``,
     ``exporters/pass_rewrites.py``): convolutions and transposed ones with defaults given and omitted,
     softmax, transposes, reshapes of contiguous, viewable and non-viewable inputs (with -1 sizes),
-    slices, casts; (1, 3, 16, 16) in."""
+    slices, casts; (1, 3, H, W) in, H and W multiples of 4, (1, 8, H, W) out."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,18 +67,19 @@ class RewrittenOps(nn.Module):
         self.stem = nn.Conv2d(3, 8, 3, 2, 1)
         self.depthwise = nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)
         self.upsample = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8)
-        self.register_buffer("mask", torch.randn(1, 1, 16, generator=g))
+        self.register_buffer("bias", torch.randn(1, 1, 1, generator=g))
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.depthwise(F.relu(self.stem(x)))  # (1, 8, 8, 8)
-        t = x.reshape(1, 8, -1).transpose(1, 2)  # a view, then (1, 64, 8) non-contiguous
-        q = t.reshape(4, 16, 8)  # a copy first: not viewable
-        a = torch.softmax(torch.bmm(q, q.transpose(-1, -2)) + self.mask, dim=-1)
-        y = torch.bmm(a, q).reshape(1, 64, 8).transpose(1, 2).reshape(1, 8, 8, 8)
-        y = y + t.reshape(1, -1).reshape(1, 8, 8, -1).mean() + x.reshape(-1, 64).reshape(1, 8, 8, -1)
+        x = self.depthwise(F.relu(self.stem(x)))  # (1, 8, h, w)
+        c, h, w = x.shape[1:]
+        t = x.reshape(1, c, -1).transpose(1, 2)  # a view, then (1, h * w, 8) non-contiguous
+        q = t.reshape(4, h * w // 4, c)  # a copy first: not viewable
+        a = torch.softmax(torch.bmm(q, q.transpose(-1, -2)) + self.bias, dim=-1)
+        y = torch.bmm(a, q).reshape(1, h * w, c).transpose(1, 2).reshape(1, c, h, w)
+        y = y + t.reshape(1, -1).reshape(1, c, h, -1).mean() + x.reshape(-1, h * w).reshape(1, c, h, -1)
         y = torch.cat([y[:, :4], x[:, 4:]], dim=1).to(torch.float16).to(torch.float32)
         y = F.conv2d(y, self.depthwise.weight, stride=1, padding=[2, 2], groups=8)
         again = F.conv_transpose2d(y, self.upsample.weight, stride=2, output_padding=0, groups=8)

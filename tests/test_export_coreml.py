@@ -277,3 +277,36 @@ def test_w8a8_program_is_the_same_with_nonreplaceable_bits(tmp_path: Path) -> No
     finally:
         coreml_exporter.nonreplaceable_vars_as_bits = original
     assert len(with_bits[1]) > 1000 and with_bits == stock
+
+
+def test_functionalization_without_a_retrace_gives_the_same_package(tmp_path: Path) -> None:
+    """Core ML's ``run_decompositions({})`` as a node rewrite (a graph of the ops it rewrites): the same
+    ML program and weights as with the retrace, and the sidecar says which ran."""
+    from coremltools.proto import Model_pb2
+
+    from hrvit_mobile.exporters import coreml as coreml_exporter
+    from hrvit_mobile.exporters.testing import RewrittenOps
+
+    model = RewrittenOps().eval()
+
+    def package(out: str) -> tuple[object, bytes, bool]:
+        spec = ExportSpec(target="coreml", bits=32, img_size=(32, 32), num_classes=8,
+                          out_dir=tmp_path / out, run_parity=False)
+        art = export(model, spec).artifact
+        path = art.path / "Data" / "com.apple.CoreML"
+        program = Model_pb2.Model()
+        program.ParseFromString((path / "model.mlmodel").read_bytes())
+        del program.description.metadata.userDefined["com.github.apple.coremltools.conversion_date"]
+        weights = path / "weights" / "weight.bin"  # a model this small may keep every constant inline
+        stored = weights.read_bytes() if weights.exists() else b""
+        return program, stored, art.details["decomposed_without_retrace"]
+
+    rewritten = package("rewritten")
+    original = coreml_exporter.decompose
+    coreml_exporter.decompose = lambda ep, table: (ep.run_decompositions(table), False)
+    try:
+        retraced = package("retraced")
+    finally:
+        coreml_exporter.decompose = original
+    assert rewritten[2] is True and retraced[2] is False
+    assert rewritten[:2] == retraced[:2]
