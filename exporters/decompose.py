@@ -51,10 +51,7 @@ def _pair(value: Any) -> list[Any]:
 
 
 def _conv2d(args: Args, kwargs: Kwargs, emit: Emit, table: Table) -> Node | None:
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    values: dict[str, Any] = dict(zip(names, (None, None, None, 1, 0, 1, 1)))
-    values.update(zip(names, args))
-    values.update(kwargs)
+    values = _bound(aten.conv2d.default, args, kwargs)
     return emit(aten.convolution.default, (
         values["input"], values["weight"], values["bias"], _pair(values["stride"]), _pair(values["padding"]),
         _pair(values["dilation"]), False, [0, 0], values["groups"],
@@ -62,10 +59,7 @@ def _conv2d(args: Args, kwargs: Kwargs, emit: Emit, table: Table) -> Node | None
 
 
 def _conv_transpose2d(args: Args, kwargs: Kwargs, emit: Emit, table: Table) -> Node | None:
-    names = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
-    values: dict[str, Any] = dict(zip(names, (None, None, None, 1, 0, 0, 1, 1)))
-    values.update(zip(names, args))
-    values.update(kwargs)
+    values = _bound(aten.conv_transpose2d.input, args, kwargs)
     return emit(aten.convolution.default, (
         values["input"], values["weight"], values["bias"], _pair(values["stride"]), _pair(values["padding"]),
         _pair(values["dilation"]), True, _pair(values["output_padding"]), values["groups"],
@@ -126,10 +120,7 @@ def _inferred(shape: list[int], numel: int) -> list[int]:
 
 
 def _to_dtype(args: Args, kwargs: Kwargs, emit: Emit, table: Table) -> Node | None:
-    names = ("self", "dtype", "non_blocking", "copy", "memory_format")
-    values: dict[str, Any] = dict(zip(names, (None, None, False, False, None)))
-    values.update(zip(names, args))
-    values.update(kwargs)
+    values = _bound(aten.to.dtype, args, kwargs)
     if values["dtype"] == values["self"].meta["val"].dtype and not values["copy"]:
         return None  # ATen returns the input itself: an alias, not a node
     copy_kwargs = {k: values[k] for k in ("dtype", "non_blocking", "memory_format")}
@@ -152,16 +143,7 @@ def normalized_arguments(
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``args``/``kwargs`` as the dispatcher hands them to a tracer: positional arguments up to the last
     one that differs from its default, keyword-only ones only where they differ from theirs."""
-    schema = target._schema
-    given = dict(kwargs)
-    values: list[tuple[Any, Any]] = []  # (schema argument, value or _DEFAULT)
-    for i, arg in enumerate(schema.arguments):
-        if i < len(args) and not arg.kwarg_only:
-            values.append((arg, args[i]))
-        else:
-            values.append((arg, given.pop(arg.name, _DEFAULT)))
-    if given:
-        raise TypeError(f"{target}: unexpected keyword arguments {sorted(given)}")
+    values = _given(target, args, kwargs)
 
     def is_default(arg: Any, value: Any) -> bool:
         if value is _DEFAULT:
@@ -176,18 +158,37 @@ def normalized_arguments(
     positional = [(arg, v) for arg, v in values if not arg.kwarg_only]
     while positional and is_default(*positional[-1]) and positional[-1][0].has_default_value():
         positional.pop()
-    out_args = []
-    for arg, v in positional:
-        if v is _DEFAULT:
-            if not arg.has_default_value():
-                raise TypeError(f"{target}: missing argument {arg.name}")
-            v = arg.default_value
-        out_args.append(v)
+    out_args = [_value_or_default(target, arg, v) for arg, v in positional]
     out_kwargs = {arg.name: v for arg, v in values if arg.kwarg_only and not is_default(arg, v)}
     return tuple(out_args), out_kwargs
 
 
 _DEFAULT: Any = object()  # an argument that was not given
+
+
+def _given(target: Any, args: Args, kwargs: Kwargs) -> list[tuple[Any, Any]]:
+    """Each argument of ``target``'s schema with the value given for it, or ``_DEFAULT``."""
+    given = dict(kwargs)
+    values = [
+        (arg, args[i] if i < len(args) and not arg.kwarg_only else given.pop(arg.name, _DEFAULT))
+        for i, arg in enumerate(target._schema.arguments)
+    ]
+    if given:
+        raise TypeError(f"{target}: unexpected keyword arguments {sorted(given)}")
+    return values
+
+
+def _value_or_default(target: Any, arg: Any, value: Any) -> Any:
+    if value is not _DEFAULT:
+        return value
+    if not arg.has_default_value():
+        raise TypeError(f"{target}: missing argument {arg.name}")
+    return arg.default_value
+
+
+def _bound(target: Any, args: Args, kwargs: Kwargs) -> dict[str, Any]:
+    """Every argument of ``target`` by name: as given, else its schema default."""
+    return {arg.name: _value_or_default(target, arg, value) for arg, value in _given(target, args, kwargs)}
 
 
 def decomposes(op: Any, table: Mapping[Any, Any]) -> bool:
@@ -259,9 +260,7 @@ def decomposed_without_retrace(ep: ExportedProgram, table: Mapping[Any, Any]) ->
             if target is source.target:
                 val = source.meta["val"]
             else:
-                fake_args, fake_kwargs = torch.fx.map_arg((args, kwargs), lambda n: n.meta["val"])
-                with fake_mode:
-                    val = target(*fake_args, **fake_kwargs)
+                val = fake_value(target, args, kwargs, fake_mode)
             if val is not None:  # an op without outputs (an assert) has no value
                 node.meta["val"] = val
                 node.meta["tensor_meta"] = _extract_tensor_metadata(val)
@@ -286,16 +285,25 @@ def decomposed_without_retrace(ep: ExportedProgram, table: Mapping[Any, Any]) ->
         emit = emitter(node)
         rewrite = REWRITES.get(node.target) if decomposes(node.target, table) else None
         new = rewrite(args, kwargs, emit, table) if rewrite else emit(node.target, args, kwargs)
-        if new is None or not _same_tensor_meta(new.meta.get("val"), node.meta.get("val")):
+        if new is None or not same_tensor_meta(new.meta.get("val"), node.meta.get("val")):
             return None
         env[node] = new
     return _program(ep, graph)
 
 
-def _same_tensor_meta(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype and a.device == b.device
+def same_tensor_meta(a: Any, b: Any) -> bool:
+    """Whether two recorded values are tensors of the same shape, strides, dtype and device, or else the
+    same object (both None: an op without outputs)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device)
+    return a is b
+
+
+def fake_value(target: Any, args: Args, kwargs: Kwargs, fake_mode: Any) -> Any:
+    """``target`` run in ``fake_mode`` on the recorded values of the nodes among its arguments."""
+    fake_args, fake_kwargs = torch.fx.map_arg((args, kwargs), lambda n: n.meta["val"])
+    with fake_mode:
+        return target(*fake_args, **fake_kwargs)
 
 
 def _program(ep: ExportedProgram, graph: torch.fx.Graph) -> ExportedProgram:

@@ -326,47 +326,53 @@ _RETRACE_AFTER_IN_PLACE_EDITS = frozenset({"ChannelsLastTaggedReshapePass"})
 
 
 @contextmanager
-def retrace_rebuilt(pass_: Any, graph_module: torch.fx.GraphModule, skipped: Counter[str]) -> Iterator[None]:
-    """Within the block, ``pass_``'s closing retrace (``ExportPass.call`` through its ``super().call``)
-    is :func:`~hrvit_mobile.exporters.pass_rewrites.regenerated_without_retrace` of the graph it edited,
-    the edited nodes being those ``graph_module`` did not have on entry or whose arguments changed since;
-    every other pass retraces as usual, as does this one where the rebuild does not apply."""
-    from torch.fx.passes.infra.pass_base import PassResult
-
-    before = {node: (node.args, node.kwargs) for node in graph_module.graph.nodes}
+def closing_retrace_answered(pass_: Any, answer: Callable[[torch.fx.GraphModule], Any]) -> Iterator[None]:
+    """Within the block, ``pass_``'s call of ``ExportPass.call`` (the whole-graph retrace it ends with,
+    through its ``super().call``) returns ``answer(graph_module)``, or retraces where that is None; every
+    other pass retraces as usual."""
+    # the class whose ``call`` its ``super().call`` reaches (ExecuTorch's _ExportPassBase)
     owner = next(c for c in type(pass_).__mro__[1:] if "call" in c.__dict__)
     retrace = owner.__dict__["call"]
 
-    def call(self: Any, gm: torch.fx.GraphModule) -> Any:
-        if self is pass_:
-            stale = frozenset(n for n in gm.graph.nodes if before.get(n, None) != (n.args, n.kwargs))
-            rebuilt = regenerated_without_retrace(gm, stale)
-            if rebuilt is not None:
-                skipped[f"{type(pass_).__name__}'s retrace"] += 1
-                return PassResult(rebuilt, True)
-        return retrace(self, gm)
+    def call(self: Any, graph_module: torch.fx.GraphModule) -> Any:
+        if self is pass_ and (result := answer(graph_module)) is not None:
+            return result
+        return retrace(self, graph_module)
 
     with patched(owner, call=call):
         yield
 
 
 @contextmanager
-def retrace_skipped(pass_: Any) -> Iterator[None]:
-    """Within the block, ``pass_``'s call of ``ExportPass.call`` (the whole-graph retrace it ends with)
-    returns its graph module as it is; every other pass retraces as usual. On b1 int8 the retrace was
-    5-6 s for a rewrite of 3 nodes; the .pte is byte-identical (tests/test_export_executorch.py)."""
+def retrace_rebuilt(pass_: Any, graph_module: torch.fx.GraphModule, skipped: Counter[str]) -> Iterator[None]:
+    """Within the block, ``pass_``'s closing retrace is
+    :func:`~hrvit_mobile.exporters.pass_rewrites.regenerated_without_retrace` of the graph it edited,
+    the edited nodes being those ``graph_module`` did not have on entry or whose arguments changed since;
+    where the rebuild does not apply it retraces as usual."""
     from torch.fx.passes.infra.pass_base import PassResult
 
-    # the class whose ``call`` its ``super().call`` reaches (ExecuTorch's _ExportPassBase)
-    owner = next(c for c in type(pass_).__mro__[1:] if "call" in c.__dict__)
-    retrace = owner.__dict__["call"]
+    before = {node: (node.args, node.kwargs) for node in graph_module.graph.nodes}
 
-    def call(self: Any, graph_module: torch.fx.GraphModule) -> Any:
-        if self is pass_:
-            return PassResult(graph_module, True)
-        return retrace(self, graph_module)
+    def rebuild(gm: torch.fx.GraphModule) -> Any:
+        stale = frozenset(n for n in gm.graph.nodes if before.get(n, None) != (n.args, n.kwargs))
+        rebuilt = regenerated_without_retrace(gm, stale)
+        if rebuilt is None:
+            return None
+        skipped[f"{type(pass_).__name__}'s retrace"] += 1
+        return PassResult(rebuilt, True)
 
-    with patched(owner, call=call):
+    with closing_retrace_answered(pass_, rebuild):
+        yield
+
+
+@contextmanager
+def retrace_skipped(pass_: Any) -> Iterator[None]:
+    """Within the block, ``pass_``'s closing retrace returns its graph module as it is. On b1 int8 the
+    retrace was 5-6 s for a rewrite of 3 nodes; the .pte is byte-identical
+    (tests/test_export_executorch.py)."""
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    with closing_retrace_answered(pass_, lambda gm: PassResult(gm, True)):
         yield
 
 
@@ -755,6 +761,16 @@ def moving_node_legalization() -> Iterator[None]:
         yield
 
 
+def core_aten_table_keeping(ops: Iterable[Any]) -> Any:
+    """ExecuTorch's core-ATen decomposition table without ``ops`` (those a partitioner keeps whole)."""
+    from executorch.exir.program import _program
+
+    table = _program._default_decomposition_table()
+    for op in ops:
+        table.pop(op, None)
+    return table
+
+
 @contextmanager
 def single_decomposition(skipped: Counter[str]) -> Iterator[None]:
     """``to_edge_transform_and_lower`` with one decomposition retrace instead of two.
@@ -795,9 +811,7 @@ def single_decomposition(skipped: Counter[str]) -> Iterator[None]:
             if part is not None and empty_dict and not d_kwargs:
                 ops, check = part.ops_to_not_decompose(self)
                 if check is None:
-                    table = _program._default_decomposition_table()
-                    for op in ops:
-                        table.pop(op, None)
+                    table = core_aten_table_keeping(ops)
                     decomposed = decomposed_without_retrace(self, table)
                     rewritten = decomposed is not None
                     if not rewritten:

@@ -30,11 +30,10 @@ import torch
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensor
 
-Node = torch.fx.Node
+from .decompose import Args, Kwargs, Node, fake_value, same_tensor_meta
+
 # a node's new (target, args, kwargs) in the new graph, and whether the op computes something else
 # than the old one (so its value is recomputed)
-Args = tuple[Any, ...]
-Kwargs = dict[str, Any]
 Rule = Callable[[Node, Any, Args, Kwargs], tuple[Any, Args, Kwargs, bool]]
 
 
@@ -60,12 +59,6 @@ def _name(graph: torch.fx.Graph, target: Any) -> str | None:
     if isinstance(target, torch._ops.OpOverload):
         return graph._target_to_str(target.overloadpacket.__name__)
     return None
-
-
-def _same_meta(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device)
-    return a is b
 
 
 def _cleared_tensor_meta(value: Any) -> Any:
@@ -115,10 +108,8 @@ def _rebuilt(
             new.meta["from_node"] = [source]
             new.meta.setdefault("seq_nr", -1)
         if changes_value or node in stale or any(env[i] in recomputed for i in inputs):
-            fake_args, fake_kwargs = torch.fx.map_arg((args, kwargs), lambda n: n.meta["val"])
-            with fake_mode:
-                val = target(*fake_args, **fake_kwargs)
-            if node in stale or not _same_meta(val, node.meta.get("val")):
+            val = fake_value(target, args, kwargs, fake_mode)
+            if node in stale or not same_tensor_meta(val, node.meta.get("val")):
                 recomputed.add(new)
             new.meta["val"] = val
         new.meta["tensor_meta"] = _cleared_tensor_meta(new.meta["val"])
@@ -129,7 +120,7 @@ def _rebuilt(
     return rebuilt
 
 
-def _view_copy_rule(node: Node, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _view_copy_rule(node: Node, target: Any, args: Args, kwargs: Kwargs) -> tuple[Any, Args, Kwargs, bool]:
     from torch._export.passes.replace_view_ops_with_view_copy_ops_pass import (
         _NON_FUNCTIONAL_OPS_TO_FUNCTIONAL_OPS,
         get_view_copy_of_view_op,
@@ -147,7 +138,7 @@ def view_copies_without_retrace(gm: torch.fx.GraphModule) -> torch.fx.GraphModul
     return _rebuilt(gm, _view_copy_rule, torch_pass_base=True)
 
 
-def _edge_op_rule(node: Node, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _edge_op_rule(node: Node, target: Any, args: Args, kwargs: Kwargs) -> tuple[Any, Args, Kwargs, bool]:
     from executorch.exir.dim_order_utils import get_dim_order
     from executorch.exir.passes.dim_order_ops_registry import DimOrderOpsMap
     from executorch.exir.passes.replace_aten_with_edge_pass import aten_to_edge, should_lower_to_edge

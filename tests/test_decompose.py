@@ -32,16 +32,10 @@ def _debug_handle_groups(ep: Any) -> list[int]:
     ]
 
 
-def _executorch_table(ep: Any) -> dict[Any, Any]:
-    from executorch.exir.program import _program
+def _executorch_table(ep: Any) -> Any:
+    from hrvit_mobile.exporters.executorch import core_aten_table_keeping, xnnpack_partitioner
 
-    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
-
-    ops, _ = xnnpack_partitioner().ops_to_not_decompose(ep)
-    table = _program._default_decomposition_table()
-    for op in ops:
-        table.pop(op, None)
-    return table
+    return core_aten_table_keeping(xnnpack_partitioner().ops_to_not_decompose(ep)[0])
 
 
 def _assert_same_program(ep: Any, table: dict[Any, Any]) -> None:

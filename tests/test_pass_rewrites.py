@@ -17,14 +17,11 @@ from hrvit_mobile.exporters.testing import RewrittenOps, TinySegmenter, node_des
 def _aten_graph(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """The graph ``_generate_edge_program`` hands to ReplaceViewOpsWithViewCopyOpsPass."""
     from executorch.exir.passes.remove_graph_asserts_pass import RemoveNonCoreAtenOpGraphAssertsPass
-    from executorch.exir.program import _program
 
-    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
+    from hrvit_mobile.exporters.executorch import core_aten_table_keeping, xnnpack_partitioner
 
     ep = torch.export.export(model, (example,))
-    table = _program._default_decomposition_table()
-    for op in xnnpack_partitioner().ops_to_not_decompose(ep)[0]:
-        table.pop(op, None)
+    table = core_aten_table_keeping(xnnpack_partitioner().ops_to_not_decompose(ep)[0])
     return RemoveNonCoreAtenOpGraphAssertsPass()(ep.run_decompositions(table).graph_module).graph_module
 
 
