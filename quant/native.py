@@ -1,14 +1,19 @@
-"""Native binning kernels for int8 calibration (``bin_counts.c``), compiled on first use.
+"""Native kernels for int8 calibration (``calibration_kernels.c``), compiled on first use.
 
 ``HistogramObserver`` bins every activation of every calibration image (b1 at 512x512: ~400M values per
 image). In PyTorch that is four whole-tensor passes plus a single-threaded ``bincount``; the C loop does it
 in one pass, split over the intra-op threads for large tensors (ctypes releases the GIL while it runs).
+``CoreMLQuantizer``'s fake-quant modules fake-quantize every activation (b1: 1,061 per image, most of them
+small): ATen's kernel is a scalar loop and the same arithmetic as whole-tensor passes is six ops; the C
+loop is one vectorized pass and one call.
 
 The library is built once per source and compiler with the host's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) into ``$XDG_CACHE_HOME/hrvit-mobile`` (else ``~/.cache``, else the temp folder),
-written to a temp file and renamed. Before first use in a process it must reproduce ``torch.histc`` bit
-for bit on values at and next to every bin edge. No compiler, a failed build or a failed check: the
-caller takes its PyTorch path (same bits, slower). ``HRVIT_MOBILE_NATIVE=0`` switches the kernel off.
+written to a temp file and renamed. Before first use in a process each kernel must reproduce its ATen
+op bit for bit: ``torch.histc`` on values at and next to every bin edge, ``fake_quantize_per_tensor_affine``
+on ties, their neighbours, signed zeros, infinities and NaN. No compiler, a failed build or a failed
+check: the caller takes its PyTorch path (same bits, slower). ``HRVIT_MOBILE_NATIVE=0`` switches the
+kernels off.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
 log = logging.getLogger("hrvit_mobile.quant")
 
-SOURCE = Path(__file__).with_name("bin_counts.c")
-# no FMA contraction, no fast-math reassociation: each operation rounds as float32 arithmetic
-_FLAGS = ("-O3", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
+SOURCE = Path(__file__).with_name("calibration_kernels.c")
+# no FMA contraction, no fast-math reassociation: each operation rounds as float32 arithmetic; no trapping
+# math: the compiler may turn float selects into compares and blends (vectorized), the values are the same
+_FLAGS = ("-O3", "-std=c99", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-shared", "-fPIC")
 # below this many values per thread, handing work to a second thread costs more than it saves (measured on
 # this 2-core host: one thread is faster at 1M values, two are 1.6x faster at 4M)
 _VALUES_PER_THREAD = 1 << 21
@@ -56,7 +63,7 @@ def _build(compiler: str) -> Path | None:
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(_FLAGS).encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     for folder in _cache_dirs():
-        library = folder / f"bin_counts-{key}.so"
+        library = folder / f"{SOURCE.stem}-{key}.so"
         if library.exists():
             return library
         try:
@@ -71,7 +78,7 @@ def _build(compiler: str) -> Path | None:
             os.replace(partial, library)  # another process may have won the race: same bytes either way
             return library
         except (OSError, subprocess.SubprocessError) as error:
-            log.info("native binning kernel not built (%s); calibration uses its PyTorch path", error)
+            log.info("native calibration kernels not built (%s); calibration uses its PyTorch path", error)
             return None
         finally:
             if os.path.exists(partial):
@@ -99,7 +106,7 @@ def _library() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(str(library))
     except OSError as error:
-        log.info("native binning kernel not loaded (%s); calibration uses its PyTorch path", error)
+        log.info("native calibration kernels not loaded (%s); calibration uses its PyTorch path", error)
         return None
 
 
@@ -155,13 +162,64 @@ def _kernel_if_inside() -> Callable[..., int] | None:
     return function
 
 
+def _fake_quantize_check_values(scale: float) -> torch.Tensor:
+    """Values where fake quantization is decided by the last bit or a special case: exact ties of the
+    rounding, their float32 neighbours, signed zeros, infinities, NaN, far out of range, and a spread."""
+    ties = (torch.arange(-300, 300, dtype=torch.float32) + 0.5) * scale
+    up = torch.nextafter(ties, torch.full_like(ties, float("inf")))
+    down = torch.nextafter(ties, torch.full_like(ties, float("-inf")))
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e30, -1e30, 1e-30, -1e-30,
+                            -0.4 * scale, 0.4 * scale, 4194304.5 * scale, -4194304.5 * scale])
+    spread = torch.linspace(-400 * scale, 400 * scale, 10_007)
+    return torch.cat([ties, up, down, special, spread])
+
+
+@functools.cache
+def _fake_quantize_kernel() -> Callable[..., None] | None:
+    library = _library()
+    function = getattr(library, "fake_quantize", None) if library is not None else None
+    if function is None:
+        return None
+    function.restype = None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
+                         ctypes.c_float, ctypes.c_float, ctypes.c_float]
+    for scale in (0.05, 0.0123, 1.7, 3e-4, 2.0**-20):
+        x = _fake_quantize_check_values(scale)
+        for zero_point, quant_min, quant_max in ((0, -128, 127), (128, 0, 255), (-5, -128, 127), (3, 0, 15)):
+            stock = torch.fake_quantize_per_tensor_affine(
+                x, torch.tensor([scale]), torch.tensor([zero_point], dtype=torch.int32), quant_min, quant_max
+            )
+            ours = torch.empty_like(x)
+            inv_scale = float(torch.ones((), dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32))
+            function(x.data_ptr(), ours.data_ptr(), x.numel(), inv_scale, scale, zero_point, quant_min,
+                     quant_max)
+            if not torch.equal(stock.view(torch.int32), ours.view(torch.int32)):
+                log.warning("native fake-quantize kernel disagrees with ATen's on this host; not used")
+                return None
+    return function
+
+
 def clear_caches() -> None:
     """Build, load and check again on next use (tests that swap the source or the environment)."""
-    for cached in (_library, _kernel, _kernel_if_inside):
+    for cached in (_library, _kernel, _kernel_if_inside, _fake_quantize_kernel):
         cached.cache_clear()
 
 
 _pool: ThreadPoolExecutor | None = None
+
+
+def _in_parts(n: int, threads: int, run: Callable[[int, int], Any]) -> list[Any]:
+    """``run(start, count)`` over up to ``threads`` consecutive parts of ``n`` values (at least
+    ``_VALUES_PER_THREAD`` each; one part on the calling thread), the results in order."""
+    global _pool
+    parts = max(1, min(threads, n // _VALUES_PER_THREAD))
+    step = -(-n // parts)
+    if parts == 1:
+        return [run(0, n)]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
+                                   thread_name_prefix="hrvit-calibration")
+    return list(_pool.map(lambda part: run(part * step, min(step, n - part * step)), range(parts)))
 
 
 def _counted(x: torch.Tensor, bins: int, threads: int,
@@ -169,24 +227,15 @@ def _counted(x: torch.Tensor, bins: int, threads: int,
     """Float32 counts of ``x`` in ``bins`` bins, from ``count(first value's address, how many, tables'
     address)`` run over up to ``threads`` consecutive parts of ``x`` (each part with its four tables),
     and what each call returned."""
-    global _pool
     n = x.numel()
-    parts = max(1, min(threads, n // _VALUES_PER_THREAD))
-    tables = torch.zeros(parts, 4, bins, dtype=torch.int64)
-    step = -(-n // parts)
+    tables = torch.zeros(max(1, min(threads, n // _VALUES_PER_THREAD)), 4, bins, dtype=torch.int64)
     base, table_bytes = x.data_ptr(), 4 * bins * 8
+    step = -(-n // tables.shape[0])
 
-    def run(part: int) -> int | None:
-        start = part * step
-        return count(base + 4 * start, min(step, n - start), tables.data_ptr() + part * table_bytes)
+    def run(start: int, count_here: int) -> int | None:
+        return count(base + 4 * start, count_here, tables.data_ptr() + (start // step) * table_bytes)
 
-    if parts == 1:
-        results = [run(0)]
-    else:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
-                                       thread_name_prefix="hrvit-bin-counts")
-        results = list(_pool.map(run, range(parts)))
+    results = _in_parts(n, threads, run)
     return tables.sum(dim=(0, 1)).to(torch.float32), results
 
 
@@ -257,3 +306,23 @@ def bin_counts(x: torch.Tensor, bins: int, low: float, span: float) -> torch.Ten
     if function is None:
         return None
     return _run(function, _in_memory_order(x), bins, low, span, threads=torch.get_num_threads())
+
+
+def fake_quantize(
+    x: torch.Tensor, inv_scale: float, scale: float, zero_point: int, quant_min: int, quant_max: int
+) -> torch.Tensor | None:
+    """``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)`` of a float32
+    CPU tensor whose values fill one block of memory (a new tensor with ``x``'s strides), bit for bit;
+    ``inv_scale`` is ``1.0f / scale`` in float32 as ATen computes it. None when the kernel is not available
+    or ``x`` is not such a tensor."""
+    function = _fake_quantize_kernel()
+    if function is None or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    values = dense_view(x)
+    if values is None:
+        return None
+    out = torch.empty_like(x)  # the same strides: its values are in the same memory order
+    src, dst = values.data_ptr(), out.data_ptr()
+    _in_parts(values.numel(), torch.get_num_threads(), lambda start, count: function(
+        src + 4 * start, dst + 4 * start, count, inv_scale, scale, zero_point, quant_min, quant_max))
+    return out

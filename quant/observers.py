@@ -1,4 +1,7 @@
-"""Faster, bit-identical stand-ins for slow parts of PT2E's observers (used while converting).
+"""Faster, bit-identical stand-ins for slow parts of PT2E's observers.
+
+:func:`observed_min_max_qparams` (calibration): what a per-tensor min/max observer's ``forward`` and
+``calculate_qparams`` compute, as float32 scalar arithmetic instead of ~15 small tensor ops.
 
 ``HistogramObserver.calculate_qparams`` picks the clipping range with ``_non_linear_param_search``:
 it walks two quantile bounds inwards in steps of 1e-5 and, at every step, scans the cumulative
@@ -18,6 +21,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from hrvit_mobile.patching import patched
@@ -32,6 +36,76 @@ def _float32(value: float) -> float:
         return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
     except OverflowError:  # beyond float32's range: the cast gives an infinity
         return math.copysign(math.inf, value)
+
+
+def _minimum(a: np.float32, b: np.float32) -> np.float32:
+    """ATen's scalar ``minimum`` of two non-NaN floats: ``std::min(a, b)``, ``a`` when they compare equal
+    (0.0 and -0.0)."""
+    return b if b < a else a
+
+
+def _maximum(a: np.float32, b: np.float32) -> np.float32:
+    """ATen's scalar ``maximum`` of two non-NaN floats: ``std::max(a, b)``, ``a`` when they compare equal."""
+    return b if a < b else a
+
+
+def _min_max_observer_types() -> tuple[type, type]:
+    from torchao.quantization.pt2e.observer import MinMaxObserver, MovingAverageMinMaxObserver
+
+    return MinMaxObserver, MovingAverageMinMaxObserver
+
+
+def observed_min_max_qparams(
+    observer: Any, low: float, high: float
+) -> tuple[float, float, float, int] | None:
+    """``(min_val, max_val, scale, zero_point)`` that torchao's per-tensor ``MinMaxObserver`` or
+    ``MovingAverageMinMaxObserver`` reaches when it observes a tensor whose extrema are ``low``/``high``
+    (float32 values) and then computes its quantization parameters, without changing it; None where
+    this mirror does not apply (another observer type or scheme, a NaN or infinity anywhere, an empty
+    range) and the stock code must run.
+
+    The stock code does it in 0-dim float32 tensor ops: ``torch.min``/``torch.max`` of two values (ATen's
+    scalar ``std::min``/``std::max``), the moving average ``m + c * (x - m)`` with ``c`` taken as float32,
+    and the scale ``max(|range|) / ((quant_max - quant_min) / 2)`` (symmetric) or ``range / (quant_max -
+    quant_min)`` (affine) floored at ``eps``. Here the same IEEE float32 operations run on numpy float32
+    scalars, in the same order (tests compare every field with the stock observer's on random and edge
+    values: zeros of both signs, ranges under ``eps``, the first observation).
+    """
+    minmax, moving = _min_max_observer_types()
+    kind = type(observer)
+    if kind not in (minmax, moving) or observer.qscheme not in (torch.per_tensor_symmetric,
+                                                               torch.per_tensor_affine):
+        return None
+    if observer.min_val.dtype != torch.float32 or observer.min_val.numel() != 1 or observer.eps.numel() != 1:
+        return None
+    f32 = np.float32
+    lo, hi = f32(low), f32(high)
+    old_lo, old_hi = f32(observer.min_val.item()), f32(observer.max_val.item())
+    if kind is moving:
+        if old_lo == np.inf and old_hi == -np.inf:
+            new_lo, new_hi = lo, hi
+        else:
+            c = f32(observer.averaging_constant)
+            new_lo, new_hi = old_lo + c * (lo - old_lo), old_hi + c * (hi - old_hi)
+    else:
+        new_lo, new_hi = _minimum(lo, old_lo), _maximum(hi, old_hi)
+    if not (np.isfinite(new_lo) and np.isfinite(new_hi)) or new_lo > new_hi:
+        return None  # stock: NaN qparams, the unobserved default, or its assertion
+    quant_min, quant_max = observer.quant_min, observer.quant_max
+    eps = f32(observer.eps.item())
+    min_neg, max_pos = _minimum(new_lo, f32(0.0)), _maximum(new_hi, f32(0.0))
+    if observer.qscheme == torch.per_tensor_symmetric:
+        scale = _maximum(_maximum(-min_neg, max_pos) / f32(float(quant_max - quant_min) / 2), eps)
+        if observer.dtype in (torch.quint8, torch.uint8):
+            zero_point = (quant_min + quant_max) // 2 if observer.has_customized_qrange else 128
+        elif observer.dtype == torch.uint16:
+            zero_point = 2**15
+        else:
+            zero_point = 0
+    else:
+        scale = _maximum((max_pos - min_neg) / f32(float(quant_max - quant_min)), eps)
+        zero_point = min(max(quant_min - int(np.rint(min_neg / scale)), quant_min), quant_max)
+    return float(new_lo), float(new_hi), float(scale), zero_point
 
 
 def non_linear_param_search(observer: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import threading
 import warnings
 from collections import Counter
@@ -210,6 +211,135 @@ def test_fast_fake_quantize_gives_the_kernels_bits() -> None:
             assert torch.equal(stock.view(torch.int32), fast.view(torch.int32)), (zero_point, s)
 
 
+def _fake_quant_edge_values(scale: float, g: torch.Generator) -> torch.Tensor:
+    """Rounding ties at ``scale``, their float32 neighbours, signed zeros, infinities, NaN and a spread."""
+    ties = (torch.randint(-300, 300, (2000,), generator=g).float() + 0.5) * scale
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e30, -1e30, -1e-30, 1e-30,
+                            -0.4 * scale, 4194304.5 * scale, -8388609.0 * scale])
+    return torch.cat([ties, torch.nextafter(ties, torch.full_like(ties, 1e9)),
+                      torch.nextafter(ties, torch.full_like(ties, -1e9)), special,
+                      torch.randn(20_000, generator=g) * 200 * scale])
+
+
+def test_native_fake_quantize_gives_the_kernels_bits_in_the_same_layout() -> None:
+    """native.fake_quantize equals torch.fake_quantize_per_tensor_affine bit for bit (ties, signed zeros,
+    infinities, NaN, out of range), keeps a channels-last activation's strides, splits a large tensor over
+    threads with the same bits, and declines tensors whose values do not fill one block."""
+    _require_native_kernel()
+    g = torch.Generator().manual_seed(3)
+    for zero_point, quant_min, quant_max in ((0, -128, 127), (128, 0, 255), (-5, -128, 127)):
+        for s in (0.05, 0.0123, 1.7, 3e-4):
+            x = _fake_quant_edge_values(s, g)
+            stock = torch.fake_quantize_per_tensor_affine(
+                x, torch.tensor([s]), torch.tensor([zero_point], dtype=torch.int32), quant_min, quant_max)
+            inv_scale = float(torch.ones(()) / torch.tensor(s))
+            ours = native.fake_quantize(x, inv_scale, float(torch.tensor(s)), zero_point, quant_min,
+                                        quant_max)
+            assert ours is not None
+            assert torch.equal(stock.view(torch.int32), ours.view(torch.int32)), (s, zero_point)
+    x = torch.randn(1, 32, 40, 24, generator=g).to(memory_format=torch.channels_last)
+    ours = native.fake_quantize(x, 50.0, 0.02, 128, 0, 255)
+    assert ours is not None and ours.stride() == x.stride()
+    assert torch.equal(ours, torch.fake_quantize_per_tensor_affine(x, 0.02, 128, 0, 255))
+    big = torch.randn(2 * native._VALUES_PER_THREAD + 3, generator=g)
+    assert torch.equal(native.fake_quantize(big, 50.0, 0.02, 128, 0, 255),
+                       torch.fake_quantize_per_tensor_affine(big, 0.02, 128, 0, 255))
+    assert native.fake_quantize(x[:, :, :, ::2], 50.0, 0.02, 128, 0, 255) is None  # gaps
+    assert native.fake_quantize(x.double(), 50.0, 0.02, 128, 0, 255) is None
+
+
+@pytest.mark.parametrize("observer_name", ["MinMaxObserver", "MovingAverageMinMaxObserver"])
+@pytest.mark.parametrize("scheme", ["symmetric-uint8", "symmetric-int8", "affine-uint8", "affine-int8"])
+def test_observed_min_max_qparams_are_the_stock_observers(observer_name: str, scheme: str) -> None:
+    """observed_min_max_qparams gives the min, max, scale and zero point the stock observer stores and
+    computes, over sequences of ranges: the first observation, zeros of both signs, one-signed ranges,
+    ranges under eps, wide and narrow ones; it declines NaN and infinite extrema without touching the
+    observer."""
+    import torchao.quantization.pt2e.observer as obs
+
+    from hrvit_mobile.quant.observers import observed_min_max_qparams
+
+    qscheme = torch.per_tensor_symmetric if scheme.startswith("symmetric") else torch.per_tensor_affine
+    dtype, (qmin, qmax) = (torch.quint8, (0, 255)) if scheme.endswith("uint8") else (torch.qint8, (-128, 127))
+    g = torch.Generator().manual_seed(11)
+    ranges = [(0.0, 0.0), (-0.0, 0.0), (0.0, 3.5), (-2.0, -0.5), (0.25, 7.0), (-1e-9, 1e-9), (-1e-8, 3e-8),
+              (-0.0, -0.0), (-5e3, 1e-3)]
+    ranges += [tuple(sorted((torch.randn(2, generator=g) * 10 ** torch.randint(-4, 4, (1,), generator=g))
+                            .tolist())) for _ in range(200)]
+    for start in range(0, len(ranges), 20):
+        stock = getattr(obs, observer_name)(dtype=dtype, qscheme=qscheme, quant_min=qmin, quant_max=qmax)
+        mirror = copy.deepcopy(stock)
+        for low, high in ranges[start:start + 40]:
+            x = torch.tensor([low, high, (low + high) / 2], dtype=torch.float32)
+            lo, hi = torch.aminmax(x)
+            got = observed_min_max_qparams(mirror, lo.item(), hi.item())
+            stock(x)
+            scale, zero_point = stock.calculate_qparams()
+            assert got is not None
+            expected = (stock.min_val.item(), stock.max_val.item(), scale.item(), zero_point.item())
+            assert got == expected, (low, high)
+            mirror.min_val.fill_(got[0])
+            mirror.max_val.fill_(got[1])
+        state = (mirror.min_val.clone(), mirror.max_val.clone())
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for x in (torch.tensor([bad, 1.0]), torch.tensor([-1.0, bad])):
+                lo, hi = torch.aminmax(x)
+                got = observed_min_max_qparams(mirror, lo.item(), hi.item())
+                after = copy.deepcopy(stock)
+                with warnings.catch_warnings(), contextlib.suppress(AssertionError):  # stock on NaN: asserts
+                    warnings.simplefilter("ignore")
+                    after(x)
+                    scale, zero_point = after.calculate_qparams()
+                    values = (after.min_val.item(), after.max_val.item(), scale.item(), zero_point.item())
+                    if all(map(math.isfinite, values)):  # MinMaxObserver: an infinite extremum can drop out
+                        assert got == values, (bad, x)
+                        continue
+                assert got is None, (bad, x)
+        assert torch.equal(mirror.min_val, state[0]) and torch.equal(mirror.max_val, state[1])
+    per_channel = obs.PerChannelMinMaxObserver(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    assert observed_min_max_qparams(per_channel, -1.0, 1.0) is None
+
+
+def test_fast_fake_quantize_modules_end_as_the_stock_ones() -> None:
+    """Activation FakeQuantize modules within fast_fake_quantize return the stock outputs bit for bit and
+    end with the stock state, on contiguous, channels-last and strided activations, and with the observer
+    switched off; per-channel weight modules keep the stock path."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.observer import (
+        HistogramObserver,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+
+    g = torch.Generator().manual_seed(5)
+    activation = FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                              dtype=torch.quint8, qscheme=torch.per_tensor_symmetric)
+    # another observer type: observed by the stock forward, then fake-quantized in one pass
+    histogram = FakeQuantize(observer=HistogramObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                             qscheme=torch.per_tensor_affine)
+    weight = FakeQuantize(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                          dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+    inputs = [torch.randn(1, 8, 16, 16, generator=g) * k for k in (1.0, 3.0, 0.1)]
+    inputs.append(torch.relu(torch.randn(1, 8, 16, 16, generator=g)).to(memory_format=torch.channels_last))
+    inputs.append(torch.randn(1, 8, 16, 32, generator=g)[..., ::2])
+    stock_modules = (copy.deepcopy(activation), copy.deepcopy(weight), copy.deepcopy(histogram))
+    with torch.no_grad():
+        for i, x in enumerate([*inputs, *inputs[:2]]):
+            if i == len(inputs):  # the last two with the observer off: fake quantization only
+                activation.disable_observer()
+                stock_modules[0].disable_observer()
+            w = torch.randn(4, 8, generator=g)
+            expected = [stock_modules[0](x), stock_modules[1](w), stock_modules[2](x)]
+            with recipes.fast_fake_quantize():
+                got = [activation(x), weight(w), histogram(x)]
+            for e, o in zip(expected, got):
+                assert torch.equal(e.view(torch.int32), o.view(torch.int32)) and e.stride() == o.stride(), i
+    for module, stock in zip((activation, weight, histogram), stock_modules):
+        assert module.state_dict().keys() == stock.state_dict().keys()
+        for key, value in stock.state_dict().items():
+            assert torch.equal(module.state_dict()[key], value), key
+
+
 def _values_on_bin_edges(low: float, high: float, g: torch.Generator, bins: int = 2048) -> torch.Tensor:
     """Values where binning is decided by the last bit: the bin edges and their float32 neighbours."""
     edges = torch.linspace(low, high, bins + 1)
@@ -336,18 +466,27 @@ def test_native_binning_check_rejects_a_kernel_that_rounds_differently(
     assert exact in source
     exact_inside = "((v - lo) * bins_f) / span"
     assert exact_inside in source
-    reordered = tmp_path / "bin_counts.c"
+    rounding = "(q + magic) - magic"
+    reordered = tmp_path / "calibration_kernels.c"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "SOURCE", reordered)
     try:
         reordered.write_text(source.replace(exact, "(chunk[j] - lo) * (bins_f / span)"))
         native.clear_caches()
         assert not native.available() and not native.available_if_inside()
-        assert len(list((tmp_path / "cache" / "hrvit-mobile").glob("bin_counts-*.so"))) == 1  # it was built
+        assert len(list((tmp_path / "cache" / "hrvit-mobile").glob("calibration_kernels-*.so"))) == 1  # built
         # the one-pass kernel reordered alone: checked against the (exact) counting kernel
         reordered.write_text(source.replace(exact_inside, "(v - lo) * (bins_f / span)"))
         native.clear_caches()
         assert native.available() and not native.available_if_inside()
+        # a fake-quantize kernel that rounds half away from zero: turned down on its ties, the others kept
+        assert rounding in source
+        reordered.write_text(source.replace(rounding, "(q + (q < 0 ? -0.5f : 0.5f)) - fmodf(q + (q < 0 ? "
+                                                      "-0.5f : 0.5f), 1.0f)").replace("#include <stdint.h>",
+                                                      "#include <stdint.h>\n#include <math.h>"))
+        native.clear_caches()
+        assert native.available() and native.available_if_inside()
+        assert native.fake_quantize(torch.randn(64), 50.0, 0.02, 128, 0, 255) is None
     finally:
         native.clear_caches()
 

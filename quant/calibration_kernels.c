@@ -1,6 +1,8 @@
-/* Histogram counts for int8 calibration, compiled on first use by quant/native.py.
+/* Native kernels for int8 calibration, compiled on first use by quant/native.py: histogram counts
+ * (HistogramObserver, ExecuTorch's int8 recipe) and per-tensor fake quantization (the fake-quant modules
+ * CoreMLQuantizer puts on every activation).
  *
- * bin = int32((v - lo) * bins / span) in float32, clamped to the last bin (v == high): ATen's
+ * Histogram counts: bin = int32((v - lo) * bins / span) in float32, clamped to the last bin (v == high): ATen's
  * torch.histc rule for values inside [lo, lo + span]. The caller checks that every value is in range
  * and finite. Compiled with -ffp-contract=off and without -ffast-math so each operation rounds as a
  * float32 operation; quant/native.py checks the result against torch.histc once per process anyway.
@@ -10,6 +12,15 @@
  * break the chain of increments to one counter. The caller sums the tables.
  */
 #include <stdint.h>
+
+/* On x86-64 ELF hosts (GCC or Clang), a compute-bound loop is compiled for AVX-512 and AVX2 as well, and
+ * the loader picks the widest the CPU has (ifunc). The same float32 operations in any width: the bits do
+ * not change (quant/native.py checks them on this host before first use). Elsewhere: the default build. */
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+#define WIDEST_VECTORS __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define WIDEST_VECTORS
+#endif
 
 #define CHUNK 512
 
@@ -64,4 +75,28 @@ int bin_counts_if_inside(const float *x, int64_t n, float lo, float hi, float sp
         count_into_tables(index, m, tables, bins);
     }
     return 1;
+}
+
+/* Per-tensor fake quantization, ATen's fake_quantize_per_tensor_affine arithmetic in float32:
+ *
+ *     y = (clamp(zp + nearbyint(x * inv_scale), qmin, qmax) - zp) * scale      (NaN -> qmin)
+ *
+ * nearbyint (round half to even) is the add-and-subtract of 1.5 * 2^23, exact for |q| < 2^22; larger
+ * values (and infinities) clamp to qmin or qmax whatever their rounding, so they pass as they are. Every
+ * zero comes out +0.0 as ATen's integer step makes it. Branch-free, so the compiler vectorizes the loop
+ * (-fno-trapping-math lets it turn the selects into compares and blends; the values are the same).
+ * quant/native.py checks the bits against torch.fake_quantize_per_tensor_affine before first use. */
+WIDEST_VECTORS
+void fake_quantize(const float *restrict x, float *restrict y, int64_t n, float inv_scale, float scale,
+                   float zp, float qmin, float qmax) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    for (int64_t i = 0; i < n; i++) {
+        const float q = x[i] * inv_scale;
+        const float rounded = (q + magic) - magic;
+        const float r = (q < 4194304.0f) & (q > -4194304.0f) ? rounded : q;
+        float v = r + zp;
+        v = v > qmin ? v : qmin; /* NaN -> qmin, as fmax(NaN, qmin) */
+        v = v < qmax ? v : qmax;
+        y[i] = (v - zp) * scale;
+    }
 }
