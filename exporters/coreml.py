@@ -23,7 +23,7 @@ import json
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,44 @@ def nonreplaceable_vars_as_bits() -> Iterator[None]:
                 back_to_sets(function)
 
 
+@contextlib.contextmanager
+def passes_without_program_dumps() -> Iterator[None]:
+    """Inside, coremltools' ``reduce_transposes`` and ``fuse_layernorm_or_instancenorm`` passes do not
+    render the whole program as text for their debug log lines unless coremltools' logger would emit
+    them.
+
+    Both format the program (``"Block before ...{}".format(block)``) before they call ``logger.debug``,
+    whatever the level: ~1 s of b1 W8A8's ``ct.convert`` (py-spy), for text nobody sees. They only
+    format the program for those lines, so while the logger is not enabled for DEBUG a block renders as
+    a short placeholder during these two passes; nothing else changes (tested: the same program).
+    """
+    import logging
+
+    from coremltools import _logger
+    from coremltools.converters.mil.mil import Block, Function
+    from coremltools.converters.mil.mil.passes.defs.optimize_normalization import (
+        fuse_layernorm_or_instancenorm,
+    )
+    from coremltools.converters.mil.mil.passes.defs.optimize_repeat_ops import reduce_transposes
+
+    def placeholder(self: Any) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'name', '')}: not rendered, DEBUG logging is off>"
+
+    def without_dumps(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def apply(self: Any, prog: Any) -> Any:
+            if _logger.isEnabledFor(logging.DEBUG):
+                return original(self, prog)
+            with patched(Block, __str__=placeholder), patched(Function, __str__=placeholder):
+                return original(self, prog)
+
+        return apply
+
+    norms = fuse_layernorm_or_instancenorm
+    with patched(reduce_transposes, apply=without_dumps(reduce_transposes.apply)), \
+            patched(norms, apply=without_dumps(norms.apply)):
+        yield
+
+
 # Constants with fewer elements than this are written into the program description, not the weight file
 INLINE_CONSTANT_MAX_ELEMENTS = 512
 
@@ -393,7 +431,7 @@ def convert(
             details["quantization"] = compression
             convert_step += f" (compressing: {compression['scheme']})"
         with step(TARGET, convert_step), validate_once_per_pipeline(), small_constants_inline(), \
-                nonreplaceable_vars_as_bits():
+                nonreplaceable_vars_as_bits(), passes_without_program_dumps():
             mlmodel = ct.convert(
                 ep,
                 inputs=[

@@ -251,6 +251,54 @@ def test_nonreplaceable_vars_as_bits_reads_the_stock_sets() -> None:
         assert all(type(o._nonreplaceable_vars_upstream) is set for o in op.outputs)
 
 
+def test_passes_render_no_program_unless_debug_logging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Within passes_without_program_dumps the conversion gives the same program without rendering
+    the whole program as text for the debug lines of reduce_transposes and fuse_layernorm_or_instancenorm;
+    with coremltools' logger at DEBUG the passes render it as before."""
+    import logging
+
+    from coremltools import _logger
+    from coremltools.converters.mil.mil import Function
+
+    from hrvit_mobile.exporters.coreml import passes_without_program_dumps
+
+    class Transposes(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(x.permute(0, 2, 3, 1)) * 2
+            return y.permute(0, 3, 1, 2) + x
+
+    example = torch.rand(1, 4, 8, 8)
+    ep = torch.export.export(Transposes().eval(), (example,)).run_decompositions({})
+
+    def program() -> list[tuple[str, list[str]]]:
+        """The program's ops (types and input names): names of vars coremltools' passes create carry
+        process-wide counters, so whole messages differ between conversions after other tests ran."""
+        mlmodel = ct.convert(ep, inputs=[ct.TensorType(name="x", shape=example.shape)],
+                             convert_to="mlprogram", skip_model_load=True)
+        blocks = mlmodel.get_spec().mlProgram.functions["main"].block_specializations.values()
+        return [(op.type, sorted(op.inputs)) for block in blocks for op in block.operations]
+
+    rendered: list[int] = []
+    stock_str = Function.__str__
+    monkeypatch.setattr(Function, "__str__", lambda self: rendered.append(1) or stock_str(self))
+    stock = program()
+    assert rendered  # the two passes render the program for their debug lines
+    rendered.clear()
+    with passes_without_program_dumps():
+        assert program() == stock
+    assert not rendered
+    level = _logger.level
+    _logger.setLevel(logging.DEBUG)  # setLevel: the logger caches isEnabledFor answers
+    try:
+        with passes_without_program_dumps():
+            program()
+    finally:
+        _logger.setLevel(level)
+    assert rendered
+
+
 def test_w8a8_program_is_the_same_with_nonreplaceable_bits(tmp_path: Path) -> None:
     """The W8A8 conversion gives the same ML program and weights with the bitmask sets as without."""
     from coremltools.proto import Model_pb2

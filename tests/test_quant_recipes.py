@@ -764,6 +764,38 @@ def test_coreml_w8a8_speedups_keep_the_quantization(monkeypatch) -> None:
     assert frozen == [6]  # the six conv/linear weights observed the first batch only
 
 
+def test_weights_fake_quantized_once_until_something_changes() -> None:
+    """After the first batch a weight's fake-quant module hands out its kept output while its weight,
+    scale and switches are unchanged, recomputes when one changes (the same values as the stock
+    forward), and is the stock module again after the block."""
+    from hrvit_mobile.exporters.testing import TinySegmenter
+
+    recipe = CoreMLW8A8()
+    model = TinySegmenter(num_classes=5, channels=32).eval()
+    example = torch.randn(1, 3, 64, 64)
+    prepared = recipe.prepare(model, example)
+    weights = [(n, prepared.get_submodule(n.target)) for n in prepared.graph.nodes
+               if n.op == "call_module" and n.args and getattr(n.args[0], "op", None) == "get_attr"
+               and hasattr(prepared.get_submodule(n.target), "observer_enabled")]
+    node, module = weights[0]
+    weight = attrgetter(node.args[0].target)(prepared)
+    with torch.no_grad(), recipes.weights_observed_once(prepared) as first_batch_done:
+        prepared(example)
+        first_batch_done()
+        first = module(weight)
+        assert module(weight) is first
+        assert torch.equal(first, type(module).forward(module, weight))
+        module.scale.mul_(2)  # new parameters: recomputed
+        second = module(weight)
+        assert second is not first and torch.equal(second, type(module).forward(module, weight))
+        weight.mul_(0.5)  # the weight written in place: recomputed
+        third = module(weight)
+        assert third is not second and torch.equal(third, type(module).forward(module, weight))
+        with torch.enable_grad():
+            assert module(weight) is not third
+    assert "forward" not in module.__dict__ and int(module.observer_enabled[0]) == 1
+
+
 @pytest.mark.slow  # the unpatched annotation alone takes ~2 min on nano
 def test_coreml_w8a8_speedups_keep_the_quantization_of_nano() -> None:
     _assert_same_quantization(_coreml_w8a8_both_ways(_deployed(), SIZE))
