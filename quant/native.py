@@ -110,15 +110,22 @@ def _library() -> ctypes.CDLL | None:
         return None
 
 
+def _typed(name: str, restype: Any, *argtypes: Any) -> Any:
+    """The library's function ``name`` with its C signature set, or None without a library."""
+    library = _library()
+    function = getattr(library, name, None) if library is not None else None
+    if function is not None:
+        function.restype = restype
+        function.argtypes = list(argtypes)
+    return function
+
+
 @functools.cache
 def _kernel() -> Callable[..., None] | None:
-    library = _library()
-    function = getattr(library, "bin_counts", None) if library is not None else None
+    function = _typed("bin_counts", None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
+                      ctypes.c_int32, ctypes.c_void_p)
     if function is None:
         return None
-    function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int32,
-                         ctypes.c_void_p]
     # the compiler's arithmetic must be the kernel's: checked on edge values over narrow to wide ranges
     # (through torch.ops: torch.histc and torch.aminmax may be fast_histograms' wrappers, and its histc
     # calls back here)
@@ -139,12 +146,10 @@ def _kernel_if_inside() -> Callable[..., int] | None:
     """``bin_counts_if_inside``, checked against ``bin_counts`` (itself checked against ``torch.histc``):
     the same counts for values inside the range, a refusal for a value outside it or NaN."""
     counts = _kernel()
-    function = getattr(_library(), "bin_counts_if_inside", None) if counts is not None else None
+    function = _typed("bin_counts_if_inside", ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+                      ctypes.c_float, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p) if counts else None
     if function is None:
         return None
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_float,
-                         ctypes.c_int32, ctypes.c_void_p]
     for low, high, bins in ((-1.5, 2.25, 2048), (0.0, 1e-3, 2048), (-0.37, 0.91, 7)):
         x = _edge_values(low, high, bins)
         lo, hi = (float(v) for v in torch.ops.aten.aminmax.default(x))
@@ -176,13 +181,10 @@ def _fake_quantize_check_values(scale: float) -> torch.Tensor:
 
 @functools.cache
 def _fake_quantize_kernel() -> Callable[..., None] | None:
-    library = _library()
-    function = getattr(library, "fake_quantize", None) if library is not None else None
+    function = _typed("fake_quantize", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+                      ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float)
     if function is None:
         return None
-    function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
-                         ctypes.c_float, ctypes.c_float, ctypes.c_float]
     for scale in (0.05, 0.0123, 1.7, 3e-4, 2.0**-20):
         x = _fake_quantize_check_values(scale)
         for zero_point, quant_min, quant_max in ((0, -128, 127), (128, 0, 255), (-5, -128, 127), (3, 0, 15)):
@@ -208,18 +210,23 @@ def clear_caches() -> None:
 _pool: ThreadPoolExecutor | None = None
 
 
-def _in_parts(n: int, threads: int, run: Callable[[int, int], Any]) -> list[Any]:
-    """``run(start, count)`` over up to ``threads`` consecutive parts of ``n`` values (at least
+def _part_count(n: int, threads: int) -> int:
+    """How many consecutive parts :func:`_in_parts` splits ``n`` values into."""
+    return max(1, min(threads, n // _VALUES_PER_THREAD))
+
+
+def _in_parts(n: int, threads: int, run: Callable[[int, int, int], Any]) -> list[Any]:
+    """``run(part, start, count)`` over :func:`_part_count` consecutive parts of ``n`` values (at least
     ``_VALUES_PER_THREAD`` each; one part on the calling thread), the results in order."""
     global _pool
-    parts = max(1, min(threads, n // _VALUES_PER_THREAD))
+    parts = _part_count(n, threads)
     step = -(-n // parts)
     if parts == 1:
-        return [run(0, n)]
+        return [run(0, 0, n)]
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()),
                                    thread_name_prefix="hrvit-calibration")
-    return list(_pool.map(lambda part: run(part * step, min(step, n - part * step)), range(parts)))
+    return list(_pool.map(lambda part: run(part, part * step, min(step, n - part * step)), range(parts)))
 
 
 def _counted(x: torch.Tensor, bins: int, threads: int,
@@ -228,12 +235,11 @@ def _counted(x: torch.Tensor, bins: int, threads: int,
     address)`` run over up to ``threads`` consecutive parts of ``x`` (each part with its four tables),
     and what each call returned."""
     n = x.numel()
-    tables = torch.zeros(max(1, min(threads, n // _VALUES_PER_THREAD)), 4, bins, dtype=torch.int64)
+    tables = torch.zeros(_part_count(n, threads), 4, bins, dtype=torch.int64)
     base, table_bytes = x.data_ptr(), 4 * bins * 8
-    step = -(-n // tables.shape[0])
 
-    def run(start: int, count_here: int) -> int | None:
-        return count(base + 4 * start, count_here, tables.data_ptr() + (start // step) * table_bytes)
+    def run(part: int, start: int, count_here: int) -> int | None:
+        return count(base + 4 * start, count_here, tables.data_ptr() + part * table_bytes)
 
     results = _in_parts(n, threads, run)
     return tables.sum(dim=(0, 1)).to(torch.float32), results
@@ -323,6 +329,6 @@ def fake_quantize(
         return None
     out = torch.empty_like(x)  # the same strides: its values are in the same memory order
     src, dst = values.data_ptr(), out.data_ptr()
-    _in_parts(values.numel(), torch.get_num_threads(), lambda start, count: function(
+    _in_parts(values.numel(), torch.get_num_threads(), lambda _part, start, count: function(
         src + 4 * start, dst + 4 * start, count, inv_scale, scale, zero_point, quant_min, quant_max))
     return out

@@ -949,21 +949,19 @@ def weights_observed_once(prepared: torch.fx.GraphModule) -> Iterator[Callable[[
 def _output_kept(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``module``'s forward (a fake-quant module of a constant), its last output handed out again while
     nothing it depends on changed (see :func:`weights_observed_once`)."""
-    kept: list[Any] = [None, None]  # key, output
+    kept: list[Any] = [None, None, None]  # input, what the output depends on, output
 
     def kept_forward(x: torch.Tensor) -> torch.Tensor:
         forward = type(module).forward  # at call time: calibration patches the class's (fast_fake_quantize)
         if torch.is_grad_enabled():
             return forward(module, x)
-        key = (x, x._version, x.data_ptr(), x.shape, x.stride(), module.scale._version,
+        key = (x._version, x.data_ptr(), x.shape, x.stride(), module.scale._version,
                module.zero_point._version, module.fake_quant_enabled._version,
                module.observer_enabled._version)
-        if kept[0] is not None and len(kept[0]) == len(key) and all(
-            a is b if isinstance(a, torch.Tensor) else a == b for a, b in zip(kept[0], key)
-        ):
-            return kept[1]
+        if kept[0] is x and kept[1] == key:
+            return kept[2]
         out = forward(module, x)
-        kept[:] = (key, out)
+        kept[:] = (x, key, out)
         return out
 
     return kept_forward
