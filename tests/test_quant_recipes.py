@@ -866,3 +866,36 @@ def test_graphs_that_write_in_place_are_observed_inline() -> None:
     x = with_relu_.placeholder("x")
     with_relu_.output(with_relu_.call_function(torch.ops.aten.relu_.default, (x,)))
     assert recipes._mutates_in_place(with_relu_)
+
+
+def test_cycle_check_up_to_the_match_is_the_stock_check() -> None:
+    """On every partition of up to three compute nodes of a graph with branches, skips and a second
+    output, the shortened cycle check answers as fuser_utils.validate_partition does (both answers occur)."""
+    import itertools
+
+    from torch.fx.passes.utils import fuser_utils
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            a = torch.relu(x)
+            b = a * 2
+            c = torch.sigmoid(a)
+            d = b + c
+            e = torch.tanh(d)
+            f = e - a
+            g = f * b
+            return g + d, torch.exp(c)
+
+    gm = torch.fx.symbolic_trace(Branchy())
+    compute = [n for n in gm.graph.nodes if n.op == "call_function"]
+    stock = fuser_utils.validate_partition
+    answers = []
+    with recipes.cycle_checks_up_to_the_match():
+        assert fuser_utils.validate_partition is not stock
+        for size in (1, 2, 3):
+            for part in itertools.combinations(compute, size):
+                want = stock(list(part))
+                assert fuser_utils.validate_partition(list(part)) == want, [n.name for n in part]
+                answers.append(want)
+    assert fuser_utils.validate_partition is stock
+    assert True in answers and False in answers
