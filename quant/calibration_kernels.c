@@ -1,6 +1,8 @@
-/* Native kernels for int8 calibration, compiled on first use by quant/native.py: histogram counts
- * (HistogramObserver, ExecuTorch's int8 recipe) and per-tensor fake quantization (the fake-quant modules
- * CoreMLQuantizer puts on every activation).
+/* Native kernels for int8 calibration, compiled on first use by quant/native.py: histogram counts and
+ * re-binning (HistogramObserver, ExecuTorch's int8 recipe) and per-tensor fake quantization (the
+ * fake-quant modules CoreMLQuantizer puts on every activation).
+ *
+ * Re-binning a histogram into a widened range (HistogramObserver._upscale_histogram), see rebin_sorted.
  *
  * Histogram counts: bin = int32((v - lo) * bins / span) in float32, clamped to the last bin (v == high): ATen's
  * torch.histc rule for values inside [lo, lo + span]. The caller checks that every value is in range
@@ -11,6 +13,7 @@
  * tables in turn: activations put long runs of values into one bin (a ReLU's zeros), and four tables
  * break the chain of increments to one counter. The caller sums the tables.
  */
+#include <math.h>
 #include <stdint.h>
 
 /* On x86-64 ELF hosts (GCC or Clang), a compute-bound loop is compiled for AVX-512 and AVX2 as well, and
@@ -99,4 +102,29 @@ void fake_quantize(const float *restrict x, float *restrict y, int64_t n, float 
         v = v < qmax ? v : qmax;
         y[i] = (v - zp) * scale;
     }
+}
+
+/* HistogramObserver._upscale_histogram's re-binning of the old histogram into a widened range:
+ * torch.bucketize(mid, bounds, right=True) - 1 clamped to [0, bins - 1], then torch.bincount with the
+ * weights, accumulated in float32 in index order as ATen's CPU bincount does. The mid points and the
+ * bounds are both non-decreasing linspaces, so each mid point's bucket is found by walking on from the
+ * previous one instead of a binary search per point: the count of bounds <= m either way. Returns 0
+ * without writing (the caller takes the stock path) when either array is not sorted or not finite, where
+ * a walk and a binary search could disagree. out (bins floats) starts zeroed. */
+int rebin_sorted(const float *mid, const float *weights, int64_t n, const float *bounds, int32_t bins,
+                 float *out) {
+    for (int32_t k = 0; k <= bins; k++)
+        if (!isfinite(bounds[k]) || (k > 0 && bounds[k] < bounds[k - 1])) return 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(mid[i]) || (i > 0 && mid[i] < mid[i - 1])) return 0;
+    int64_t above = 0; /* how many bounds are <= the current mid point */
+    for (int64_t i = 0; i < n; i++) {
+        const float m = mid[i];
+        while (above <= bins && bounds[above] <= m) above++;
+        int64_t bucket = above - 1;
+        if (bucket >= bins) bucket = bins - 1;
+        if (bucket < 0) bucket = 0;
+        out[bucket] += weights[i];
+    }
+    return 1;
 }

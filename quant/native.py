@@ -5,15 +5,17 @@ image). In PyTorch that is four whole-tensor passes plus a single-threaded ``bin
 in one pass, split over the intra-op threads for large tensors (ctypes releases the GIL while it runs).
 ``CoreMLQuantizer``'s fake-quant modules fake-quantize every activation (b1: 1,061 per image, most of them
 small): ATen's kernel is a scalar loop and the same arithmetic as whole-tensor passes is six ops; the C
-loop is one vectorized pass and one call.
+loop is one vectorized pass and one call. When an observer's range widens, its old histogram is re-binned
+into the new range (``HistogramObserver._upscale_histogram``): a binary search per point in PyTorch, one
+forward walk over the two sorted arrays in C (``rebin_sorted``).
 
 The library is built once per source and compiler with the host's C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) into ``$XDG_CACHE_HOME/hrvit-mobile`` (else ``~/.cache``, else the temp folder),
 written to a temp file and renamed. Before first use in a process each kernel must reproduce its ATen
-op bit for bit: ``torch.histc`` on values at and next to every bin edge, ``fake_quantize_per_tensor_affine``
-on ties, their neighbours, signed zeros, infinities and NaN. No compiler, a failed build or a failed
-check: the caller takes its PyTorch path (same bits, slower). ``HRVIT_MOBILE_NATIVE=0`` switches the
-kernels off.
+op bit for bit: ``torch.histc`` on values at and next to every bin edge, ``bucketize``/``bincount`` on
+points at and next to every bound with fractional weights, ``fake_quantize_per_tensor_affine`` on ties,
+their neighbours, signed zeros, infinities and NaN. No compiler, a failed build or a failed check: the
+caller takes its PyTorch path (same bits, slower). ``HRVIT_MOBILE_NATIVE=0`` switches the kernels off.
 """
 
 from __future__ import annotations
@@ -201,9 +203,64 @@ def _fake_quantize_kernel() -> Callable[..., None] | None:
     return function
 
 
+def _stock_rebin(mid: torch.Tensor, weights: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """``HistogramObserver._upscale_histogram``'s bucketize, clamp and bincount (through torch.ops)."""
+    bins = bounds.numel() - 1
+    buckets = torch.ops.aten.bucketize.Tensor(mid, bounds, right=True) - 1
+    buckets = buckets.clamp(0, bins - 1)
+    return torch.ops.aten.bincount.default(buckets, weights, bins)
+
+
+@functools.cache
+def _rebin_kernel() -> Callable[..., int] | None:
+    function = _typed("rebin_sorted", ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                      ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p)
+    if function is None:
+        return None
+    # mid points on, next to and between the bounds, below and above them, repeated ones; weights that
+    # round differently when added in another order
+    g = torch.Generator().manual_seed(0)
+    for (low, high), (new_low, new_high), bins, rate in (
+        ((-1.5, 2.25), (-1.75, 2.5), 2048, 16), ((0.0, 1e-3), (-3e-4, 1e-3), 2048, 16),
+        ((-0.37, 0.91), (-0.5, 1.3), 7, 3), ((1.0, 1.0001), (0.9, 1.0001), 256, 16),
+    ):
+        bounds = torch.linspace(new_low, new_high, bins + 1)
+        mid = torch.cat([torch.linspace(low, high, bins * rate), bounds, torch.nextafter(bounds, bounds + 1),
+                         torch.nextafter(bounds, bounds - 1), torch.tensor([new_low - 1.0, new_high + 1.0])])
+        mid = mid.sort().values
+        weights = torch.rand(mid.numel(), generator=g) * 1000
+        ours = rebinned(mid, weights, bounds, function)
+        stock = _stock_rebin(mid, weights, bounds)
+        if ours is None or not torch.equal(ours.view(torch.int32), stock.view(torch.int32)):
+            log.warning("native re-binning kernel disagrees with bucketize/bincount on this host; not used")
+            return None
+    return function
+
+
+def rebinned(
+    mid: torch.Tensor, weights: torch.Tensor, bounds: torch.Tensor, function: Callable[..., int] | None = None
+) -> torch.Tensor | None:
+    """``bincount(clamp(bucketize(mid, bounds, right=True) - 1, 0, bins - 1), weights, bins)`` for float32
+    CPU tensors, ``bins = len(bounds) - 1``, bit for bit; None when the kernel is not available, the
+    tensors are not such, or ``mid`` / ``bounds`` are not sorted and finite."""
+    function = function or _rebin_kernel()
+    tensors = (mid, weights, bounds)
+    plain = all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 1 for t in tensors)
+    if function is None or not plain:
+        return None
+    if mid.numel() != weights.numel() or bounds.numel() < 2:
+        return None
+    mid, weights, bounds = (t.contiguous() for t in tensors)
+    out = torch.zeros(bounds.numel() - 1, dtype=torch.float32)
+    if not function(mid.data_ptr(), weights.data_ptr(), mid.numel(), bounds.data_ptr(), out.numel(),
+                    out.data_ptr()):
+        return None
+    return out
+
+
 def clear_caches() -> None:
     """Build, load and check again on next use (tests that swap the source or the environment)."""
-    for cached in (_library, _kernel, _kernel_if_inside, _fake_quantize_kernel):
+    for cached in (_library, _kernel, _kernel_if_inside, _fake_quantize_kernel, _rebin_kernel):
         cached.cache_clear()
 
 

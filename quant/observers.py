@@ -26,6 +26,8 @@ import torch
 
 from hrvit_mobile.patching import patched
 
+from . import native
+
 _FLOAT32 = struct.Struct("f")
 
 
@@ -164,6 +166,31 @@ def non_linear_param_search(observer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     new_min = observer.min_val + bin_width * start_bin
     new_max = observer.min_val + bin_width * (end_bin + 1)
     return new_min, new_max
+
+
+def upscale_histogram(
+    observer: Any,
+    histogram: torch.Tensor,
+    orig_min: torch.Tensor,
+    orig_max: torch.Tensor,
+    update_min: torch.Tensor,
+    update_max: torch.Tensor,
+) -> torch.Tensor | None:
+    """``HistogramObserver._upscale_histogram`` (the old histogram moved into a widened range) with the
+    bucketize / bincount step in the native kernel (:func:`native.rebinned`, checked against those ops),
+    or None where that kernel declines. The stock method was 3.0 s of b1's ExecuTorch int8 calibration
+    (py-spy, histogram thread: 5,551 widened ranges, ~0.5 ms each, most of it in ``bucketize``'s binary
+    searches of 32k sorted points); the mid points and the tensors around the kernel are the stock ones.
+    """
+    rate, bins = observer.upsample_rate, observer.bins
+    weights = histogram.repeat_interleave(rate) / rate
+    bin_size = (orig_max - orig_min) / (bins * rate)
+    mid = (
+        torch.linspace(orig_min, orig_max, bins * rate + 1, device=orig_min.device)[:-1].to(weights.device)
+        + 0.5 * bin_size
+    )
+    bounds = torch.linspace(update_min, update_max, bins + 1, device=update_min.device).to(weights.device)
+    return native.rebinned(mid, weights, bounds)
 
 
 @contextlib.contextmanager

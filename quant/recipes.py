@@ -40,7 +40,7 @@ from hrvit_mobile.models.norm import DelegableLayerNorm
 from hrvit_mobile.patching import patched
 
 from . import native
-from .observers import fast_param_search
+from .observers import fast_param_search, upscale_histogram
 
 log = logging.getLogger("hrvit_mobile.quant")
 
@@ -797,7 +797,14 @@ def fast_histograms() -> Iterator[None]:
         HISTOGRAM_FAST_PATH["stock"] += 1
         return stock_observe(self, x_orig)
 
-    with patched(torch, histc=histc, aminmax=aminmax), patched(HistogramObserver, forward=observe):
+    stock_upscale = HistogramObserver._upscale_histogram
+
+    def upscale(self: Any, *args: torch.Tensor) -> torch.Tensor:
+        out = upscale_histogram(self, *args)
+        return out if out is not None else stock_upscale(self, *args)
+
+    with patched(torch, histc=histc, aminmax=aminmax), \
+            patched(HistogramObserver, forward=observe, _upscale_histogram=upscale):
         yield
 
 

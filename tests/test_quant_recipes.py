@@ -546,7 +546,7 @@ def test_fast_histograms_keep_histogram_observers_state(
     if not one_pass:
         monkeypatch.setattr(native, "available_if_inside", lambda: False)
     stock_histc, stock_aminmax = torch.histc, torch.aminmax
-    stock_forward = HistogramObserver.forward
+    stock_forward, stock_upscale = HistogramObserver.forward, HistogramObserver._upscale_histogram
     states = []
     recipes.HISTOGRAM_FAST_PATH.clear()
     for fast in (False, True):
@@ -560,6 +560,7 @@ def test_fast_histograms_keep_histogram_observers_state(
                        observer.calculate_qparams()))
     assert torch.histc is stock_histc and torch.aminmax is stock_aminmax
     assert HistogramObserver.forward is stock_forward
+    assert HistogramObserver._upscale_histogram is stock_upscale
     in_range = "in range, one pass" if one_pass else "in range"
     assert recipes.HISTOGRAM_FAST_PATH[in_range] >= 4 and recipes.HISTOGRAM_FAST_PATH["stock"] >= 6
     (h0, lo0, hi0, q0), (h1, lo1, hi1, q1) = states
@@ -899,3 +900,34 @@ def test_cycle_check_up_to_the_match_is_the_stock_check() -> None:
                 answers.append(want)
     assert fuser_utils.validate_partition is stock
     assert True in answers and False in answers
+
+
+def test_upscaled_histograms_are_the_stock_ones() -> None:
+    """upscale_histogram (native re-binning) moves histograms into widened ranges exactly as
+    HistogramObserver._upscale_histogram does: ranges widened a little and a lot, on one side and both,
+    narrow and wide, with fractional counts; the kernel declines unsorted or non-finite points."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from hrvit_mobile.quant.observers import upscale_histogram
+
+    if native._rebin_kernel() is None:
+        pytest.skip("no native re-binning kernel on this host")
+    g = torch.Generator().manual_seed(3)
+    observer = HistogramObserver()
+    checked = 0
+    for (lo, hi), (new_lo, new_hi) in (
+        ((-1.0, 2.0), (-1.5, 2.5)), ((0.0, 1e-3), (0.0, 5.0)), ((-3.0, -1.0), (-3.0, 0.25)),
+        ((0.1, 0.1000001), (-7.0, 0.2)), ((-40.0, 90.0), (-40.5, 90.0)),
+    ):
+        histogram = torch.randint(0, 5000, (observer.bins,), generator=g).float()
+        histogram[::7] += torch.rand(len(histogram[::7]), generator=g)
+        args = [torch.tensor(v) for v in (lo, hi, new_lo, new_hi)]
+        want = observer._upscale_histogram(histogram, *args)
+        got = upscale_histogram(observer, histogram, *args)
+        assert got is not None and torch.equal(got.view(torch.int32), want.view(torch.int32)), (lo, hi)
+        checked += 1
+    assert checked == 5
+    mid, weights, bounds = torch.tensor([0.1, 0.3, 0.2]), torch.ones(3), torch.linspace(0, 1, 5)
+    assert native.rebinned(mid, weights, bounds) is None  # not sorted
+    assert native.rebinned(torch.tensor([0.1, float("nan")]), torch.ones(2), bounds) is None
+    assert native.rebinned(mid.sort().values, weights, bounds) is not None
