@@ -348,6 +348,11 @@ def available_if_inside() -> bool:
     return _kernel_if_inside() is not None
 
 
+def available_rebin() -> bool:
+    """Whether :func:`rebinned` has its kernel on this host."""
+    return _rebin_kernel() is not None
+
+
 def bin_counts_if_inside(
     x: torch.Tensor, bins: int, low: float, high: float, span: float
 ) -> torch.Tensor | None:

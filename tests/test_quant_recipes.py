@@ -910,7 +910,7 @@ def test_upscaled_histograms_are_the_stock_ones() -> None:
 
     from hrvit_mobile.quant.observers import upscale_histogram
 
-    if native._rebin_kernel() is None:
+    if not native.available_rebin():
         pytest.skip("no native re-binning kernel on this host")
     g = torch.Generator().manual_seed(3)
     observer = HistogramObserver()
