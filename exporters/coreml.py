@@ -53,6 +53,7 @@ from .coreml_compact import compact_program
 from .coreml_eval import RUNTIME as RUNTIME_EVALUATOR  # off macOS the serialized program runs here
 from .decompose import decompose
 from .quantize import quantize_pt2e, recipe_for
+from .reexport import export_graph_module
 from .support import check_dependencies, conversion_inputs
 
 TARGET = "coreml"
@@ -418,7 +419,9 @@ def convert(
             graph = quantize_pt2e(graph, example, recipe_for(spec), calib_t, spec, TARGET, quant_info)
             details["quantization"] = quant_info
         with step(TARGET, "torch.export + run_decompositions"), torch.no_grad():
-            ep = torch.export.export(graph, (example,), strict=spec.strict_export)
+            ep, details["exported_without_retrace"] = export_graph_module(
+                graph, (example,), strict=spec.strict_export
+            )
             # functionalization only ({}): a node rewrite where that is all it takes, else the retrace
             ep, details["decomposed_without_retrace"] = decompose(ep, {})
         outputs = [ct.TensorType(name=OUTPUT_NAME)]

@@ -46,6 +46,7 @@ from .decompose import decomposed_without_retrace
 from .fx_codegen import legalize_graph_moving_nodes, memoized_signature_lookups, shared_node_provenance
 from .pass_rewrites import edge_ops_without_retrace, regenerated_without_retrace, view_copies_without_retrace
 from .quantize import quantize_pt2e, recipe_for
+from .reexport import export_graph_module
 from .support import conversion_inputs
 
 TARGET = "executorch"
@@ -1213,7 +1214,9 @@ def convert(
                     # branches (SegFormer, a user's net) is quantized as given
                     quant_info["layout"] = layout
                 with step(TARGET, "torch.export (quantized)"):
-                    ep = torch.export.export(q, (example,), strict=spec.strict_export)
+                    ep, quant_info["exported_without_retrace"] = export_graph_module(
+                        q, (example,), strict=spec.strict_export
+                    )
         lowering = step(TARGET, "lower to XNNPACK")
         with lowering, lowering_shortcuts() as skipped:
             edge = to_edge_transform_and_lower(
