@@ -260,6 +260,55 @@ def nonreplaceable_vars_as_bits() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def propagation_after_changes_only() -> Iterator[None]:
+    """Inside, ``Block._propagate_nonreplaceable_vars`` (every ``with block:`` exit, each pass's included)
+    skips a block whose program has not been rewired since the block's last propagation.
+
+    A var's nonreplaceable set is a function of the ops upstream of it: which ``constexpr_`` ops feed it
+    through which edges. coremltools computes it when the var is made and recomputes every var of the
+    block on each exit, also after a pass that changed nothing. Every edge change goes through
+    ``Var.add_child_op``/``remove_child_op`` (setting an op's inputs, removing ops), and ops enter a
+    block through ``Block._insert_op_before``; those bump a generation count here, and a block
+    propagates only when the count moved since its last propagation (or it never had one). The
+    propagation still runs over the whole block when it runs, so every set is what the stock
+    propagation gives at the same point.
+    """
+    from coremltools.converters.mil.mil import Block
+    from coremltools.converters.mil.mil.var import Var
+
+    generation = [0]
+    propagated: dict[int, int] = {}  # id(block) -> the generation it last propagated at
+    blocks: list[Any] = []  # kept alive while their ids are keys
+
+    def bumping(method: Callable[..., Any]) -> Callable[..., Any]:
+        def bump(*args: Any, **kwargs: Any) -> Any:
+            generation[0] += 1
+            return method(*args, **kwargs)
+
+        return bump
+
+    original = Block._propagate_nonreplaceable_vars
+
+    def propagate(self: Any) -> None:
+        if propagated.get(id(self)) == generation[0]:
+            return
+        original(self)
+        if id(self) not in propagated:
+            blocks.append(self)
+        propagated[id(self)] = generation[0]
+
+    with patched(
+        Var, add_child_op=bumping(Var.add_child_op), remove_child_op=bumping(Var.remove_child_op)
+    ), patched(
+        Block,
+        _insert_op_before=bumping(Block._insert_op_before),
+        remove_ops=bumping(Block.remove_ops),
+        _propagate_nonreplaceable_vars=propagate,
+    ):
+        yield
+
+
+@contextlib.contextmanager
 def passes_without_program_dumps() -> Iterator[None]:
     """Inside, coremltools' ``reduce_transposes`` and ``fuse_layernorm_or_instancenorm`` passes do not
     render the whole program as text for their debug log lines unless coremltools' logger would emit
@@ -434,7 +483,8 @@ def convert(
             details["quantization"] = compression
             convert_step += f" (compressing: {compression['scheme']})"
         with step(TARGET, convert_step), validate_once_per_pipeline(), small_constants_inline(), \
-                nonreplaceable_vars_as_bits(), passes_without_program_dumps():
+                nonreplaceable_vars_as_bits(), propagation_after_changes_only(), \
+                passes_without_program_dumps():
             mlmodel = ct.convert(
                 ep,
                 inputs=[

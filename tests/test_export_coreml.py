@@ -251,6 +251,66 @@ def test_nonreplaceable_vars_as_bits_reads_the_stock_sets() -> None:
         assert all(type(o._nonreplaceable_vars_upstream) is set for o in op.outputs)
 
 
+def test_propagation_runs_again_only_after_a_rewiring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within propagation_after_changes_only, leaving a block that nothing rewired since its last
+    propagation skips it; a rewiring (a var's users moved to a constexpr_ output) makes the next exit
+    propagate, and the sets are coremltools' own, also after the default pass pipeline."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Block
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipelineManager
+
+    from hrvit_mobile.exporters.coreml import propagation_after_changes_only
+
+    runs: list[int] = []
+    stock_propagate = Block._propagate_nonreplaceable_vars
+    monkeypatch.setattr(Block, "_propagate_nonreplaceable_vars",
+                        lambda self: runs.append(1) or stock_propagate(self))
+
+    def build() -> object:
+        @mb.program(input_specs=[mb.TensorSpec(shape=(2, 4))], opset_version=ct.target.iOS17)
+        def prog(x):
+            weight = mb.constexpr_affine_dequantize(
+                quantized_data=np.full((4, 4), 3, dtype=np.int8), zero_point=np.int8(0),
+                scale=np.float32(0.5), axis=0)
+            plain = mb.const(val=np.full((4, 4), 1.5, dtype=np.float32))
+            a = mb.relu(x=mb.linear(x=x, weight=plain))
+            return mb.add(x=mb.linear(x=a, weight=weight), y=a)
+        return prog
+
+    def sets(prog: object) -> list[set[int]]:
+        outputs = [o for op in prog.functions["main"].operations for o in op.outputs]
+        position = {id(o): i for i, o in enumerate(outputs)}
+        return [{position[id(v)] for v in o.nonreplaceable_vars_upstream} for o in outputs]
+
+    def rewire(prog: object) -> None:
+        """The first linear's weight becomes the constexpr_ output: its set and those below grow."""
+        main = prog.functions["main"]
+        ops = list(main.operations)
+        first_linear = next(op for op in ops if op.op_type == "linear")
+        constexpr = next(op for op in ops if op.op_type.startswith("constexpr_"))
+        with main:
+            first_linear.set_inputs(weight=constexpr.outputs[0])
+
+    stock = build()
+    rewire(stock)
+    with propagation_after_changes_only():
+        prog = build()  # the builder's exits propagate
+        built = len(runs)
+        assert built >= 1
+        with prog.functions["main"]:  # nothing changed since
+            pass
+        with prog.functions["main"]:
+            pass
+        assert len(runs) == built
+        before = sets(prog)
+        rewire(prog)
+        assert len(runs) == built + 1 and sets(prog) == sets(stock) != before
+        PassPipelineManager.apply_pipeline(prog, ct.PassPipeline.DEFAULT)
+    PassPipelineManager.apply_pipeline(stock, ct.PassPipeline.DEFAULT)
+    assert sets(prog) == sets(stock)
+
+
 def test_passes_render_no_program_unless_debug_logging(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -300,7 +360,8 @@ def test_passes_render_no_program_unless_debug_logging(
 
 
 def test_w8a8_program_is_the_same_with_nonreplaceable_bits(tmp_path: Path) -> None:
-    """The W8A8 conversion gives the same ML program and weights with the bitmask sets as without."""
+    """The W8A8 conversion gives the same ML program and weights with the bitmask sets and the skipped
+    propagations as without."""
     from coremltools.proto import Model_pb2
 
     from hrvit_mobile.exporters import coreml as coreml_exporter
@@ -318,12 +379,10 @@ def test_w8a8_program_is_the_same_with_nonreplaceable_bits(tmp_path: Path) -> No
         return program, (path / "weights" / "weight.bin").read_bytes()
 
     with_bits = package("bits")
-    original = coreml_exporter.nonreplaceable_vars_as_bits
-    coreml_exporter.nonreplaceable_vars_as_bits = contextlib.nullcontext
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # and the propagation after every pass's exit
+        patch.setattr(coreml_exporter, "nonreplaceable_vars_as_bits", contextlib.nullcontext)
+        patch.setattr(coreml_exporter, "propagation_after_changes_only", contextlib.nullcontext)
         stock = package("stock")
-    finally:
-        coreml_exporter.nonreplaceable_vars_as_bits = original
     assert len(with_bits[1]) > 1000 and with_bits == stock
 
 
