@@ -123,6 +123,8 @@ def exported_without_retrace(gm: torch.fx.GraphModule, args: tuple[Any, ...]) ->
         if name in graph._graph_namespace._used_names:
             raise _Collision(name)
         node = graph.placeholder(name)
+        if node.name != name:  # fx changed it (not an identifier, a builtin): the retrace's may differ
+            raise _Collision(name)
         val = fake_mode.from_tensor(value, static_shapes=True)  # requires_grad as the tensor's, as traced
         node.meta = {"val": val, "tensor_meta": _extract_tensor_metadata(val)}
         return node
@@ -203,7 +205,8 @@ def exported_without_retrace(gm: torch.fx.GraphModule, args: tuple[Any, ...]) ->
 
 
 class _Collision(Exception):
-    """Two state names sanitize to one placeholder name (the retrace would number them)."""
+    """A placeholder name the graph would not take as given: two state names that sanitize to one (the
+    retrace numbers them) or one fx renames."""
 
 
 def export_graph_module(
