@@ -8,16 +8,18 @@ quantize/dequantize pairs), with no hotspot to speed up. The graph is already a 
 graph, so that retrace only lifts the state into placeholders, renames nodes and records fake values.
 :func:`exported_without_retrace` writes that program directly: the placeholders in the retrace's order
 and names (parameters ``p_*``, buffers ``b_*``, then the user input), the same nodes in the same order
-with the names the tracer gives (an op's packet name, numbered), fake values (the capture's where the
-node has one, else the op run in the capture's fake mode), and a provenance (``from_node``) whose
-oldest ancestor is the retrace's, so ExecuTorch's debug handles come out the same. It returns ``None``
-for a graph it does not cover (call_module nodes, non-ATen callables, mutation, dead nodes, constants
-that are not registered state, shared tensors, more than one input) and the caller retraces.
+with the names and argument normalization the tracer gives (an op's packet name, numbered), every fake
+value computed again in the capture's fake mode (a dequantize after a view makes the view's input
+contiguous, so captured strides can be stale), and a provenance (``from_node``) whose oldest ancestor is
+the retrace's, so ExecuTorch's debug handles come out the same. It returns ``None`` for a graph it does
+not cover (call_module nodes other than ``ExportedProgram.module()``'s input guard, non-ATen callables,
+mutation, dead nodes, constants that are not registered state, shared tensors, more than one input) and
+the caller retraces.
 
 Not reproduced: meta the retrace adds that nothing downstream reads (``eager_input_vals``, the tracer's
 wrapper ``nn_module_stack`` on nodes the capture had none for, ``seq_nr`` numbering).
-tests/test_reexport.py compares the result with the retrace node by node and the lowered programs byte
-by byte.
+tests/test_reexport.py compares the result with the retrace node by node and the exported artifacts
+(.pte; Core ML program and weights) byte by byte.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from .decompose import fake_value, normalized_arguments
 
 PASS_NAME = "exported_without_retrace"
-# meta the capture recorded that describes the node itself (not PT2E's annotations)
 # the submodule ExportedProgram.module() calls to check its inputs' shapes (torch.export._unlift)
 GUARDS = "_guards_fn"
+# meta the capture recorded that describes the node itself (not PT2E's annotations)
 _KEPT_META = ("stack_trace", "nn_module_stack", "torch_fn", "source_fn_stack", "custom")
 
 
@@ -120,10 +122,8 @@ def exported_without_retrace(gm: torch.fx.GraphModule, args: tuple[Any, ...]) ->
     lifted: dict[str, torch.fx.Node] = {}
 
     def placeholder(name: str, value: torch.Tensor) -> torch.fx.Node:
-        if name in graph._graph_namespace._used_names:
-            raise _Collision(name)
         node = graph.placeholder(name)
-        if node.name != name:  # fx changed it (not an identifier, a builtin): the retrace's may differ
+        if node.name != name:  # fx numbered it (taken) or changed it: the retrace's name may differ
             raise _Collision(name)
         val = fake_mode.from_tensor(value, static_shapes=True)  # requires_grad as the tensor's, as traced
         node.meta = {"val": val, "tensor_meta": _extract_tensor_metadata(val)}

@@ -116,3 +116,32 @@ def node_descriptions(
         rows.append((node.name, node.op, str(node.target), str(node.args), str(node.kwargs),
                      value(node.meta.get("val")), meta))
     return rows
+
+
+def debug_handle_groups(ep: Any) -> list[int]:
+    """Which compute nodes share an ExecuTorch debug handle (same greatest ancestor in ``from_node``),
+    in graph order: what a rewrite must keep for the Inspector to map a program back as before."""
+    from executorch.exir.debug_handle_utils import get_greatest_ancestor_node_identifier
+
+    seen: dict[str, int] = {}
+    return [
+        seen.setdefault(get_greatest_ancestor_node_identifier(n), len(seen))
+        for n in ep.graph.nodes
+        if n.op not in ("placeholder", "output")
+    ]
+
+
+def mlpackage_contents(package: Any) -> tuple[bytes, bytes]:
+    """An .mlpackage's ML program message without its conversion date (deterministically serialized) and
+    its weight file (empty when a small model keeps every constant inline): what two conversions of one
+    model must share byte for byte."""
+    from pathlib import Path
+
+    from coremltools.proto import Model_pb2
+
+    path = Path(package) / "Data" / "com.apple.CoreML"
+    program = Model_pb2.Model()
+    program.ParseFromString((path / "model.mlmodel").read_bytes())
+    del program.description.metadata.userDefined["com.github.apple.coremltools.conversion_date"]
+    weights = path / "weights" / "weight.bin"
+    return program.SerializeToString(deterministic=True), weights.read_bytes() if weights.exists() else b""

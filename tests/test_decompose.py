@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hrvit_mobile.exporters.decompose import decomposed_without_retrace, normalized_arguments, unsupported
-from hrvit_mobile.exporters.testing import RewrittenOps, node_descriptions
+from hrvit_mobile.exporters.testing import RewrittenOps, debug_handle_groups, node_descriptions
 
 # what ExecuTorch reads of a compute node's metadata; placeholders carry leftovers of the tracer's
 # state, and seq_nr (autograd's sequence number at tracing time) is -1 or whatever the tracer saw
@@ -18,18 +18,6 @@ _READ_META = ("original_aten", "stack_trace", "nn_module_stack", "source_fn_stac
 
 def _description(ep: Any) -> list[tuple[Any, ...]]:
     return node_descriptions(ep.graph, _READ_META)
-
-
-def _debug_handle_groups(ep: Any) -> list[int]:
-    """Which nodes share an ExecuTorch debug handle (same greatest ancestor), in graph order."""
-    from executorch.exir.debug_handle_utils import get_greatest_ancestor_node_identifier
-
-    seen: dict[str, int] = {}
-    return [
-        seen.setdefault(get_greatest_ancestor_node_identifier(n), len(seen))
-        for n in ep.graph.nodes
-        if n.op not in ("placeholder", "output")
-    ]
 
 
 def _executorch_table(ep: Any) -> Any:
@@ -46,7 +34,7 @@ def _assert_same_program(ep: Any, table: dict[Any, Any]) -> None:
     assert str(rewritten.graph_signature) == str(retraced.graph_signature)
     assert rewritten.module_call_graph == retraced.module_call_graph
     assert rewritten.verifiers == retraced.verifiers
-    assert _debug_handle_groups(rewritten) == _debug_handle_groups(retraced)
+    assert debug_handle_groups(rewritten) == debug_handle_groups(retraced)
     x = ep.example_inputs[0][0]
     torch.testing.assert_close(rewritten.module()(x), retraced.module()(x), rtol=0, atol=0)
 

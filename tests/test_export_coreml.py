@@ -13,7 +13,7 @@ import torch
 ct = pytest.importorskip("coremltools")
 
 from hrvit_mobile.exporters import ExportSpec, export  # noqa: E402
-from hrvit_mobile.exporters.testing import TinySegmenter  # noqa: E402
+from hrvit_mobile.exporters.testing import TinySegmenter, mlpackage_contents  # noqa: E402
 
 SIZE = (64, 64)
 ON_MAC = platform.system() == "Darwin"
@@ -362,21 +362,16 @@ def test_passes_render_no_program_unless_debug_logging(
 def test_w8a8_program_is_the_same_with_nonreplaceable_bits(tmp_path: Path) -> None:
     """The W8A8 conversion gives the same ML program and weights with the bitmask sets and the skipped
     propagations as without."""
-    from coremltools.proto import Model_pb2
 
     from hrvit_mobile.exporters import coreml as coreml_exporter
 
     model = TinySegmenter(num_classes=5, channels=32).eval()
     calib = [torch.rand(1, 3, *SIZE) for _ in range(2)]
 
-    def package(out: str) -> tuple[object, bytes]:
+    def package(out: str) -> tuple[bytes, bytes]:
         spec = ExportSpec(target="coreml", bits=8, activations=8, img_size=SIZE, num_classes=5,
                           out_dir=tmp_path / out, run_parity=False)
-        path = export(model, spec, calib=calib).artifact.path / "Data" / "com.apple.CoreML"
-        program = Model_pb2.Model()
-        program.ParseFromString((path / "model.mlmodel").read_bytes())
-        del program.description.metadata.userDefined["com.github.apple.coremltools.conversion_date"]
-        return program, (path / "weights" / "weight.bin").read_bytes()
+        return mlpackage_contents(export(model, spec, calib=calib).artifact.path)
 
     with_bits = package("bits")
     with pytest.MonkeyPatch.context() as patch:  # and the propagation after every pass's exit
@@ -389,24 +384,17 @@ def test_w8a8_program_is_the_same_with_nonreplaceable_bits(tmp_path: Path) -> No
 def test_functionalization_without_a_retrace_gives_the_same_package(tmp_path: Path) -> None:
     """Core ML's ``run_decompositions({})`` as a node rewrite (a graph of the ops it rewrites): the same
     ML program and weights as with the retrace, and the sidecar says which ran."""
-    from coremltools.proto import Model_pb2
 
     from hrvit_mobile.exporters import coreml as coreml_exporter
     from hrvit_mobile.exporters.testing import RewrittenOps
 
     model = RewrittenOps().eval()
 
-    def package(out: str) -> tuple[object, bytes, bool]:
+    def package(out: str) -> tuple[bytes, bytes, bool]:
         spec = ExportSpec(target="coreml", bits=32, img_size=(32, 32), num_classes=8,
                           out_dir=tmp_path / out, run_parity=False)
-        art = export(model, spec).artifact
-        path = art.path / "Data" / "com.apple.CoreML"
-        program = Model_pb2.Model()
-        program.ParseFromString((path / "model.mlmodel").read_bytes())
-        del program.description.metadata.userDefined["com.github.apple.coremltools.conversion_date"]
-        weights = path / "weights" / "weight.bin"  # a model this small may keep every constant inline
-        stored = weights.read_bytes() if weights.exists() else b""
-        return program, stored, art.details["decomposed_without_retrace"]
+        art = export(model, spec).artifact  # a model this small may keep every constant inline
+        return *mlpackage_contents(art.path), art.details["decomposed_without_retrace"]
 
     rewritten = package("rewritten")
     original = coreml_exporter.decompose

@@ -12,7 +12,7 @@ from torch import nn
 
 from hrvit_mobile.exporters import ExportSpec, export
 from hrvit_mobile.exporters.reexport import export_graph_module, exported_without_retrace, unsupported
-from hrvit_mobile.exporters.testing import RewrittenOps
+from hrvit_mobile.exporters.testing import RewrittenOps, debug_handle_groups, mlpackage_contents
 
 # what the lowering reads of a compute node besides its value and provenance
 _READ_META = ("original_aten", "stack_trace")
@@ -29,14 +29,6 @@ def _rows(ep: Any) -> list[tuple[Any, ...]]:
             tuple(str(node.meta.get(k)) for k in _READ_META) if node.op == "call_function" else (),
         ))
     return rows
-
-
-def _debug_handle_groups(ep: Any) -> list[int]:
-    from executorch.exir.debug_handle_utils import get_greatest_ancestor_node_identifier
-
-    seen: dict[str, int] = {}
-    return [seen.setdefault(get_greatest_ancestor_node_identifier(n), len(seen))
-            for n in ep.graph.nodes if n.op not in ("placeholder", "output")]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +70,7 @@ def test_quantized_graph_gives_the_retraced_program(graph: str, request: pytest.
     assert list(written.constants) == list(retraced.constants)
     assert [(e.fqn, e.signature) for e in written.module_call_graph] == [
         (e.fqn, e.signature) for e in retraced.module_call_graph]
-    assert _debug_handle_groups(written) == _debug_handle_groups(retraced)
+    assert debug_handle_groups(written) == debug_handle_groups(retraced)
     if graph.startswith("nano"):
         # what makes the values be computed again: a dequantize after a view makes the view's input
         # contiguous, so some captured strides are stale
@@ -120,15 +112,7 @@ def _artifact(target: str, out: Path) -> tuple[bytes, bytes, bool]:
     art = export(model.eval(), spec).artifact
     if target == "executorch":
         return art.path.read_bytes(), b"", art.details["quantization"]["exported_without_retrace"]
-    from coremltools.proto import Model_pb2
-
-    path = art.path / "Data" / "com.apple.CoreML"
-    program = Model_pb2.Model()
-    program.ParseFromString((path / "model.mlmodel").read_bytes())
-    del program.description.metadata.userDefined["com.github.apple.coremltools.conversion_date"]
-    weights = path / "weights" / "weight.bin"
-    stored = weights.read_bytes() if weights.exists() else b""
-    return program.SerializeToString(deterministic=True), stored, art.details["exported_without_retrace"]
+    return *mlpackage_contents(art.path), art.details["exported_without_retrace"]
 
 
 @pytest.mark.parametrize("target", ["executorch", "coreml"])
