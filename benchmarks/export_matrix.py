@@ -4,7 +4,9 @@
 
 Each pair runs ``hrvit-mobile export`` in a fresh process (so peak memory and wall time belong to
 that export alone) and the table is read back from the sidecar JSON each export writes: size,
-size relative to the same target's fp32 artifact, export wall time, peak RSS and parity. Writes
+size relative to the same target's fp32 artifact, the tensor data alone relative to it (weights,
+biases, constants and their scales as stored: ``exporters/footprint.py::tensor_data_bytes``, the floor
+of the ratio in that format), export wall time, peak RSS and parity. Writes
 ``matrix.json`` and ``matrix.md`` into ``--out``. Pairs may be filtered with ``--only``.
 """
 
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 from hrvit_mobile.exporters import SUPPORTED
+from hrvit_mobile.exporters.footprint import tensor_data_bytes
 from hrvit_mobile.report.bench import export_command, export_pair, find_artifact
 
 
@@ -71,14 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         base = fp32.get(r["target"])
         r["size_vs_fp32"] = r["size_bytes"] / base if base and r["size_bytes"] else None
+        footprint = r["details"].get("footprint") or {}
+        known = base and "total" in footprint and "error" not in footprint
+        r["tensor_data_vs_fp32"] = tensor_data_bytes(footprint) / base if known else None
     (out / "matrix.json").write_text(json.dumps({"model": args.model, "img_size": args.img_size,
                                                  "rows": rows}, indent=2))
     lines = [
         f"# Export matrix: {args.model} @ {args.img_size}",
         "",
-        "| target | variant | exit | size MB | vs fp32 | export s | peak RSS GB | max abs | cosine "
-        "| argmax agree | parity |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| target | variant | exit | size MB | vs fp32 | tensor data vs fp32 | export s | peak RSS GB "
+        "| max abs | cosine | argmax agree | parity |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         p = r["parity"]
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['target']} | {r['variant']} | {r['returncode']} "
             f"| {_fmt(r['size_bytes'] and r['size_bytes'] / 1e6, '.2f')} "
-            f"| {_fmt(r['size_vs_fp32'], '.3f')} | {_fmt(r['export_seconds'], '.1f')} "
+            f"| {_fmt(r['size_vs_fp32'], '.3f')} | {_fmt(r['tensor_data_vs_fp32'], '.3f')} "
+            f"| {_fmt(r['export_seconds'], '.1f')} "
             f"| {_fmt(r['peak_rss_bytes'] and r['peak_rss_bytes'] / 1e9, '.2f')} "
             f"| {_fmt(p.get('max_abs_err'), '.2e')} | {_fmt(p.get('cosine'), '.6f')} "
             f"| {_fmt(p.get('argmax_agreement'), '.4%')} | {verdict} |"

@@ -10,12 +10,20 @@ whatever the format keeps besides the named parts). Every export records it in i
   the XNNPACK graph flatbuffers, the ExecuTorch program and any constants outside the delegate.
 - ``.tflite``: buffers by tensor type (int8 weights, int32 biases, float32, ...), quantization
   parameter vectors (scales, zero points) as stored, everything else (ops, tensors, names).
-- ``.mlpackage``: the weight file and the program description (``model.mlmodel``) and the rest.
+- ``.mlpackage``: the weight file, the tensor values the program description (``model.mlmodel``)
+  holds inline (small constants, per-channel scales and zero points), the rest of the program, and
+  the package's other files.
+
+:func:`tensor_data_bytes` sums the parts that are the network's tensors and their quantization
+parameters as the format stores them: what no change to the graph description can shrink. Against
+the fp32 artifact it is the floor of a variant's size ratio in that format (``benchmarks/export_matrix.py``
+reports it beside the ratio).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +84,62 @@ def _tflite_footprint(path: Path) -> dict[str, int]:
     return _with_other(parts, len(data))
 
 
+# bytes per element of the MIL TensorValue fields that hold numbers (``bytes`` holds int8/uint8/fp16
+# data as raw bytes; ``strings`` hold names and dtype words, not tensor data)
+_MIL_VALUE_WIDTHS = {"floats": 4, "ints": 4, "bools": 1, "longInts": 8, "doubles": 8}
+
+
+def _inline_tensor_bytes(value: Any) -> int:
+    """Payload bytes of one MIL ``Value`` held in the program itself (not a blob file reference)."""
+    if value.WhichOneof("value") != "immediateValue":
+        return 0
+    immediate = value.immediateValue
+    if immediate.WhichOneof("value") == "tuple":
+        return sum(_inline_tensor_bytes(v) for v in immediate.tuple.values)
+    if immediate.WhichOneof("value") != "tensor":
+        return 0
+    tensor = immediate.tensor
+    field = tensor.WhichOneof("value")
+    if field == "bytes":
+        return len(tensor.bytes.values)
+    width = _MIL_VALUE_WIDTHS.get(field or "")
+    return width * len(getattr(tensor, field).values) if width else 0
+
+
+def _mil_inline_tensor_bytes(program: Any) -> int:
+    """Tensor payload bytes held inline by a MIL program's ops (``const`` values, the scales and zero
+    points of ``constexpr_*`` ops, immediate input bindings), nested blocks included."""
+
+    def block_bytes(block: Any) -> int:
+        total = 0
+        for op in block.operations:
+            total += sum(_inline_tensor_bytes(v) for v in op.attributes.values())
+            for argument in op.inputs.values():
+                total += sum(_inline_tensor_bytes(b.value) for b in argument.arguments if b.HasField("value"))
+            total += sum(block_bytes(b) for b in op.blocks)
+        return total
+
+    return sum(
+        block_bytes(block)
+        for function in program.functions.values()
+        for block in function.block_specializations.values()
+    )
+
+
 def _mlpackage_footprint(path: Path) -> dict[str, int]:
+    from coremltools.proto import Model_pb2
+
     parts: Counter[str] = Counter()
     for file in path.rglob("*"):
         if file.is_file():
             if file.parent.name == "weights":
                 parts["weights"] += file.stat().st_size
             elif file.name == "model.mlmodel":
-                parts["program"] += file.stat().st_size
+                spec = Model_pb2.Model()
+                spec.ParseFromString(file.read_bytes())
+                inline = _mil_inline_tensor_bytes(spec.mlProgram) if spec.HasField("mlProgram") else 0
+                parts["program_constants"] += inline
+                parts["program"] += file.stat().st_size - inline
     return _with_other(parts, path_size(path))
 
 
@@ -93,6 +149,19 @@ def _with_other(parts: Counter[str], total: int) -> dict[str, int]:
     if other < 0:  # a reader that counted something twice
         raise ExportError(f"footprint parts add up to {total - other} bytes, more than the file's {total}")
     return {**named, "other": other, "total": total}
+
+
+# the footprint parts that are tensor data (weights, biases, constants and their quantization
+# parameters), by name or name prefix, across the three readers
+_TENSOR_PARTS = ("named_data_", "xnnpack_inline_constants", "program_constants", "buffers_", "quantization_",
+                 "weights")
+
+
+def tensor_data_bytes(footprint: Mapping[str, Any]) -> int:
+    """Bytes of ``footprint`` (an :func:`artifact_footprint` result) that hold tensor data: the
+    network's weights, biases and constants and their scales and zero points, as stored. The rest
+    (``xnnpack_graph``, ``program``, ``other``) describes the graph and the container."""
+    return sum(int(v) for k, v in footprint.items() if k.startswith(_TENSOR_PARTS))
 
 
 def artifact_footprint(path: Path | str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hrvit_mobile.exporters import ExportError, ExportSpec, export
-from hrvit_mobile.exporters.footprint import artifact_footprint
+from hrvit_mobile.exporters.footprint import artifact_footprint, tensor_data_bytes
 from hrvit_mobile.exporters.testing import TinySegmenter
 
 SIZE = (64, 64)
@@ -50,6 +50,8 @@ def test_executorch_footprint(tmp_path: Path, bits: int) -> None:
     else:
         assert fp["named_data_scales"] > 0  # XNNPACK's per-channel scales, stored beside the weights
         assert fp["named_data_tensors"] < 0.4 * weights
+    tensors = fp["named_data_tensors"] + fp.get("named_data_scales", 0) + fp.get("program_constants", 0)
+    assert tensor_data_bytes(fp) == tensors  # the graph and the container are not tensor data
 
 
 def test_tflite_footprint_counts_shared_vectors_once(tmp_path: Path) -> None:
@@ -59,6 +61,8 @@ def test_tflite_footprint_counts_shared_vectors_once(tmp_path: Path) -> None:
     assert fp["quantization_scales"] > 0
     # every per-channel tensor has its own zero-point vector of zeros; compaction stores each length once
     assert fp["quantization_zero_points"] < fp["quantization_scales"]
+    tensors = sum(v for k, v in fp.items() if k.startswith(("buffers_", "quantization_")))
+    assert tensor_data_bytes(fp) == tensors
 
 
 def test_coreml_footprint(tmp_path: Path) -> None:
@@ -66,6 +70,27 @@ def test_coreml_footprint(tmp_path: Path) -> None:
     _, fp = _export("coreml", 8, None, tmp_path)
     assert fp["weights"] > 0 and fp["program"] > 0
     assert fp["weights"] < 0.4 * _weight_bytes(_wide())
+    # tensors under the int8 threshold stay inline in the program, in fp16
+    assert fp["program_constants"] > 0
+    assert tensor_data_bytes(fp) == fp["weights"] + fp["program_constants"]
+
+
+def test_inline_tensor_bytes_of_a_mil_program() -> None:
+    """The program's inline tensor payloads are counted by dtype width; names and blob references are not."""
+    ct = pytest.importorskip("coremltools")
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+
+    from hrvit_mobile.exporters.footprint import _mil_inline_tensor_bytes
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8))], opset_version=ct.target.iOS17)
+    def prog(x):
+        y = mb.add(x=x, y=np.arange(8, dtype=np.float32).reshape(1, 8))  # 8 fp32 values inline
+        return mb.mul(x=y, y=np.float32(2.0))  # one more
+
+    model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                       compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+    assert _mil_inline_tensor_bytes(model.get_spec().mlProgram) == 9 * 4
 
 
 def test_unknown_artifact_kind(tmp_path: Path) -> None:
