@@ -196,6 +196,27 @@ def test_compacted_program_computes_the_same(
     assert (compact / description).stat().st_size < 0.7 * (full / description).stat().st_size
 
 
+def test_compaction_makes_zero_vector_zero_points_scalar(tiny: TinySegmenter, tmp_path: Path) -> None:
+    """W8A8's per-channel zero points (all zero: symmetric weights) become the scalar zero coremltools
+    writes for its own symmetric weights; the evaluated program and the weights are unchanged."""
+    kw = {"activations": 8, "calib_samples": 2, "model_name": "tiny", "run_parity": False}
+    full = _export(tiny, tmp_path / "full", TINY, 5, 8, keep_op_names=True, **kw).artifact.path
+    report = _export(tiny, tmp_path / "compact", TINY, 5, 8, **kw)
+    compact = report.artifact.path
+
+    def zero_point_ranks(pkg: Path) -> Counter[int]:
+        ops = _main_block(pkg).operations
+        return Counter(op.attributes["zero_point"].type.tensorType.rank
+                       for op in ops if op.type == "constexpr_affine_dequantize")
+
+    made_scalar = report.artifact.details["program_compaction"]["zero_points_made_scalar"]
+    assert made_scalar > 0 and zero_point_ranks(full)[1] == made_scalar
+    assert zero_point_ranks(compact) == Counter({0: sum(zero_point_ranks(full).values())})
+    assert _weights_file(full).read_bytes() == _weights_file(compact).read_bytes()
+    img = synthetic_images(1, TINY, seed=3)[0]
+    np.testing.assert_array_equal(ce.evaluate(full, img)["logits"], ce.evaluate(compact, img)["logits"])
+
+
 def test_evaluate_function_and_argmax_output(tiny: TinySegmenter, tmp_path: Path) -> None:
     report = _export(tiny, tmp_path, TINY, 5, 16, argmax_output=True, model_name="tiny")
     img = synthetic_images(1, TINY, seed=3)[0]
