@@ -15,9 +15,9 @@ whatever the format keeps besides the named parts). Every export records it in i
   the package's other files.
 
 :func:`tensor_data_bytes` sums the parts that are the network's tensors and their quantization
-parameters as the format stores them: what no change to the graph description can shrink. Against
-the fp32 artifact it is the floor of a variant's size ratio in that format (``benchmarks/export_matrix.py``
-reports it beside the ratio).
+parameters as the format stores them: what a leaner graph description alone cannot shrink. Against
+the fp32 artifact it is the floor of a variant's size ratio in that format for this network
+(``benchmarks/export_matrix.py`` reports it beside the ratio).
 """
 
 from __future__ import annotations
