@@ -33,7 +33,7 @@ import torch
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.models.norm import DelegableLayerNorm, use_native_layer_norm
 from hrvit_mobile.patching import patched
-from hrvit_mobile.quant.recipes import CoreMLWeightOnly
+from hrvit_mobile.quant.recipes import CoreMLWeightOnly, register_scalar_zero_points
 
 from .contract import (
     ArtifactResult,
@@ -376,10 +376,18 @@ def small_constants_inline(max_elements: int = INLINE_CONSTANT_MAX_ELEMENTS) -> 
 
 
 def _pass_pipeline(spec: ExportSpec, variant: str) -> tuple[Any, dict[str, Any] | None]:
-    """``ct.convert``'s pass pipeline for ``variant``: the default one, or for the weight-compressed
-    variants the recipe's (``CoreMLWeightOnly.conversion_pipeline``), and what the recipe does."""
+    """``ct.convert``'s pass pipeline for ``variant``: the default one, for W8A8 with scalar zero
+    points after it, or for the weight-compressed variants the recipe's
+    (``CoreMLWeightOnly.conversion_pipeline``), and what the recipe does."""
     import coremltools as ct
 
+    if variant == "w8a8":
+        # the PyTorch frontend writes PT2E's symmetric per-channel weights as constexpr ops with a
+        # vector of zero points, all 0; the weight-only recipes' pass makes them the scalar 0
+        pipeline = ct.PassPipeline.DEFAULT
+        pipeline.append_pass(register_scalar_zero_points())
+        pipeline.append_pass("common::dead_code_elimination")  # the replaced ops' const inputs
+        return pipeline, None
     if variant not in ("w8", "pal6", "pal4"):
         return ct.PassPipeline.DEFAULT, None
     recipe = recipe_for(spec)

@@ -7,12 +7,6 @@ inline consts holding only ~70 distinct values and names averaging 24 characters
 op, operand value and weight blob as it was; only duplicate small consts are merged (a var may feed
 any number of ops) and names change. The function's input and output names are kept, since apps bind
 to them. Pass ``keep_op_names`` to the exporter to keep the PyTorch-derived names for profiling.
-
-One value changes form, not meaning: a ``constexpr_affine_dequantize`` zero point held inline that
-is a per-channel vector of zeros (what the PyTorch frontend writes for PT2E's symmetric per-channel
-weights, W8A8) becomes the scalar zero the op broadcasts, the form coremltools' own
-``linear_quantize_weights`` writes for the same symmetric weights. HRViT-b1 W8A8: 320 of its 372
-zero-point vectors, 36 KB; the other 52 are in the weight file, whose blobs this rewrite leaves alone.
 """
 
 from __future__ import annotations
@@ -35,38 +29,9 @@ def compact_program(model_spec: Any) -> dict[str, int]:
             if any(len(op.blocks) for op in block.operations):
                 stats["blocks_skipped"] += 1
                 continue
-            _scalar_zero_points(block, stats)
             _merge_inline_consts(block, keep | set(block.outputs), stats)
             _shorten_names(block, keep | set(block.outputs), stats)
     return dict(stats)
-
-
-# constexpr ops with a zero point that may be a scalar or a vector along the scale's axis (MIL op
-# spec), and the 8-bit storage types whose zero points are held as raw bytes
-_ZERO_POINT_OPS = frozenset({"constexpr_affine_dequantize"})
-_BYTE_ZERO_POINTS = frozenset({"INT8", "UINT8"})
-
-
-def _scalar_zero_points(block: Any, stats: Counter[str]) -> None:
-    from coremltools.proto import MIL_pb2
-
-    byte_types = {MIL_pb2.DataType.Value(name) for name in _BYTE_ZERO_POINTS}
-    for op in block.operations:
-        if op.type not in _ZERO_POINT_OPS or "zero_point" not in op.attributes:
-            continue
-        zero_point = op.attributes["zero_point"]
-        tensor_type = zero_point.type.tensorType
-        if tensor_type.rank != 1 or tensor_type.dataType not in byte_types:
-            continue
-        if not zero_point.HasField("immediateValue") or not zero_point.immediateValue.HasField("tensor"):
-            continue
-        tensor = zero_point.immediateValue.tensor
-        if tensor.WhichOneof("value") != "bytes" or any(tensor.bytes.values):
-            continue
-        tensor_type.rank = 0
-        del tensor_type.dimensions[:]
-        tensor.bytes.values = b"\0"
-        stats["zero_points_made_scalar"] += 1
 
 
 def _is_inline_const(op: Any) -> bool:
