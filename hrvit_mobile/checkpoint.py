@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +23,24 @@ class CheckpointError(HRViTMobileError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+def load_failure_reason(exc: Exception) -> str:
+    """One line saying why ``torch.load``/safetensors refused a file.
+
+    torch's weights-only refusal opens with advice to load again with ``weights_only=False``, which
+    would run whatever the pickle holds; the reason is in its "WeightsUnpickler error" part."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    if text.startswith("Weights only load failed"):
+        found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = found.group(1).split(". ")[0].rstrip(".") if found else "not a plain state_dict"
+        if reason.startswith("Unsupported global"):
+            return (f"it pickles Python objects, not only tensors ({reason}); this tool never unpickles "
+                    "code, so save model.state_dict() instead")
+        return f"not a readable weights-only pickle ({reason})"
+    return text.splitlines()[0]
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a checkpoint file (PyTorch pickle with ``weights_only=True``, or safetensors)."""
     path = Path(path)
@@ -35,9 +54,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {first} "
+            f"cannot read checkpoint {path}: {load_failure_reason(exc)} "
             "(expected a PyTorch state_dict saved with torch.save, or a .safetensors file)"
         ) from None
     while isinstance(obj, Mapping):

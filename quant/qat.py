@@ -260,7 +260,12 @@ def load_qat_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise QATError(f"QAT checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file or one the weights-only loader refuses
+        from hrvit_mobile.checkpoint import load_failure_reason
+
+        raise QATError(f"cannot read QAT checkpoint {path}: {load_failure_reason(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise QATError(f"{path} is not a hrvit-mobile QAT checkpoint (format {FORMAT})")
     return state

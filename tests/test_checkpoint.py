@@ -58,6 +58,23 @@ def test_corrupt_file_gives_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         hrvit_mobile.load_checkpoint(_fresh(), path)
     assert "cannot read checkpoint" in str(info.value) and "\n" not in str(info.value)
+    assert "weights_only" not in str(info.value)
+    # a file torch's weights-only unpickler refuses: its advice to retry with weights_only=False is not
+    # passed on, its reason is
+    path.write_bytes(b"garbage\n")
+    refused = r"not a readable weights-only pickle \(Unsupported operand"
+    with pytest.raises(CheckpointError, match=refused) as info:
+        hrvit_mobile.load_checkpoint(_fresh(), path)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pickled_module_says_to_save_the_state_dict(tmp_path: Path) -> None:
+    path = tmp_path / "whole_model.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    expected = r"pickles Python objects.*save model.state_dict\(\) instead"
+    with pytest.raises(CheckpointError, match=expected) as info:
+        hrvit_mobile.load_checkpoint(_fresh(), path)
+    assert "\n" not in str(info.value) and "torch.nn.modules.linear.Linear" in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -285,3 +285,12 @@ def test_xnnpack_recipe_layout_and_old_checkpoints(nano_model) -> None:
     assert kinds(recipe) == {ChannelsFirstBranch, BroadcastNearest} and recipe.des == "dense"
     _use_checkpoint_layout(recipe, {"layout": "channels_first", "upsampler": "broadcast", "des": "factored"})
     assert recipe.factored_des_from() == FACTORED_DES_MIN_CHANNELS
+
+
+def test_damaged_qat_checkpoint_gives_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"garbage\n")
+    expected = r"cannot read QAT checkpoint .*last\.pt: not a readable weights-only"
+    with pytest.raises(QATError, match=expected) as info:
+        load_qat_checkpoint(path)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
