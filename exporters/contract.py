@@ -536,20 +536,17 @@ def load_calibration_images(directory: Path, img_size: tuple[int, int], limit: i
     then center-cropped."""
     from PIL import Image
 
+    from hrvit_mobile.images import IMAGE_EXTENSIONS, fit_center, open_image
+
     check_calibration_count(limit)
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-    paths = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in exts)[:limit]
+    paths = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
     if not paths:
         raise ExportError(f"no images (*.jpg, *.png, ...) found in calibration folder {directory}")
     h, w = img_size
     out = np.empty((len(paths), h, w, 3), np.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            s = max(h / im.height, w / im.width)
-            im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), Image.BILINEAR)
-            top, left = (im.height - h) // 2, (im.width - w) // 2
-            out[i] = np.asarray(im.crop((left, top, left + w, top + h)))
+        with open_image(p, ExportError) as im:
+            out[i] = np.asarray(fit_center(im.convert("RGB"), img_size, Image.BILINEAR))
     return out
 
 

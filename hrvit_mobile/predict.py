@@ -67,17 +67,15 @@ class Prediction:
 
 def load_image(path: Path | str) -> np.ndarray:
     """uint8 (h, w, 3) RGB from a JPEG/PNG/...; the EXIF orientation of camera photos is applied."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
+
+    from hrvit_mobile.images import open_image
 
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise PredictError(f"{path} is not a readable image (JPEG, PNG, BMP, WebP): {e}") from None
+    with open_image(path, PredictError) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
 def _mean_pixel(meta: dict[str, Any]) -> np.ndarray:

@@ -44,6 +44,12 @@ def test_folder_errors(tmp_path: Path) -> None:
     _write(bad, label_max=5)
     with pytest.raises(DatasetError, match=r"outside 0\.\.2"):
         open_dataset(bad, num_classes=3)[0]
+    broken = tmp_path / "broken"
+    _write(broken)
+    (broken / "masks" / "1.png").write_bytes(b"not a png")
+    ds = open_dataset(broken, num_classes=3)
+    with pytest.raises(DatasetError, match=r"1\.png is not a readable image"):
+        ds[1]
 
 
 def test_evaluate_known_answer(tmp_path: Path) -> None:

@@ -258,6 +258,29 @@ def test_calibration_folder(tmp_path: Path) -> None:
         c.load_calibration_images(tmp_path / "nothing-here", (64, 64))
 
 
+def test_unreadable_calibration_image_is_one_line_and_leaves_nothing(tmp_path: Path, capsys) -> None:
+    """A file with an image's name that PIL cannot decode (not an image, or cut short) is named in one
+    line, exit 2, before anything is built."""
+    from PIL import Image
+
+    from hrvit_mobile.cli import main
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.fromarray(c.synthetic_images(1, (40, 40), seed=0)[0]).save(calib / "a.png")
+    (calib / "b.jpg").write_bytes(b"not a jpeg")
+    code = main(["export", "--target", "executorch", "--bits", "8", *NANO_CLI, "--calib", str(calib),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and f"{calib / 'b.jpg'} is not a readable image" in err, err
+    assert not (tmp_path / "out").exists()
+    full = (calib / "a.png").read_bytes()
+    (calib / "b.jpg").unlink()
+    (calib / "c.png").write_bytes(full[: len(full) // 2])  # truncated: fails in decoding, not in open
+    with pytest.raises(c.ExportError, match=r"c\.png is not a readable image"):
+        c.load_calibration_images(calib, (32, 32))
+
+
 def test_coreml_image_preprocessing_is_exact() -> None:
     """ImageType's scalar scale + per-channel bias and the in-graph factor give (p/255 - mean)/std."""
     scale, bias, factor = coreml_exporter.image_preprocessing(c.IMAGENET_MEAN, c.IMAGENET_STD)

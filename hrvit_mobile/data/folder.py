@@ -11,9 +11,8 @@ from torch.utils.data import Dataset
 
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD
+from hrvit_mobile.images import IMAGE_EXTENSIONS, open_image
 from hrvit_mobile.metrics import IGNORE_INDEX
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class DatasetError(HRViTMobileError):
@@ -57,16 +56,12 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def load_image(self, path: Path) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with open_image(path, DatasetError) as im:
             return np.asarray(im.convert("RGB"))
 
     def load_mask(self, path: Path) -> np.ndarray:
         """Class indices as stored (PNG, mode L or P); subclasses remap (e.g. reduce_zero_label)."""
-        from PIL import Image
-
-        with Image.open(path) as im:
+        with open_image(path, DatasetError) as im:
             return np.asarray(im).astype(np.int64)
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,18 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.images import IMAGE_EXTENSIONS, fit_center, open_image
 from hrvit_mobile.metrics import IGNORE_INDEX
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def _fit(im, size: tuple[int, int], resample: int):
-    """Shorter side to ``size``, then center crop: the geometry ``load_calibration_images`` uses."""
-    h, w = size
-    s = max(h / im.height, w / im.width)
-    im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), resample)
-    top, left = (im.height - h) // 2, (im.width - w) // 2
-    return im.crop((left, top, left + w, top + h))
 
 
 def load_verification_set(
@@ -39,7 +29,7 @@ def load_verification_set(
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise HRViTMobileError(f"--images {images_dir} is not a folder of images")
-    paths = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTS)[:limit]
+    paths = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
     if not paths:
         raise HRViTMobileError(f"no images (*.jpg, *.png, ...) found in {images_dir}")
     label_paths: list[Path] = []
@@ -57,15 +47,15 @@ def load_verification_set(
     images = np.empty((len(paths), h, w, 3), np.uint8)
     labels = np.empty((len(paths), h, w), np.int64) if label_paths else None
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            images[i] = np.asarray(_fit(im.convert("RGB"), size, Image.BILINEAR))
+        with open_image(p) as im:
+            images[i] = np.asarray(fit_center(im.convert("RGB"), size, Image.BILINEAR))
         if labels is not None:
-            with Image.open(label_paths[i]) as lab:
+            with open_image(label_paths[i]) as lab:
                 if lab.mode not in ("L", "P", "I", "I;16"):
                     raise HRViTMobileError(
                         f"label {label_paths[i].name} is {lab.mode}: labels must be single-channel class maps"
                     )
-                labels[i] = np.asarray(_fit(lab, size, Image.NEAREST), np.int64)
+                labels[i] = np.asarray(fit_center(lab, size, Image.NEAREST), np.int64)
     if labels is not None and reduce_zero_label:
         labels = np.where(labels == 0, IGNORE_INDEX, labels - 1)
         labels[labels == IGNORE_INDEX - 1] = IGNORE_INDEX
