@@ -536,10 +536,10 @@ def load_calibration_images(directory: Path, img_size: tuple[int, int], limit: i
     then center-cropped."""
     from PIL import Image
 
-    from hrvit_mobile.images import IMAGE_EXTENSIONS, fit_center, open_image
+    from hrvit_mobile.images import fit_center, image_files, open_image
 
     check_calibration_count(limit)
-    paths = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+    paths = image_files(directory)[:limit]
     if not paths:
         raise ExportError(f"no images (*.jpg, *.png, ...) found in calibration folder {directory}")
     h, w = img_size

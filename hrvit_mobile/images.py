@@ -18,6 +18,11 @@ from hrvit_mobile.errors import HRViTMobileError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def image_files(directory: Path | str) -> list[Path]:
+    """The image files under ``directory`` (subfolders included), by path."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 @contextlib.contextmanager
 def open_image(path: Path | str, error: type[HRViTMobileError] = HRViTMobileError) -> Iterator[Any]:
     """``PIL.Image.open(path)`` as a context; a file PIL cannot decode, there or in the ``with`` body,

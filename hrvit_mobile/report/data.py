@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from hrvit_mobile.errors import HRViTMobileError
-from hrvit_mobile.images import IMAGE_EXTENSIONS, fit_center, open_image
+from hrvit_mobile.images import fit_center, image_files, open_image
 from hrvit_mobile.metrics import IGNORE_INDEX
 
 
@@ -29,7 +29,7 @@ def load_verification_set(
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise HRViTMobileError(f"--images {images_dir} is not a folder of images")
-    paths = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+    paths = image_files(images_dir)[:limit]
     if not paths:
         raise HRViTMobileError(f"no images (*.jpg, *.png, ...) found in {images_dir}")
     label_paths: list[Path] = []
