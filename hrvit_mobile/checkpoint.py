@@ -41,8 +41,19 @@ def load_failure_reason(exc: Exception) -> str:
     return text.splitlines()[0]
 
 
+def check_finite(state: Mapping[str, Tensor], source: str | os.PathLike[str]) -> None:
+    """Refuse weights holding NaN or inf (a diverged run): an export of them only fails parity later."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} has NaN/inf weights in {len(bad)} of {len(state)} tensors (first: "
+            f"{bad[0]}); only finite weights load: use a checkpoint saved before the run diverged"
+        )
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a checkpoint file (PyTorch pickle with ``weights_only=True``, or safetensors)."""
+    """Read a checkpoint file (PyTorch pickle with ``weights_only=True``, or safetensors); weights must be
+    finite."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
@@ -68,7 +79,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"checkpoint {path} holds no state_dict (looked at the top level and under "
             f"{', '.join(_NESTING_KEYS)})"
         )
-    return {_strip_wrapper_prefix(k): v for k, v in obj.items()}
+    state = {_strip_wrapper_prefix(k): v for k, v in obj.items()}
+    check_finite(state, path)
+    return state
 
 
 def _strip_wrapper_prefix(key: str) -> str:

@@ -268,6 +268,9 @@ def load_qat_checkpoint(path: str | Path) -> dict[str, Any]:
         raise QATError(f"cannot read QAT checkpoint {path}: {load_failure_reason(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise QATError(f"{path} is not a hrvit-mobile QAT checkpoint (format {FORMAT})")
+    from hrvit_mobile.checkpoint import check_finite
+
+    check_finite(state["model"], path)
     return state
 
 

@@ -122,3 +122,31 @@ def test_class_count_mismatch_says_what_to_do(nano_model, tmp_path: Path) -> Non
     expected = "has 7 classes, the model 19; create the model with num_classes=7"
     with pytest.raises(CheckpointError, match=expected):
         hrvit_mobile.load_checkpoint(_fresh(num_classes=19), path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_non_finite_weights_are_refused_naming_count_and_first_key(nano_model, tmp_path: Path, bad,
+                                                                  suffix) -> None:
+    state = {k: v.clone() for k, v in nano_model.state_dict().items()}
+    state["backbone.stem.conv1.weight"][0] = bad
+    state["decode_head.conv_seg.bias"][:] = bad
+    path = tmp_path / f"diverged{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError) as info:
+        hrvit_mobile.load_checkpoint(_fresh(), path)
+    message = str(info.value)
+    assert f"NaN/inf weights in 2 of {len(state)} tensors (first: backbone.stem.conv1.weight)" in message
+    assert "\n" not in message
+
+
+def test_finite_check_skips_integer_buffers(nano_model, tmp_path: Path) -> None:
+    state = dict(nano_model.state_dict())
+    state["backbone.extra.num_batches_tracked"] = torch.tensor(3)
+    path = tmp_path / "ints.pth"
+    torch.save(state, path)
+    model = hrvit_mobile.load_checkpoint(_fresh(), path, strict=False)
+    assert _same_weights(model, nano_model)
