@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,9 @@ import torch
 
 import hrvit_mobile
 from hrvit_mobile.cli import main
+from hrvit_mobile.exporters import ExportSpec, export
+from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.images import MAX_IMAGE_PIXELS, open_image
 from hrvit_mobile.quant.qat import FORMAT as QAT_FORMAT
 
 NANO = ["--model", "hrvit_nano", "--img-size", "64x64", "--num-classes", "7"]
@@ -66,3 +71,48 @@ def test_export_refuses_a_qat_checkpoint_with_nan_weights(tmp_path: Path, capsys
                           "--out", out)
     assert_refused(code, lines, "NaN/inf weights in 1 of 2 tensors (first: conv.bias)")
     assert files_under(out) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# images through predict
+
+
+@pytest.fixture(scope="module")
+def tiny_pte(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ExecuTorch artifact (TinySegmenter, 64x64, 5 classes) for predict."""
+    out = tmp_path_factory.mktemp("tiny-pte")
+    spec = ExportSpec(target="executorch", bits=32, img_size=(64, 64), num_classes=5, out_dir=out,
+                      model_name="tiny", run_parity=False)
+    return export(TinySegmenter(num_classes=5), spec).artifact.path
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` RGB pixels, with almost no pixel data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000), (8193, 8192)],
+                         ids=["beyond-pil-error", "beyond-pil-warning", "just-over"])
+def test_predict_refuses_an_image_whose_header_is_too_large(tiny_pte, tmp_path: Path, capsys, size) -> None:
+    image = tmp_path / "huge.png"
+    image.write_bytes(png_claiming(*size))
+    out = tmp_path / "out"
+    code, lines = run_cli(capsys, "predict", "--model", tiny_pte, "--image", image, "--out", out / "o.png")
+    limit = f"at most {MAX_IMAGE_PIXELS:,} pixels (8192x8192)"
+    assert_refused(code, lines, f"{image} is too large (", f"{size[0] * size[1]:,} pixels)", limit)
+    if size != (20000, 20000):  # PIL's own refusal, beyond twice its limit, does not say the size
+        assert f"({size[0]}x{size[1]} = " in lines[0]
+    assert files_under(out) == []
+
+
+def test_an_image_at_the_limit_opens(tmp_path: Path) -> None:
+    image = tmp_path / "limit.png"
+    image.write_bytes(png_claiming(8192, 8192))
+    with open_image(image) as im:  # the header only: nothing decoded
+        assert im.size == (8192, 8192)
