@@ -16,8 +16,7 @@ reproduced: leftovers of the tracer's state in placeholder metadata and autograd
 nothing downstream reads.
 
 tests/test_decompose.py compares the result node by node with ``run_decompositions`` on a graph of
-every rewritten op and on the nano deploy form (fp32 and int8); the b1 fp32, fp16 and int8 graphs
-were compared the same way, and the b1 int8 .pte is byte-identical (sha256 844c000b...).
+every rewritten op and on the nano deploy form (fp32 and int8).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ parity (argmax >= 99.9 %, max |diff| <= 1e-3).
 The model is the demo checkpoint (trained b1, 8 classes), as in the README's export matrix: the
 parity thresholds of the lossy variants are meant for trained weights. On the reference recipe's
 untrained weights (150 near-tied logits) 6- and 4-bit palettization kept only 88 % / 80 % of the
-argmax (session 19), which says nothing about a real model.
+argmax, which says nothing about a real model.
 """
 
 from __future__ import annotations
