@@ -7,7 +7,9 @@ that export alone) and the table is read back from the sidecar JSON each export 
 size relative to the same target's fp32 artifact, the tensor data alone relative to it (weights,
 biases, constants and their scales as stored: ``exporters/footprint.py::tensor_data_bytes``, the floor
 of the ratio in that format), export wall time, peak RSS and parity. Writes
-``matrix.json`` and ``matrix.md`` into ``--out``. Pairs may be filtered with ``--only``.
+``matrix.json`` (with the command, date, host and library versions of the run) and ``matrix.md`` into
+``--out``; ``python3 benchmarks/docs_pages.py --matrix OUT/matrix.json`` turns it into the docs' page.
+Pairs may be filtered with ``--only``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from docs_pages import matrix_table, run_record
 
 from hrvit_mobile.exporters import SUPPORTED
 from hrvit_mobile.exporters.footprint import tensor_data_bytes
@@ -40,10 +44,6 @@ def _run(target: str, bits: int, activations: str, args: argparse.Namespace, log
 def _sidecar(out: Path, model: str, img_size: str, target: str, variant: str) -> dict | None:
     art = find_artifact(out / "artifacts", model, img_size, target, variant)
     return json.loads(art.with_name(art.name + ".json").read_text()) if art else None
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,28 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         footprint = r["details"].get("footprint") or {}
         known = base and "total" in footprint and "error" not in footprint
         r["tensor_data_vs_fp32"] = tensor_data_bytes(footprint) / base if known else None
+    import torch
+
+    record = run_record(sys.argv, threads=torch.get_num_threads())
     (out / "matrix.json").write_text(json.dumps({"model": args.model, "img_size": args.img_size,
-                                                 "rows": rows}, indent=2))
-    lines = [
-        f"# Export matrix: {args.model} @ {args.img_size}",
-        "",
-        "| target | variant | exit | size MB | vs fp32 | tensor data vs fp32 | export s | peak RSS GB "
-        "| max abs | cosine | argmax agree | parity |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        p = r["parity"]
-        verdict = "not run" if p and not p.get("ran", True) else (
-            "pass" if p.get("passed") else ("FAIL" if p else "-"))
-        lines.append(
-            f"| {r['target']} | {r['variant']} | {r['returncode']} "
-            f"| {_fmt(r['size_bytes'] and r['size_bytes'] / 1e6, '.2f')} "
-            f"| {_fmt(r['size_vs_fp32'], '.3f')} | {_fmt(r['tensor_data_vs_fp32'], '.3f')} "
-            f"| {_fmt(r['export_seconds'], '.1f')} "
-            f"| {_fmt(r['peak_rss_bytes'] and r['peak_rss_bytes'] / 1e9, '.2f')} "
-            f"| {_fmt(p.get('max_abs_err'), '.2e')} | {_fmt(p.get('cosine'), '.6f')} "
-            f"| {_fmt(p.get('argmax_agreement'), '.4%')} | {verdict} |"
-        )
+                                                 "run": record, "rows": rows}, indent=2))
+    lines = [f"# Export matrix: {args.model} @ {args.img_size}", "", *matrix_table(rows)]
     (out / "matrix.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

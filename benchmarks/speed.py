@@ -15,7 +15,9 @@ Runtimes: ``eager`` (PyTorch), ``executorch-fp32``/``executorch-int8`` (XNNPACK)
 ``tflite-int8`` (LiteRT Interpreter). Per pair: export wall time (and its steps), latency median and
 p90, peak RSS of the process, artifact size, MACs (torch FLOP counter on the eager module) and the
 achieved GFLOP/s as a fraction of an fp32 GEMM peak measured in the same run. Writes ``speed.json``,
-``speed.md`` and (with matplotlib) ``speed.png`` into ``--out``, and the issue-7 goal ratios.
+``speed.md`` and (with matplotlib) ``speed.png`` into ``--out``, with the goal ratios and the run's
+command, date, host and library versions; ``python3 benchmarks/docs_pages.py --speed OUT/speed.json``
+turns it into the docs' page.
 Weights are random/untrained (speed does not depend on them); batch 1; ``--threads`` for every runtime.
 """
 
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from docs_pages import run_record
 
 CASES = ("train", "deploy", "segformer")
 RUNTIMES = ("eager", "executorch-fp32", "executorch-int8", "tflite-fp32", "tflite-int8")
@@ -245,7 +249,7 @@ def _get(rows: list[dict], case: str, runtime: str, *keys: str):
 
 
 def goal_ratios(rows: list[dict], gemm_gflops: float) -> list[dict]:
-    """The issue-7 goals as ratios within this run (None where a pair is missing)."""
+    """The speed goals as ratios within this run (None where a pair is missing)."""
 
     def ratio(a, b):
         return None if a is None or b is None or b == 0 else a / b
@@ -429,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "gemm_peak_gflops": peak,
         "rows": rows,
         "goals": goal_ratios(rows, peak),
+        "run": run_record(sys.argv, threads=args.threads),
     }
     (out / "speed.json").write_text(json.dumps(result, indent=2))
     (out / "speed.md").write_text(markdown(result))
