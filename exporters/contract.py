@@ -15,12 +15,9 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import resource
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +30,7 @@ import torch
 
 from hrvit_mobile.deploy.layout import LAYOUTS
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.files import atomic_write, commit, staging_dir
 from hrvit_mobile.sizes import validate_img_size
 
 log = logging.getLogger("hrvit_mobile.exporters")
@@ -262,56 +260,6 @@ class ExportReport:
 # files: atomic commit, hashing, sidecar
 
 
-@contextlib.contextmanager
-def staging_dir(out_dir: Path, stem: str) -> Iterator[Path]:
-    """A scratch directory beside the final artifacts; removed whatever happens.
-
-    Staging on the same filesystem is what makes the final ``os.replace`` atomic.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.staging-", dir=out_dir))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def commit(staged: Path, final: Path) -> Path:
-    """Move a staged file or directory onto ``final`` atomically (directories: swap, then delete old)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if staged.is_dir():
-        old = None
-        if final.exists():
-            # os.replace cannot overwrite a non-empty directory: move the old one aside first.
-            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.replace(final, old)
-        os.replace(staged, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        if final.is_dir():
-            shutil.rmtree(final)
-        os.replace(staged, final)
-    return final
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        # mkstemp creates 0600; give the sidecar the permissions any other written file gets
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -380,7 +328,7 @@ def sidecar_path(artifact: Path) -> Path:
 
 def write_sidecar(spec: ExportSpec, art: ArtifactResult, parity: ParityResult | None) -> Path:
     path = sidecar_path(art.path)
-    atomic_write_text(path, json.dumps(sidecar_dict(spec, art, parity), indent=2) + "\n")
+    atomic_write(path, json.dumps(sidecar_dict(spec, art, parity), indent=2) + "\n")
     art.sidecar = path
     return path
 

@@ -280,7 +280,7 @@ def build_bundle(
     The folder is built in a staging directory, verified with :func:`verify_bundle`, then moved onto
     ``out`` atomically; a failure leaves ``out`` as it was.
     """
-    from hrvit_mobile.exporters.contract import commit, staging_dir
+    from hrvit_mobile.files import commit, staging_dir
 
     _check_app(app)
     if not artifacts:

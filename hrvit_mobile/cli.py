@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from hrvit_mobile.deploy.layout import LAYOUTS
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.files import output_folder
 
 # int8 calibration images taken from --calib or the demo model's set; the demo model's ExecuTorch int8 mIoU
 # on its 100 val images was 0.9066 / 0.9073 / 0.9075 / 0.9067 with 4 / 8 / 16 / 32 of them (README)
@@ -117,6 +118,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     size = _size(args.img_size)
+    output_folder(args.out)  # a file, or an unwritable place, is refused before anything is built
     class_names = _default_classes(args)
     thresholds = None
     if any(v is not None for v in (args.max_abs_err, args.min_cosine, args.min_argmax)):

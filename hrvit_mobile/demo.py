@@ -68,13 +68,13 @@ def load_demo_model(img_size: tuple[int, int] | None = None):
 
 def write_demo_info(info: dict, out: Path | str = DEMO_INFO) -> Path:
     """The record beside the weights (classes, img_size, val mIoU, commands); written atomically."""
-    from hrvit_mobile.exporters.contract import atomic_write_text
+    from hrvit_mobile.files import atomic_write
 
     missing = [k for k in ("model", "classes", "img_size", "val_miou") if k not in info]
     if missing:
         raise HRViTMobileError(f"demo info lacks {', '.join(missing)}")
     out = Path(out)
-    atomic_write_text(out, json.dumps(info, indent=2) + "\n")
+    atomic_write(out, json.dumps(info, indent=2) + "\n")
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.files import atomic_write
 from hrvit_mobile.labels import LabelSet, labels_for
 
 MODES: tuple[str, ...] = ("fit", "stretch", "slide")
@@ -184,22 +185,6 @@ def _png_bytes(im) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def class_map_png(class_map: np.ndarray, labels: LabelSet) -> bytes:
     """A palette PNG: pixel values are class indices (read back with ``np.asarray(Image.open(p))``),
     shown in the label set's colours."""
@@ -278,11 +263,15 @@ def predict(
         # encode both before writing either, so a failure leaves neither file half-written
         overlay_png = _png_bytes(Image.fromarray(overlay(rgb, result.class_map, label_set)))
         classes_png = class_map_png(result.class_map, label_set)
-        _atomic_write_bytes(out, overlay_png)
-        _atomic_write_bytes(class_map_out, classes_png)
+        atomic_write(out, overlay_png)
+        try:
+            atomic_write(class_map_out, classes_png)
+        except BaseException:  # both files or neither
+            out.unlink(missing_ok=True)
+            raise
         result.files = {"overlay": out, "class_map": class_map_out}
     elif class_map_out is not None:
         class_map_out = Path(class_map_out)
-        _atomic_write_bytes(class_map_out, class_map_png(result.class_map, label_set))
+        atomic_write(class_map_out, class_map_png(result.class_map, label_set))
         result.files = {"class_map": class_map_out}
     return result

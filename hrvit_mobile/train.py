@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler
 
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.files import atomic_write
 from hrvit_mobile.metrics import IGNORE_INDEX
 
 log = logging.getLogger("hrvit_mobile")
@@ -87,9 +87,7 @@ class TrainResult:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a killed run never leaves a truncated checkpoint under the real name
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a killed run never leaves a torn checkpoint
 
 
 def _batches(loader_factory, start_step: int):

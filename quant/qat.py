@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.files import atomic_write
 from hrvit_mobile.metrics import IGNORE_INDEX
 
 from .recipes import Prequantized, PT2ERecipe, get_qat_recipe
@@ -231,10 +232,7 @@ def _identity(cfg: QATConfig, num_classes: int) -> dict[str, Any]:
 
 def _save(path: Path, state: dict[str, Any]) -> None:
     """Write next to the target, then rename: an interrupted save never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 # what a recipe may choose about the graph it trains, and what a checkpoint that records no choice was
@@ -438,7 +436,7 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
                 "evals": evals,
             })
             log_text = json.dumps({"step": step, "history": history, "evals": evals}, indent=1)
-            (out / LOG_NAME).write_text(log_text)
+            atomic_write(out / LOG_NAME, log_text)
         dist.barrier()
 
     def run_eval(step: int) -> None:

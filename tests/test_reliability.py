@@ -13,6 +13,7 @@ import hrvit_mobile
 from hrvit_mobile.cli import main
 from hrvit_mobile.exporters import ExportSpec, export
 from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.files import OutputError, atomic_write, staging_dir
 from hrvit_mobile.images import MAX_IMAGE_PIXELS, open_image
 from hrvit_mobile.quant.qat import FORMAT as QAT_FORMAT
 
@@ -116,3 +117,34 @@ def test_an_image_at_the_limit_opens(tmp_path: Path) -> None:
     image.write_bytes(png_claiming(8192, 8192))
     with open_image(image) as im:  # the header only: nothing decoded
         assert im.size == (8192, 8192)
+
+
+# --------------------------------------------------------------------------------------------------
+# output locations
+
+
+def test_export_out_that_is_a_file(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "exports"
+    out.write_text("a file\n")
+    code, lines = run_cli(capsys, "export", "--target", "executorch", *NANO, "--out", out)
+    assert_refused(code, lines, f"{out} exists and is a file: the output must be a folder")
+    assert out.read_text() == "a file\n" and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_export_out_below_a_file(tmp_path: Path, capsys) -> None:
+    parent = tmp_path / "notes.txt"
+    parent.write_text("x")
+    code, lines = run_cli(capsys, "export", "--target", "executorch", *NANO, "--out", parent / "exports")
+    assert_refused(code, lines, f"{parent} is a file, so {parent / 'exports'} cannot be a folder")
+    assert sorted(tmp_path.iterdir()) == [parent]
+
+
+def test_staging_into_a_file_is_one_line_for_the_api_too(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.write_text("x")
+    with pytest.raises(OutputError, match="exists and is a file"), staging_dir(target, "model"):
+        pass
+    with pytest.raises(OutputError, match="exists and is a file"):
+        atomic_write(target / "model.json", "{}")
+    with pytest.raises(OutputError, match="is a file, so"):
+        atomic_write(target / "sub" / "model.json", "{}")

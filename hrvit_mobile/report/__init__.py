@@ -36,7 +36,7 @@ class ReportFiles:
 
 def write_report(report: Report, out_dir: Path | str) -> ReportFiles:
     """Plots, masks, report.json/.md/.html into ``out_dir``, built in a staging folder then moved in."""
-    from hrvit_mobile.exporters.contract import commit, staging_dir
+    from hrvit_mobile.files import commit, staging_dir
 
     from . import plots as plots_mod
     from .render import html_page, markdown

@@ -121,7 +121,7 @@ def run_bench(
     """
     from hrvit_mobile.data.calibration import default_calibration
     from hrvit_mobile.exporters import SUPPORTED, check_dependencies, synthetic_images
-    from hrvit_mobile.exporters.contract import atomic_write_text
+    from hrvit_mobile.files import atomic_write
 
     from . import build_report
 
@@ -207,8 +207,8 @@ def run_bench(
                 r.reason = f"{entry.status}: {entry.reason}"
     data = {"model": model, "img_size": img_size, "rows": [_row_dict(r) for r in rows],
             "report": str(report_html) if report_html else None}
-    atomic_write_text(out / "bench.json", json.dumps(data, indent=2) + "\n")
-    atomic_write_text(out / "bench.md", f"# Benchmark: {model} @ {img_size}\n\n" + table(rows) + "\n")
+    atomic_write(out / "bench.json", json.dumps(data, indent=2) + "\n")
+    atomic_write(out / "bench.md", f"# Benchmark: {model} @ {img_size}\n\n" + table(rows) + "\n")
     return rows, report_html
 
 
