@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -148,3 +153,57 @@ def test_staging_into_a_file_is_one_line_for_the_api_too(tmp_path: Path) -> None
         atomic_write(target / "model.json", "{}")
     with pytest.raises(OutputError, match="is a file, so"):
         atomic_write(target / "sub" / "model.json", "{}")
+
+
+# --------------------------------------------------------------------------------------------------
+# exports stopped midway
+
+
+def _export_process(out: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "hrvit_mobile.cli", "export", "--target", "executorch", *NANO,
+            "--out", str(out), "--no-parity", "--no-report", *extra]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _staging(out: Path) -> list[Path]:
+    return sorted(out.glob(".*.staging-*")) if out.exists() else []
+
+
+def _wait_for_staging(proc: subprocess.Popen, out: Path, timeout: float = 300) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if found := _staging(out):
+            return found
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no staging folder appeared in {out}: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_export_removes_its_staging(tmp_path: Path, sig) -> None:
+    out = tmp_path / "exports"
+    proc = _export_process(out)
+    staged = _wait_for_staging(proc, out)
+    assert f".staging-{proc.pid}-" in staged[0].name  # the owner's pid is in the name
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 128 + signal.SIGTERM), err
+    assert "Traceback" not in err
+    assert list(out.iterdir()) == []  # no staging, no artifact, no sidecar
+
+
+def test_the_next_export_removes_staging_of_a_killed_one(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "exports"
+    proc = _export_process(out)
+    staged = _wait_for_staging(proc, out)
+    proc.kill()
+    proc.communicate(timeout=60)  # reaped: the pid is no longer alive
+    assert _staging(out) == staged  # SIGKILL leaves it behind
+    # a live process's staging folder (a concurrent export) is left alone
+    alive = out / f".other.staging-{os.getpid()}-x"
+    alive.mkdir()
+    code = main(["export", "--target", "executorch", *NANO, "--out", str(out), "--no-parity", "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    assert _staging(out) == [alive]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "hrvit_nano_64x64_executorch_fp32.pte", "hrvit_nano_64x64_executorch_fp32.pte.json"]
