@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,6 +22,31 @@ DATA = Path(__file__).parent / "data"
 # finish sooner than one process with every core, and threads beyond the share only oversubscribe.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS_PER_WORKER = max(1, (os.cpu_count() or 1) // _WORKERS)
+
+
+# CI (``CI=true``, as hosted CI services set it) installs every runtime: one that does not import there is
+# a broken install, and a skip would turn it green
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def has_module(name: str) -> bool:
+    """Whether ``name`` imports; in CI a module that does not is a failure of the calling test, with the
+    import error, instead of a skip."""
+    try:
+        importlib.import_module(name)
+    except ImportError as e:
+        if IN_CI:
+            pytest.fail(f"{name} does not import ({e}); the CI install provides every runtime", pytrace=False)
+        return False
+    return True
+
+
+def require_module(name: str) -> ModuleType:
+    """``name`` imported; the calling test (or test module) is skipped when it does not import, except in
+    CI, where that fails (see :func:`has_module`)."""
+    if not has_module(name):
+        pytest.skip(f"{name} does not import", allow_module_level=True)
+    return importlib.import_module(name)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_module
 
-ct = pytest.importorskip("coremltools")
+ct = require_module("coremltools")
 
 from hrvit_mobile.exporters import ExportSpec, export  # noqa: E402
 from hrvit_mobile.exporters import coreml as coreml_backend  # noqa: E402

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 from PIL import Image
 
 from hrvit_mobile.data import DatasetError, open_dataset
@@ -70,7 +71,7 @@ def test_evaluate_known_answer(tmp_path: Path) -> None:
 
 def test_evaluate_artifact_matches_the_float_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An fp32 artifact scored in its runtime gives the float model's mIoU on the same data."""
-    pytest.importorskip("ai_edge_litert")
+    require_module("ai_edge_litert")
     from hrvit_mobile.data.transforms import eval_transform
     from hrvit_mobile.evaluate import evaluate_artifact
     from hrvit_mobile.exporters import ExportSpec, export, open_artifact

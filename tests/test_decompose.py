@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import require_module
 from torch import nn
 
 from hrvit_mobile.exporters.decompose import decomposed_without_retrace, normalized_arguments, unsupported
@@ -41,7 +42,7 @@ def _assert_same_program(ep: Any, table: dict[Any, Any]) -> None:
 
 @pytest.mark.parametrize("table", ["executorch", "empty"])
 def test_rewritten_ops_give_the_retraced_program(table: str) -> None:
-    pytest.importorskip("executorch")
+    require_module("executorch")
     ep = torch.export.export(RewrittenOps().eval(), (torch.randn(1, 3, 16, 16),))
     targets = {str(n.target) for n in ep.graph.nodes}
     assert {"aten.conv2d.default", "aten.softmax.int", "aten.transpose.int", "aten.reshape.default",
@@ -50,7 +51,7 @@ def test_rewritten_ops_give_the_retraced_program(table: str) -> None:
 
 
 def test_nano_deploy_form_gives_the_retraced_program(deploy_nano) -> None:
-    pytest.importorskip("executorch")
+    require_module("executorch")
     from hrvit_mobile.deploy.channels_first import in_export_layout
 
     model, _ = in_export_layout(deploy_nano((64, 96)), "executorch", None, "fp32")
@@ -61,7 +62,7 @@ def test_nano_deploy_form_gives_the_retraced_program(deploy_nano) -> None:
 @pytest.mark.slow
 def test_quantized_nano_gives_the_retraced_program(deploy_nano) -> None:
     """The int8 graph: quantize/dequantize pairs around every rewritten op."""
-    pytest.importorskip("executorch")
+    require_module("executorch")
     from hrvit_mobile.deploy.channels_first import in_export_layout
     from hrvit_mobile.quant.recipes import XNNPACKInt8
 

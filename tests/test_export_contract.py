@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 from hrvit_mobile.exporters import (
     SUPPORTED,
@@ -339,7 +340,7 @@ def test_calib_samples_below_one_is_one_line_and_leaves_nothing(count: str, tmp_
 def test_calib_samples_reaches_the_exporters_synthetic_calibration(tmp_path: Path) -> None:
     """Without --calib (and not the demo model) the exporter calibrates on its own synthetic images, as
     many as --calib-samples says."""
-    pytest.importorskip("executorch")
+    require_module("executorch")
     from hrvit_mobile.cli import main
 
     assert main(["export", "--target", "executorch", "--bits", "8", *NANO_CLI, "--calib-samples", "3",

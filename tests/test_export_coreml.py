@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_module
 
-ct = pytest.importorskip("coremltools")
+ct = require_module("coremltools")
 
 from hrvit_mobile.exporters import ExportSpec, export  # noqa: E402
 from hrvit_mobile.exporters.testing import TinySegmenter, mlpackage_contents  # noqa: E402

@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("executorch")
-
-from executorch.runtime import Runtime
+from conftest import require_module
 
 from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export, resolve
 from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
+
+Runtime = require_module("executorch.runtime").Runtime
 
 SIZE = (64, 64)
 

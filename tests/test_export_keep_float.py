@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_module
 
 import hrvit_mobile
 from hrvit_mobile.cli import main
 from hrvit_mobile.exporters import ExportError, ExportSpec, export, read_sidecar
 from hrvit_mobile.weights import load_recipe_weights
 
-pytest.importorskip("executorch")
+require_module("executorch")
 
 SIZE = (32, 32)
 

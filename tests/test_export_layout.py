@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_module
 
 import hrvit_mobile
 from hrvit_mobile.deploy.layout import EXPORT_LAYOUT
@@ -21,7 +22,7 @@ SIZE = (64, 96)
 )
 def test_export_in_either_layout(deploy_nano, tmp_path: Path, target: str, layout) -> None:
     modules = {"executorch": "executorch", "coreml": "coremltools", "tflite": "litert_torch"}
-    pytest.importorskip(modules[target])
+    require_module(modules[target])
     deployed = deploy_nano(SIZE)  # dense and factored DES maps
     spec = ExportSpec(target=target, bits=32, img_size=SIZE, num_classes=7, out_dir=tmp_path,
                       model_name="hrvit_nano", layout=layout)
@@ -43,7 +44,7 @@ def test_executorch_fp16_keeps_the_token_layout(nano_model: torch.nn.Module, tmp
     21.5 MB in tokens), so fp16 lowers tokens by default while fp32 and int8 lower channels-first."""
     from hrvit_mobile.deploy.layout import export_layout
 
-    pytest.importorskip("executorch")
+    require_module("executorch")
     assert export_layout("executorch", "fp16") == "tokens"
     assert export_layout("executorch", "fp32") == export_layout("executorch") == "channels_first"
     assert export_layout("tflite", "int8") == "tokens"

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_litert")
-
-from ai_edge_litert.interpreter import Interpreter
+from conftest import require_module
 
 from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export
 from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file, synthetic_images
 from hrvit_mobile.exporters.testing import TinySegmenter
+
+require_module("litert_torch")
+Interpreter = require_module("ai_edge_litert.interpreter").Interpreter
 
 SIZE = (64, 64)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_module
 
 from hrvit_mobile.exporters import ExportError, ExportSpec, export
 from hrvit_mobile.exporters.footprint import artifact_footprint, tensor_data_bytes
@@ -40,7 +41,7 @@ def _export(target: str, bits: int, activations: int | None, out: Path) -> tuple
 
 @pytest.mark.parametrize("bits", [32, 8])
 def test_executorch_footprint(tmp_path: Path, bits: int) -> None:
-    pytest.importorskip("executorch")
+    require_module("executorch")
     _, fp = _export("executorch", bits, None, tmp_path)
     weights = _weight_bytes(_wide())
     assert fp["xnnpack_graph"] > 0
@@ -55,7 +56,7 @@ def test_executorch_footprint(tmp_path: Path, bits: int) -> None:
 
 
 def test_tflite_footprint_counts_shared_vectors_once(tmp_path: Path) -> None:
-    pytest.importorskip("litert_torch")
+    require_module("litert_torch")
     _, fp = _export("tflite", 8, 8, tmp_path)
     assert fp["buffers_int8"] > 0.2 * _weight_bytes(_wide())
     assert fp["quantization_scales"] > 0
@@ -66,7 +67,7 @@ def test_tflite_footprint_counts_shared_vectors_once(tmp_path: Path) -> None:
 
 
 def test_coreml_footprint(tmp_path: Path) -> None:
-    pytest.importorskip("coremltools")
+    require_module("coremltools")
     _, fp = _export("coreml", 8, None, tmp_path)
     assert fp["weights"] > 0 and fp["program"] > 0
     assert fp["weights"] < 0.4 * _weight_bytes(_wide())
@@ -77,7 +78,7 @@ def test_coreml_footprint(tmp_path: Path) -> None:
 
 def test_inline_tensor_bytes_of_a_mil_program() -> None:
     """The program's inline tensor payloads are counted by dtype width; names and blob references are not."""
-    ct = pytest.importorskip("coremltools")
+    ct = require_module("coremltools")
     import numpy as np
     from coremltools.converters.mil import Builder as mb
 

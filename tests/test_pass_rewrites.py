@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 import torch
-
-pytest.importorskip("executorch")
+from conftest import require_module
 
 from hrvit_mobile.exporters.pass_rewrites import edge_ops_without_retrace, view_copies_without_retrace
 from hrvit_mobile.exporters.testing import RewrittenOps, TinySegmenter, node_descriptions
+
+require_module("executorch")
 
 
 def _aten_graph(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 import hrvit_mobile
 from hrvit_mobile.data import open_dataset
@@ -25,7 +26,7 @@ from hrvit_mobile.quant.qat import (
 from hrvit_mobile.quant.recipes import XNNPACKInt8
 from hrvit_mobile.weights import load_recipe_weights
 
-pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+require_module("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
 
 SIZE = (32, 32)
 COLORS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_module
 
 import hrvit_mobile
 from hrvit_mobile.models.float_islands import float_module_types
 from hrvit_mobile.weights import load_recipe_weights
 
-xnnpack_quantizer = pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
-quantize_pt2e = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
+xnnpack_quantizer = require_module("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+quantize_pt2e = require_module("torchao.quantization.pt2e.quantize_pt2e")
 
 QUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_module
 
 import hrvit_mobile
 from hrvit_mobile.quant import native, recipes
@@ -31,7 +32,7 @@ from hrvit_mobile.quant.recipes import (
 from hrvit_mobile.quant.sensitivity import agreement, analyze, auto_keep_float, module_groups
 from hrvit_mobile.weights import load_recipe_weights
 
-pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+require_module("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
 
 SIZE = (32, 32)
 BROKEN = "features.3.branches.1"

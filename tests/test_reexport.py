@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import require_module
 from torch import nn
 
 from hrvit_mobile.exporters import ExportSpec, export
@@ -34,7 +35,7 @@ def _rows(ep: Any) -> list[tuple[Any, ...]]:
 @pytest.fixture(scope="module")
 def quantized_nano(deploy_nano) -> tuple[torch.fx.GraphModule, torch.Tensor]:
     """The nano deploy form after XNNPACK's PTQ (one calibration input): PT2E's converted graph."""
-    pytest.importorskip("executorch")
+    require_module("executorch")
     from hrvit_mobile.deploy.channels_first import in_export_layout
     from hrvit_mobile.quant.recipes import XNNPACKInt8
 
@@ -56,7 +57,7 @@ def _quantized_ops() -> tuple[torch.fx.GraphModule, torch.Tensor]:
 
 @pytest.mark.parametrize("graph", ["nano_xnnpack_int8", "ops_coreml_w8a8"])
 def test_quantized_graph_gives_the_retraced_program(graph: str, request: pytest.FixtureRequest) -> None:
-    pytest.importorskip("executorch")  # the debug handles below are ExecuTorch's
+    require_module("executorch")  # the debug handles below are ExecuTorch's
     gm, example = request.getfixturevalue("quantized_nano") if graph.startswith("nano") else _quantized_ops()
     assert unsupported(gm, (example,)) is None
     with torch.no_grad():
@@ -120,7 +121,7 @@ def test_artifact_is_byte_identical(target: str, tmp_path: Path, monkeypatch: py
     """Through the exporter, the .pte (ExecuTorch) or the ML program and weights (Core ML W8A8) are those
     the retrace gives, and the sidecar says which ran."""
     module = importlib.import_module(f"hrvit_mobile.exporters.{target}")
-    pytest.importorskip("executorch" if target == "executorch" else "coremltools")
+    require_module("executorch" if target == "executorch" else "coremltools")
     written = _artifact(target, tmp_path / "written")
     monkeypatch.setattr(module, "export_graph_module",
                         lambda gm, args, strict: (torch.export.export(gm, args, strict=strict), False))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import has_module, require_module
 
 from hrvit_mobile.cli import main
 from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export, synthetic_images
@@ -131,7 +132,7 @@ def artifacts(model, tmp_path_factory) -> list[Path]:
     pairs = (("tflite", 32, None, "ai_edge_litert"), ("executorch", 32, None, "executorch"),
              ("executorch", 8, 8, "executorch"), ("coreml", 16, None, "coremltools"))
     for target, bits, act, module in pairs:
-        if importlib.util.find_spec(module) is None:
+        if not has_module(module):
             continue
         spec = ExportSpec(target=target, bits=bits, activations=act, img_size=SIZE, num_classes=K,
                           out_dir=out, model_name="tiny", run_parity=False)
@@ -204,7 +205,7 @@ def test_missing_runtime_is_reported_plainly(model, artifacts, tmp_path: Path, m
 
 
 def test_export_writes_its_report(model, tmp_path: Path) -> None:
-    pytest.importorskip("ai_edge_litert")
+    require_module("ai_edge_litert")
     from hrvit_mobile.report.cli import report_after_export
 
     spec = ExportSpec(target="tflite", bits=16, img_size=SIZE, num_classes=K, out_dir=tmp_path,
@@ -238,8 +239,8 @@ def test_bench_gives_a_row_per_pair(tmp_path: Path, monkeypatch, capsys) -> None
     assert (tmp_path / "b" / "bench.md").read_text().count("\n| ") == 4  # header, rule, two rows
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None, reason="LiteRT not installed")
 def test_bench_reuse_measures_existing_artifacts_without_exporting(tmp_path: Path, capsys) -> None:
+    require_module("ai_edge_litert")
     common = ["--model", "hrvit_nano", "--img-size", "64x64", "--num-classes", "4"]
     out = str(tmp_path / "b" / "artifacts")
     assert main(["export", "--target", "tflite", "--bits", "32", *common, "--out", out, "--no-report"]) == 0
@@ -326,10 +327,10 @@ def test_default_verification_set_is_the_demo_val_split_for_the_demo_model() -> 
     assert verification_set(args, (64, 96), num_classes=150)[1] is None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="executorch not installed")
 def test_per_layer_simulation_calibrates_like_the_export(model, tmp_path: Path) -> None:
     """The sidecar records the calibration source; the report rebuilds the demo set, refuses to guess a
     folder it was not given, and uses a --calib it is given."""
+    require_module("executorch")
     import dataclasses
 
     from hrvit_mobile.data.calibration import DEMO_CALIBRATION
@@ -392,9 +393,9 @@ def test_per_layer_sqnr_is_the_same_in_one_pass_or_many() -> None:
     assert not left, left
 
 
-@pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="coremltools not installed")
 def test_per_layer_error_for_every_pt2e_variant(model) -> None:
     """Both PT2E int8 variants the report simulates build their quantizer and give per-layer figures."""
+    require_module("coremltools")
     from hrvit_mobile.report.layers import layer_errors, supports
 
     x = torch.randn(1, 3, *SIZE)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 from hrvit_mobile.exporters import ExportError, ExportSpec, export, open_artifact
 from hrvit_mobile.exporters.contract import Normalization, synthetic_images
@@ -23,7 +24,7 @@ def model() -> TinySegmenter:
 
 @pytest.mark.parametrize(("target", "module"), [("tflite", "ai_edge_litert"), ("executorch", "executorch")])
 def test_runner_matches_float_model(model, tmp_path: Path, target: str, module: str) -> None:
-    pytest.importorskip(module)
+    require_module(module)
     spec = ExportSpec(
         target=target, bits=32, img_size=SIZE, num_classes=5, out_dir=tmp_path, run_parity=False
     )
