@@ -364,8 +364,22 @@ def _inside(root: Path, rel: str) -> Path:
     return target
 
 
+# what a manifest that parses but does not hold what it should raises on the way (a missing key, a value of
+# the wrong type, a named file that cannot be read)
+_MALFORMED = (KeyError, TypeError, AttributeError, IndexError, OSError, UnicodeDecodeError,
+              json.JSONDecodeError)
+
+
 def verify_bundle(path: Path | str) -> dict[str, Any]:
     """Check a bundle folder; return its manifest, or raise :class:`BundleError` naming the first fault."""
+    try:
+        return _verify(path)
+    except _MALFORMED as exc:
+        raise BundleError(f"{Path(path) / MANIFEST} does not describe a valid bundle ({type(exc).__name__}: "
+                          f"{exc}); rebuild the bundle") from None
+
+
+def _verify(path: Path | str) -> dict[str, Any]:
     from hrvit_mobile.exporters.contract import sha256_file
 
     root = Path(path)

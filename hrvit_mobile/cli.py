@@ -391,8 +391,16 @@ def _add_report_args(parser: argparse.ArgumentParser, with_model: bool) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its refusals on one line, like every other bad input (its default prints the usage
+    block first); ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="hrvit-mobile",
         description="HRViT semantic segmentation for phones: deploy form, exporters, reports.",
     )
