@@ -220,6 +220,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from hrvit_mobile.predict import predict
 
+    output_folder(os.path.dirname(args.out) or ".")  # refused before the model runs, not after
     result = predict(args.model, args.image, out=args.out, class_map_out=args.class_map, mode=args.mode,
                      labels=args.labels, threads=args.threads)
     print(result.summary())
@@ -238,6 +239,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     size = _size(args.img_size)
+    output_folder(args.out)
     _default_classes(args)  # the demo checkpoint's classes when it is the default model
     return run_bench_command(args, size, _build_model)
 
@@ -245,6 +247,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from hrvit_mobile.data.synthetic import write_synthetic
 
+    output_folder(args.out)
     out = write_synthetic(args.out, args.train, args.val, _size(args.img_size), args.seed, progress=True)
     print(f"wrote {args.train} train + {args.val} val images to {out}")
     return 0
@@ -254,6 +257,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hrvit_mobile.train import TrainConfig, train
 
     _setup_logging(args.verbose)
+    output_folder(args.out)
     config = TrainConfig(
         data=args.data, out=args.out, model=args.model, img_size=_size(args.img_size),
         crop_size=_size(args.crop), ratio_range=(args.ratio_min, args.ratio_max), steps=args.steps,
@@ -349,6 +353,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     from hrvit_mobile.quant.qat import QATConfig, train_qat
 
     _setup_logging(args.verbose)
+    output_folder(args.out)
     cfg = QATConfig(
         data=args.data, target=args.target, steps=args.steps, model=args.model, checkpoint=args.checkpoint,
         img_size=_size(args.img_size), num_classes=args.num_classes, batch_size=args.batch_size, lr=args.lr,

@@ -49,7 +49,7 @@ def output_folder(path: Path | str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} exists and is a file: the output must be a folder (a new or existing one)")
-    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise OutputError(f"{existing} is a file, so {path} cannot be a folder: choose another output folder")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):

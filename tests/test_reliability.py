@@ -164,6 +164,23 @@ def test_export_out_below_a_file(tmp_path: Path) -> None:
     assert sorted(tmp_path.iterdir()) == [parent]
 
 
+@pytest.mark.parametrize("argv", [
+    ["data", "synthetic", "--train", "1", "--val", "1", "--img-size", "64"],
+    ["train", "--data", "DATA", "--model", "hrvit_nano", "--steps", "1", "--img-size", "64"],
+    ["qat", "--data", "DATA", "--target", "executorch", "--steps", "1", "--model", "hrvit_nano"],
+    ["bench", "--model", "hrvit_nano", "--img-size", "64", "--targets", "executorch"],
+    ["predict", "--model", "MODEL", "--image", "IMAGE"],
+], ids=lambda argv: argv[0])
+def test_every_command_refuses_an_output_below_a_file_first(tmp_path: Path, argv: list[str]) -> None:
+    """Refused before any data is read, model built or step trained: the inputs named do not even exist."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = blocker / ("out.png" if argv[0] == "predict" else "out")
+    code, lines = run_cli(*argv, "--out", out)
+    assert_refused(code, lines, f"{blocker} ")
+    assert sorted(tmp_path.iterdir()) == [blocker]
+
+
 def test_staging_into_a_file_is_one_line_for_the_api_too(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.write_text("x")
