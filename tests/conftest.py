@@ -63,6 +63,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
+def reference_miou(predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int,
+                   ignore: int = 255) -> float:
+    """mIoU as the benchmarks define it, written apart from ``hrvit_mobile.metrics`` to check it: per class,
+    |prediction == c and label == c| / |prediction == c or label == c| over labelled pixels of all
+    images; classes absent from both are left out of the mean."""
+    ious = []
+    for c in range(num_classes):
+        inter = union = 0
+        for pred, label in zip(predictions, labels, strict=True):
+            valid = label != ignore
+            inter += int(np.count_nonzero((pred == c) & (label == c) & valid))
+            union += int(np.count_nonzero(((pred == c) | (label == c)) & valid))
+        if union:
+            ious.append(inter / union)
+    return float(np.mean(ious))
+
+
+def class_map(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) classes of (1, K, h, w) logits resized bilinearly to ``size`` (how HRViT is scored)."""
+    resized = torch.nn.functional.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return resized[0].argmax(0).numpy()
+
+
+def labelled_images(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 RGB, labels) of each ``folder/images/*.png`` and its ``masks/`` namesake, read by PIL alone."""
+    from PIL import Image
+
+    pairs = []
+    for image in sorted((folder / "images").glob("*.png")):
+        with Image.open(image) as rgb, Image.open(folder / "masks" / image.name) as mask:
+            pairs.append((np.asarray(rgb.convert("RGB")), np.asarray(mask).astype(np.int64)))
+    return pairs
+
+
+def imagenet_normalized(rgb: np.ndarray) -> torch.Tensor:
+    """(1, 3, H, W) float32 input of a uint8 (H, W, 3) image: ImageNet's mean and std, as models are fed."""
+    x = (rgb.astype(np.float32) / 255 - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+
 @pytest.fixture
 def torch_threads():
     """``torch_threads(n)``: torch on ``n`` intra-op threads for the rest of the test, restored afterwards."""

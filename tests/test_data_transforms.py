@@ -77,9 +77,19 @@ def test_photometric_changes_colours_not_labels() -> None:
 
 
 def test_eval_transform_resizes_exactly() -> None:
+    """To (height, width): the image as PIL resizes it bilinearly, the labels as nearest-neighbour picks
+    them (each output pixel takes the label under its centre), ignored pixels kept."""
     rgb, mask = generate_sample(0, "val", 0, (96, 64))
+    mask[:6] = 255
     out_rgb, out_mask = eval_transform((64, 32))(rgb, mask.astype(np.int64))
-    assert out_rgb.shape == (64, 32, 3) and out_mask.shape == (64, 32)
+    assert out_rgb.shape == (64, 32, 3) and out_mask.shape == (64, 32) and out_mask.dtype == np.int64
+    np.testing.assert_array_equal(out_rgb, np.asarray(Image.fromarray(rgb).resize((32, 64), Image.BILINEAR)))
+    rows = (np.arange(64) + 0.5) * 96 / 64  # output pixel centres in source coordinates
+    cols = (np.arange(32) + 0.5) * 64 / 32
+    np.testing.assert_array_equal(out_mask, mask[rows.astype(int)][:, cols.astype(int)])
+    assert (out_mask[:4] == 255).all()
+    same_rgb, same_mask = eval_transform((96, 64))(rgb, mask.astype(np.int64))
+    assert same_rgb is rgb and np.array_equal(same_mask, mask)  # already the size: untouched
 
 
 def test_synthetic_is_deterministic_per_index() -> None:

@@ -148,35 +148,42 @@ def test_failed_coreml_export_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_validating_once_per_pipeline_converts_the_same_program(model: TinySegmenter) -> None:
+    from coremltools.converters.mil.mil.block import InvalidBlockStateError
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipelineManager
+    from coremltools.converters.mil.mil.passes.pass_registry import register_pass
+
     from hrvit_mobile.exporters.coreml import validate_once_per_pipeline
 
     example = torch.rand(1, 3, *SIZE)
     ep = torch.export.export(model.eval(), (example,)).run_decompositions({})
 
-    def program() -> object:
+    def program(pipeline: object = None) -> object:
         mlmodel = ct.convert(ep, inputs=[ct.TensorType(name="x", shape=example.shape)],
-                             convert_to="mlprogram", skip_model_load=True)
+                             convert_to="mlprogram", skip_model_load=True, pass_pipeline=pipeline)
         return mlmodel.get_spec().mlProgram
-
-    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipelineManager
-    from coremltools.converters.mil.mil.program import Program
 
     coremltools_own = PassPipelineManager.apply_pipeline
     with validate_once_per_pipeline():
         once = program()
     assert PassPipelineManager.apply_pipeline is coremltools_own  # restored on exit
     assert once == program()
-    # the checks still run once per pipeline: a program broken by a pass is still caught
 
-    calls = []
-    original = Program.validate
-    try:
-        Program.validate = lambda self, **kw: calls.append(kw)
-        with validate_once_per_pipeline():
-            program()
-    finally:
-        Program.validate = original
-    assert 2 <= len(calls) <= 10  # before and after each of the frontend, default and backend pipelines
+    # a pass that leaves the program inconsistent (a var lists one consumer twice) is still caught
+    class DoubleCountAConsumer(AbstractGraphPass):
+        def apply(self, prog: object) -> None:
+            for function in prog.functions.values():
+                var = next(v for op in function.operations for v in op.outputs if v.child_ops)
+                var.add_child_op(var.child_ops[0])
+
+    register_pass(namespace="hrvit_test", override=True)(DoubleCountAConsumer)
+    broken = ct.PassPipeline.DEFAULT
+    broken.append_pass("hrvit_test::DoubleCountAConsumer")
+    caught = pytest.raises(InvalidBlockStateError, match="should be consumed by op")
+    with caught:
+        program(broken)  # coremltools' own checks, after every pass
+    with validate_once_per_pipeline(), caught:
+        program(broken)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

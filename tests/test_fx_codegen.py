@@ -55,11 +55,23 @@ def test_recompile_is_deferred_until_the_code_is_needed() -> None:
 
 
 def test_the_returned_python_code_is_real_on_access() -> None:
-    with deferred_graph_codegen():
+    """What a deferred ``recompile`` returns reads as the ``PythonCode`` stock fx returns for the graph as
+    it is when read: the same source and globals, and the source runs."""
+    stock_gm = torch.fx.symbolic_trace(_AddMul())
+    _relu_after_mul(stock_gm)
+    stock = stock_gm.recompile()
+    x = torch.tensor([-3.0, 0.5])
+    with deferred_graph_codegen() as stale:
         gm = torch.fx.symbolic_trace(_AddMul())
         python_code = gm.recompile()
-        assert "def forward" in python_code.src
-        assert "torch" in python_code.globals or python_code.globals
+        _relu_after_mul(gm)  # after the recompile call, before the code is read
+        assert gm in stale
+        assert python_code.src == stock.src and "relu" in python_code.src
+        assert gm not in stale
+        assert python_code.globals.keys() == stock.globals.keys()
+        namespace = dict(python_code.globals)
+        exec(python_code.src, namespace)
+        assert torch.equal(namespace["forward"](gm, x), torch.relu((x + 1) * 2))
 
 
 @pytest.mark.parametrize("target", ["executorch", "tflite", "coreml"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import has_module, require_module
+from conftest import class_map, has_module, imagenet_normalized, reference_miou, require_module
 
 from hrvit_mobile.cli import main
 from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export, synthetic_images
@@ -148,6 +148,14 @@ def test_report_files_render_and_are_self_contained(model, artifacts, tmp_path: 
     labels[:, :4] = 255
     files = build_report(artifacts, model, images, tmp_path / "r", labels, latency_runs=2)
     data = json.loads(files.json.read_text())
+    from hrvit_mobile.exporters import read_sidecar
+    from hrvit_mobile.exporters.runtime import load_runner
+
+    a_path = {p.name: p for p in artifacts}
+    with torch.no_grad():
+        float_maps = [class_map(model(imagenet_normalized(rgb)), SIZE) for rgb in images]
+    float_miou = reference_miou(float_maps, list(labels), K)
+    assert data["float_vs_labels"]["miou"] == pytest.approx(float_miou, abs=1e-9)
     order = ("executorch_fp32", "executorch_int8", "coreml_fp16", "tflite_fp32")  # by target, then bits
     assert [a["name"].split(".")[0].removeprefix("tiny_64x64_") for a in data["artifacts"]] == [
         o for o in order if any(o in p.name for p in artifacts)]
@@ -159,7 +167,13 @@ def test_report_files_render_and_are_self_contained(model, artifacts, tmp_path: 
             assert "ops" in a["delegation"]
         else:
             assert a["latency"]["median_ms"] > 0 and a["latency"]["p90_ms"] >= a["latency"]["median_ms"]
-        assert 0 <= a["parity"]["miou_vs_labels"] <= 1 and len(a["masks"]) == 2
+        # the artifact's mIoU against the labels and against the float model, recomputed from its outputs
+        path = a_path[a["name"]]
+        outputs = load_runner(path, read_sidecar(path)).predict(images)
+        maps = [class_map(torch.from_numpy(o), SIZE) for o in outputs]
+        assert a["parity"]["miou_vs_labels"] == pytest.approx(reference_miou(maps, list(labels), K), abs=1e-9)
+        assert a["parity"]["miou_vs_float"] == pytest.approx(reference_miou(maps, float_maps, K), abs=1e-9)
+        assert len(a["masks"]) == 2
         assert (files.json.parent / a["masks"][0]).exists()
         if a["variant"] == "fp32":
             assert a["parity"]["cosine_min"] > 0.99999 and a["parity"]["argmax_agreement"] > 0.999
@@ -174,7 +188,6 @@ def test_report_files_render_and_are_self_contained(model, artifacts, tmp_path: 
             worst = a["layers"]["worst"]
             assert worst and "simulation" in a["layers"]["source"]
             assert {r["module"] for r in a["layers"]["layers"]} >= {"qkv", "head"}
-    assert data["float_vs_labels"]["miou"] <= 1
     md = files.markdown.read_text()
     rows = [ln for ln in md.splitlines() if re.match(r"\| (executorch|coreml|tflite)/", ln)]
     assert len(rows) == len(artifacts)
