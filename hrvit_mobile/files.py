@@ -194,9 +194,11 @@ def commit(staged: Path, final: Path) -> Path:
 def atomic_write(path: Path | str, data: bytes | str | Callable[[Path], object]) -> Path:
     """Write ``path`` whole or not at all: ``data`` (bytes, UTF-8 text, or a function that writes the file
     it is given, e.g. ``lambda p: torch.save(state, p)``) goes to a staging file beside it, is flushed
-    to disk, then renamed over ``path``. The file gets the permissions any new file gets (umask)."""
+    to disk, then renamed over ``path``. The file gets the permissions any new file gets (umask). Stale
+    staging of dead processes beside ``path`` is removed first."""
     path = Path(path)
     _make_folder(path.parent)
+    remove_stale_staging(path.parent)  # e.g. the half-written checkpoint of a run killed while saving
     with _cleanup_on_termination():
         try:
             fd, name = tempfile.mkstemp(prefix=_staging_prefix(path.name), dir=path.parent)

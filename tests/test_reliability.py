@@ -583,3 +583,50 @@ def test_a_tampered_bundle_fails_verification_in_one_line(tiny_bundle, tmp_path:
         (victim.parent / f"{name}.link").symlink_to(tmp_path.parent)
     code, lines = run_cli("bundle", "--verify", bundle)
     assert_refused(code, lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# a QAT run killed outright, then resumed
+
+
+@pytest.mark.slow
+def test_qat_killed_at_a_random_step_resumes_bit_identical(tmp_path: Path) -> None:
+    """SIGKILL (no chance to save) after a random checkpointed step; ``--resume`` continues from the last
+    checkpoint and ends with the same bytes of weights and optimizer state as an uninterrupted run."""
+    import random
+
+    from hrvit_mobile.data.synthetic import write_synthetic
+    from hrvit_mobile.quant.qat import load_qat_checkpoint
+
+    data = write_synthetic(tmp_path / "data", 2, 2, (64, 64), 0, progress=False)
+    steps, kill_after = 4, random.randint(1, 3)
+
+    def qat(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "hrvit_mobile.cli", "qat", "--data", str(data), "--target",
+                "executorch", "--model", "hrvit_nano", "--img-size", "64", "--steps", str(steps),
+                "--batch-size", "1", "--save-every", "1", "--eval-limit", "1", "--out", str(out), *extra]
+
+    whole = subprocess.run(qat(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(qat(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(Exception):  # not written yet
+            if load_qat_checkpoint(killed / "last.pt")["step"] >= kill_after:
+                break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert load_qat_checkpoint(killed / "last.pt")["step"] < steps, "the run ended before it was killed"
+    resumed = subprocess.run(qat(killed, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_qat_checkpoint(killed / "last.pt"), load_qat_checkpoint(tmp_path / "whole" / "last.pt")
+    assert a["step"] == b["step"] == steps
+    assert a["model"].keys() == b["model"].keys()
+    different = [k for k in b["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert different == [], f"killed after step {kill_after}: {len(different)} differ, first {different[:3]}"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert _staging(killed) == []
