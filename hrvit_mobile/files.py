@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hrvit_mobile.errors import HRViTMobileError
+
+log = logging.getLogger("hrvit_mobile")
 
 STAGING_MARK = ".staging-"
 # .<name>.staging-<pid>-<anything>: what staging_dir, atomic_write and commit leave while they work
@@ -91,7 +94,8 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_staging(folder: Path | str) -> list[Path]:
     """Remove the staging folders and files in ``folder`` whose writing process is no longer alive;
-    returns what was removed. Those of live processes (a concurrent export) are left alone."""
+    returns what was removed. Those of live processes (a concurrent export) are left alone. Liveness is
+    this machine's view: a folder shared with other machines or PID namespaces needs one writer at a time."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -107,6 +111,7 @@ def remove_stale_staging(folder: Path | str) -> list[Path]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
         removed.append(Path(entry.path))
+        log.info("removed %s, left by process %s, which is no longer running", entry.path, found.group(1))
     return removed
 
 

@@ -242,6 +242,7 @@ def test_the_next_export_removes_staging_of_a_killed_one(tmp_path: Path) -> None
     code, lines = run_cli("export", "--target", "executorch", *NANO, "--out", out, "--no-parity",
                           "--no-report")
     assert code == 0, lines
+    assert any(f"removed {staged[0]}, left by process {proc.pid}" in line for line in lines), lines
     assert _staging(out) == [alive]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "hrvit_nano_64x64_executorch_fp32.pte", "hrvit_nano_64x64_executorch_fp32.pte.json"]
