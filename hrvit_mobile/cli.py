@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from hrvit_mobile.deploy.layout import LAYOUTS
 from hrvit_mobile.errors import HRViTMobileError
-from hrvit_mobile.files import output_folder
+from hrvit_mobile.files import Terminated, output_folder
 
 # int8 calibration images taken from --calib or the demo model's set; the demo model's ExecuTorch int8 mIoU
 # on its 100 val images was 0.9066 / 0.9073 / 0.9075 / 0.9067 with 4 / 8 / 16 / 32 of them (README)
@@ -637,6 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hrvit-mobile: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:  # raised while files were being written, after their staging was removed
+        print(f"hrvit-mobile: stopped by {exc.signal_name}", file=sys.stderr)
+        return int(exc.code)
 
 
 if __name__ == "__main__":

@@ -115,17 +115,26 @@ def remove_stale_staging(folder: Path | str) -> list[Path]:
     return removed
 
 
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived while files were being written: exits with 128 + the signal's number
+    once every ``finally`` has run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     for sig in _CLEANUP_SIGNALS:  # a second signal ends the process at once
         signal.signal(sig, signal.SIG_DFL)
-    raise SystemExit(128 + signum)
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager
 def _cleanup_on_termination() -> Iterator[None]:
-    """SIGTERM/SIGHUP raise ``SystemExit(128 + signal)`` for the block, so that ``finally`` clauses run
-    (Python's default ends the process without unwinding). Only where the handler is still the default and
-    only in the main thread, where Python delivers signals."""
+    """SIGTERM/SIGHUP raise :class:`Terminated` (a ``SystemExit``) for the block, so that ``finally``
+    clauses run (Python's default ends the process without unwinding). Only where the handler is still the
+    default and only in the main thread, where Python delivers signals."""
     installed = {}
     if threading.current_thread() is threading.main_thread():
         for sig in _CLEANUP_SIGNALS:
