@@ -499,12 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="run an exported artifact (or a bundle) on an image; write the overlay and the class map",
-        description="Runs the artifact in its own runtime on a JPEG/PNG of any size. --mode fit "
+        description="Runs the artifact in its own runtime on a JPEG/PNG of up to 8192x8192 pixels. "
+        "--mode fit "
         "(default) letterboxes the image into the model input, --mode stretch resizes it as the demo "
         "apps do, --mode slide tiles it at native resolution with overlapping windows.",
     )
     predict.add_argument("--model", required=True, help=".pte/.tflite/.mlpackage with sidecar, or a bundle")
-    predict.add_argument("--image", required=True, help="JPEG/PNG/BMP/WebP image, any size")
+    predict.add_argument("--image", required=True,
+                         help="JPEG/PNG/BMP/WebP image of any size up to 8192x8192 (67,108,864) pixels")
     predict.add_argument("--out", required=True, help="overlay PNG to write")
     predict.add_argument("--class-map", help="class-map PNG (palette PNG of class indices); "
                          "default <out>_classes.png")

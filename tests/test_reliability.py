@@ -137,6 +137,12 @@ def test_predict_refuses_an_image_whose_header_is_too_large(tiny_pte, tmp_path: 
     assert files_under(out) == []
 
 
+def test_predict_help_states_the_pixel_limit(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert f"({MAX_IMAGE_PIXELS:,}) pixels" in " ".join(capsys.readouterr().out.split())
+
+
 def test_an_image_at_the_limit_opens(tmp_path: Path) -> None:
     image = tmp_path / "limit.png"
     image.write_bytes(png_claiming(8192, 8192))
