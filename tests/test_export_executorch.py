@@ -211,13 +211,13 @@ def test_executorch_nano(deploy_nano, tmp_path: Path, bits: int) -> None:
         ExportSpec(
             target="executorch", bits=bits, img_size=(64, 96), num_classes=7, out_dir=tmp_path,
             model_name="hrvit_nano", calib_samples=2,
-            # untrained recipe weights on 2 synthetic calibration images: cos 0.9575, argmax 87.9 %
-            # measured (all-dense DES), with the transposed-conv upsamplers and the broadcast ones alike
-            thresholds=ParityThresholds(min_cosine=0.95, min_argmax_agreement=0.85) if bits == 8 else None,
+            # untrained weights say nothing about int8 accuracy: here int8 runs in the runtime with no
+            # limits; tests/test_demo_int8.py holds the trained demo model to the default thresholds
+            thresholds=ParityThresholds() if bits == 8 else None,
         ),
     )
-    assert report.ok, report.summary()
-    if bits == 32:
+    assert report.ok and report.parity.ran, report.summary()
+    if bits == 32:  # the default fp32 thresholds
         assert report.parity.max_abs_err <= 1e-3 and report.parity.argmax_agreement >= 0.999
     details = report.artifact.details
     assert details["non_delegated_compute_nodes"] == 0

@@ -244,9 +244,8 @@ def test_identical_constants_share_one_buffer_but_packed_weights_do_not(tmp_path
 @pytest.mark.parametrize(("bits", "activations"), [(32, None), (8, 8)])
 def test_litert_nano(deploy_nano, tmp_path: Path, bits: int, activations: int | None) -> None:
     """The real architecture. fp32 at the default thresholds (max |d| <= 1e-3, argmax >= 99.9 %); static
-    int8 of these untrained recipe weights, calibrated on 8 synthetic images, measured cosine 0.950 and
-    argmax 82.0 % (the trained b1 demo model: 0.996 / 99.8 % at the defaults, see the bench), so int8 is
-    held to looser bounds here: the test is that it converts, runs and tracks the float model."""
+    int8 of these untrained weights converts and runs with no limits (tests/test_demo_int8.py holds the
+    trained demo model to the default thresholds)."""
     deployed = deploy_nano((64, 96))  # dense and factored DES maps
     report = export(
         deployed,
@@ -258,10 +257,10 @@ def test_litert_nano(deploy_nano, tmp_path: Path, bits: int, activations: int | 
             num_classes=7,
             out_dir=tmp_path,
             model_name="hrvit_nano",
-            thresholds=None if bits == 32 else ParityThresholds(min_cosine=0.93, min_argmax_agreement=0.75),
+            thresholds=None if bits == 32 else ParityThresholds(),
         ),
     )
-    assert report.ok, report.summary()
+    assert report.ok and report.parity.ran, report.summary()
     # the fusion upsamplers are LiteRT's nearest resize, not a per-channel split of a grouped TRANSPOSE_CONV
     details = report.artifact.details
     assert details["nearest_upsamplers_as_resize"] > 0
