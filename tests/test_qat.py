@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import require_module
+from conftest import class_map, imagenet_normalized, labelled_images, reference_miou, require_module
 
 import hrvit_mobile
 from hrvit_mobile.data import open_dataset
@@ -57,21 +57,71 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("qat") / "data")
 
 
-def _config(data: Path, out: Path, **kw) -> QATConfig:
-    base = dict(data=str(data), target="executorch", model="hrvit_nano", img_size=SIZE, steps=8,
-                batch_size=2, lr=2e-3, calib_batches=2, out=str(out), progress=False)
+# "full": 8 steps of batch 2, enough to learn the colours (minutes per run on a shared 2-core machine: slow);
+# "small": 4 steps of batch 1 scored on 2 images, for resume and export in the default run (its larger
+# step moves the float weights off the all-background start that int8 still predicts)
+RUNS = {
+    "full": dict(steps=8, batch_size=2, lr=2e-3, calib_batches=2),
+    "small": dict(steps=4, batch_size=1, lr=1e-2, calib_batches=1, eval_limit=2),
+}
+
+
+def _config(data: Path, out: Path, run: str = "full", **kw) -> QATConfig:
+    base = dict(data=str(data), target="executorch", model="hrvit_nano", img_size=SIZE, out=str(out),
+                progress=False, **RUNS[run])
     return QATConfig(**{**base, **kw})
 
 
+@pytest.fixture(scope="module", params=["small", pytest.param("full", marks=pytest.mark.slow)])
+def run(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def qat_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("qat_out")
-    return train_qat(_config(data_dir, out)), out
+def qat_run(run: str, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp(f"qat_{run}")
+    return train_qat(_config(data_dir, out, run)), out
 
 
-# The QAT runs below take minutes on this shared 2-core machine (8 steps of batch 2 plus builds and
-# evaluations per run): slow, run with -m slow.
+def _prepared_from(checkpoint: Path) -> torch.fx.GraphModule:
+    """The QAT graph of ``checkpoint`` with its trained weights and observer state, as the run left it."""
+    from hrvit_mobile.quant.qat import _use_checkpoint_layout, build_qat_model, get_qat_recipe
+
+    state = load_qat_checkpoint(checkpoint)
+    config = state["config"]
+    recipe = get_qat_recipe(config["target"])
+    _use_checkpoint_layout(recipe, config)
+    model = hrvit_mobile.create_model(config["model"], num_classes=config["num_classes"], img_size=SIZE)
+    prepared, _ = build_qat_model(model.eval(), SIZE, recipe)
+    prepared.load_state_dict(state["model"])
+    prepared.eval()  # the exported graph's own eval (it returns None)
+    return prepared
+
+
+def _miou_on(predict, data_dir: Path, limit: int | None) -> float:
+    """mIoU of ``predict`` on the dataset's first ``limit`` images, from the PNGs, computed by the test."""
+    pairs = labelled_images(data_dir)[:limit]
+    with torch.no_grad():
+        maps = [class_map(predict(imagenet_normalized(rgb)), labels.shape) for rgb, labels in pairs]
+    return reference_miou(maps, [labels for _, labels in pairs], 3)
+
+
+def test_the_runs_int8_and_float_miou_are_those_of_its_checkpoint(qat_run, run: str, data_dir: Path) -> None:
+    """The int8 mIoU (the converted graph) and the float one (fake-quant off) the run reports, recomputed
+    from the saved checkpoint and the dataset's files."""
+    from torchao.quantization.pt2e import disable_fake_quant
+
+    result, _ = qat_run
+    limit = RUNS[run].get("eval_limit")
+    converted, _ = converted_from_checkpoint(result.checkpoint)
+    assert result.final_miou == pytest.approx(_miou_on(converted, data_dir, limit), abs=1e-9)
+    float_graph = _prepared_from(result.checkpoint)
+    float_graph.apply(disable_fake_quant)
+    assert result.evals[-1]["float_miou"] == pytest.approx(_miou_on(float_graph, data_dir, limit), abs=1e-9)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("run", ["full"], indirect=True)
 def test_qat_loss_falls_and_int8_miou_beats_ptq(qat_run, data_dir: Path) -> None:
     result, out = qat_run
     losses = [h["loss"] for h in result.history]
@@ -88,28 +138,30 @@ def test_qat_loss_falls_and_int8_miou_beats_ptq(qat_run, data_dir: Path) -> None
     ptq_miou = evaluate(lambda x: ptq(x), data, 3).miou
     assert result.final_miou is not None and result.final_miou > ptq_miou
     assert result.evals[-1]["model"].startswith("converted int8")
-    assert 0 < result.evals[-1]["float_miou"] <= 1  # the same weights with fake-quant off
     assert is_qat_checkpoint(out / "last.pt") and (out / "qat_log.json").exists()
 
 
-@pytest.mark.slow
-def test_resume_after_interrupt_matches_an_uninterrupted_run(qat_run, data_dir: Path, tmp_path: Path) -> None:
+def test_resume_after_interrupt_matches_an_uninterrupted_run(
+    qat_run, run: str, data_dir: Path, tmp_path: Path
+) -> None:
     reference, _ = qat_run
+    steps = RUNS[run]["steps"]
+    stop = steps // 2 + 1
 
     def interrupt(step: int, loss: float) -> None:
-        if step == 5:
+        if step == stop:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_qat(_config(data_dir, tmp_path), on_step=interrupt)
+        train_qat(_config(data_dir, tmp_path, run), on_step=interrupt)
     saved = load_qat_checkpoint(tmp_path / "last.pt")
-    assert saved["step"] == 5 and len(saved["history"]) == 5
-    resumed = train_qat(_config(data_dir, tmp_path, resume=True))
+    assert saved["step"] == stop and len(saved["history"]) == stop
+    resumed = train_qat(_config(data_dir, tmp_path, run, resume=True))
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in reference.history],
                                                                  rel=1e-5)
     a = load_qat_checkpoint(tmp_path / "last.pt")
     b = load_qat_checkpoint(reference.checkpoint)
-    assert a["step"] == b["step"] == 8
+    assert a["step"] == b["step"] == steps
     for key, value in b["model"].items():
         torch.testing.assert_close(a["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
@@ -121,19 +173,22 @@ def _fake_quant_scales(state: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "activation_post_process" in k and k.endswith(".scale")}
 
 
-@pytest.mark.slow
-def test_frozen_observers_keep_their_ranges_through_a_resume(qat_run, data_dir: Path, tmp_path: Path) -> None:
-    """Frozen at step 4 of 8 (the run is interrupted there and resumed): the ranges of step 4 are final."""
+def test_frozen_observers_keep_their_ranges_through_a_resume(
+    qat_run, run: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """Frozen half way (the run is interrupted there and resumed): the ranges of that step are final."""
     reference, _ = qat_run  # the same run without freezing
+    steps = RUNS[run]["steps"]
+    half = steps // 2
 
     def interrupt(step: int, loss: float) -> None:
-        if step == 4:
+        if step == half:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_qat(_config(data_dir, tmp_path, freeze_observers_at=4), on_step=interrupt)
+        train_qat(_config(data_dir, tmp_path, run, freeze_observers_at=half), on_step=interrupt)
     at_freeze = load_qat_checkpoint(tmp_path / "last.pt")["model"]
-    train_qat(_config(data_dir, tmp_path, freeze_observers_at=4, resume=True))
+    train_qat(_config(data_dir, tmp_path, run, freeze_observers_at=half, resume=True))
     final = load_qat_checkpoint(tmp_path / "last.pt")["model"]
     unfrozen = load_qat_checkpoint(reference.checkpoint)["model"]
 
@@ -144,8 +199,8 @@ def test_frozen_observers_keep_their_ranges_through_a_resume(qat_run, data_dir: 
     # the weights kept training, and without the freeze the ranges would have moved on
     assert any(not torch.equal(final[k], at_freeze[k]) for k in final if k.endswith("weight"))
     assert any(not torch.equal(unfrozen[k], at_freeze[k]) for k in scales)
-    with pytest.raises(QATError, match=r"freeze-observers-at must be in 0\.\.8"):
-        train_qat(_config(data_dir, tmp_path / "x", freeze_observers_at=9))
+    with pytest.raises(QATError, match=rf"freeze-observers-at must be in 0\.\.{steps}"):
+        train_qat(_config(data_dir, tmp_path / "x", run, freeze_observers_at=steps + 1))
 
 
 def test_resume_with_other_settings_is_refused(data_dir: Path, tmp_path: Path) -> None:
@@ -153,7 +208,7 @@ def test_resume_with_other_settings_is_refused(data_dir: Path, tmp_path: Path) -
     from hrvit_mobile.quant.qat import FORMAT, _identity
 
     cfg = _config(data_dir, tmp_path)
-    torch.save({"format": FORMAT, "config": _identity(cfg, 3), "step": 4}, tmp_path / "last.pt")
+    torch.save({"format": FORMAT, "config": _identity(cfg, 3), "step": 4, "model": {}}, tmp_path / "last.pt")
     assert is_qat_checkpoint(tmp_path / "last.pt")
     with pytest.raises(QATError, match=r"other settings \(steps 8 vs 9\)"):
         train_qat(_config(data_dir, tmp_path, steps=9, resume=True))
@@ -182,7 +237,6 @@ def test_ddp_two_processes_with_gloo(data_dir: Path, tmp_path: Path) -> None:
     assert done.stdout.count("qat executorch: 3 steps") == 1  # rank 0 alone reports
 
 
-@pytest.mark.slow
 def test_qat_checkpoint_exports_without_recalibration(qat_run, tmp_path: Path) -> None:
     """``hrvit-mobile export --checkpoint last.pt`` lowers the QAT-converted graph (parity vs that graph)."""
     from hrvit_mobile.cli import main
@@ -207,8 +261,8 @@ def test_qat_checkpoint_exports_without_recalibration(qat_run, tmp_path: Path) -
                  "--out", str(tmp_path)]) == 2
 
 
-@pytest.mark.slow
-def test_litert_qat_checkpoint_exports_with_float_io(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.xdist_group("qat_litert")  # its own run: beside the ExecuTorch ones, on another worker
+def test_litert_qat_checkpoint_exports_with_float_io(run: str, data_dir: Path, tmp_path: Path) -> None:
     """A LiteRT QAT run exports to a .tflite that takes a float32 image and returns float32 logits, and the
     LiteRT interpreter agrees with the converted graph it came from (the export's parity)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -216,7 +270,7 @@ def test_litert_qat_checkpoint_exports_with_float_io(data_dir: Path, tmp_path: P
     from hrvit_mobile.cli import main
     from hrvit_mobile.exporters import read_sidecar
 
-    result = train_qat(_config(data_dir, tmp_path / "run", target="tflite", steps=2))
+    result = train_qat(_config(data_dir, tmp_path / "run", run, target="tflite", steps=2))
     assert main(["export", "--target", "tflite", "--bits", "8", "--checkpoint", str(result.checkpoint),
                  "--out", str(tmp_path / "out"), "--no-report"]) == 0
     tfl = next((tmp_path / "out").glob("*.tflite"))
