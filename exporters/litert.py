@@ -3,9 +3,13 @@
 The float model is converted once with ``litert_torch.convert``; the quantized variants are made from that
 float .tflite with ``ai_edge_quantizer`` (installed with litert-torch), which quantizes the TFLite graph
 itself and so sees exactly the ops the runtime will run. For full int8 the graph input and output are
-excluded from quantization: the model then takes the float32 normalized image and returns float32
-logits (one QUANTIZE after the input, one DEQUANTIZE before the output), which is the app contract.
-``validate`` runs the file in ``ai_edge_litert.interpreter.Interpreter``.
+excluded from quantization (one QUANTIZE after the input, one DEQUANTIZE before the output).
+
+Every variant is a MediaPipe Image Segmenter model, and the plain LiteRT Interpreter sees the same
+contract: input ``image`` float32 (1, H, W, 3) RGB 0..255 (mean/std are applied inside the graph),
+output ``logits`` float32 (1, H/4, W/4, K); TFLite metadata written by mediapipe's image segmenter
+writer carries the labels (:mod:`.mediapipe_metadata`). ``validate`` runs the file in
+``ai_edge_litert.interpreter.Interpreter``.
 """
 
 from __future__ import annotations
@@ -33,16 +37,16 @@ from .contract import (
     Built,
     ExportError,
     ExportSpec,
+    Normalization,
     ParityResult,
     ParityThresholds,
     compare,
     default_thresholds,
-    input_description,
-    logits_description,
     read_sidecar,
     run_build,
     step,
 )
+from .mediapipe_metadata import with_associated_files, write_segmenter_metadata
 from .quantize import recipe_for
 from .support import conversion_inputs
 
@@ -53,15 +57,52 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
-class _NamedIO(torch.nn.Module):
-    """Gives the TFLite signature readable names: input ``image``, output ``logits``."""
+class _ImageIO(torch.nn.Module):
+    """The graph an app calls: ``image`` (1, H, W, 3) RGB float32 0..255 in, ``logits`` (1, h, w, K) out.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    Mean/std are applied here per channel (MediaPipe's metadata normalization cannot carry per-channel
+    values), and the NHWC image becomes the model's NCHW and back; litert-torch's layout pass, which
+    runs convolutions in NHWC, cancels these transposes against its own.
+    """
+
+    def __init__(self, model: torch.nn.Module, normalization: Normalization) -> None:
         super().__init__()
         self.model = model
+        mean = torch.tensor(normalization.mean, dtype=torch.float32)
+        std = torch.tensor(normalization.std, dtype=torch.float32)
+        self.register_buffer("scale", (1 / (255 * std)).view(1, 1, 1, 3))
+        self.register_buffer("shift", (-mean / std).view(1, 1, 1, 3))
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {OUTPUT_NAME: self.model(image)}
+        x = (image * self.scale + self.shift).permute(0, 3, 1, 2)
+        return {OUTPUT_NAME: self.model(x).permute(0, 2, 3, 1)}
+
+
+def pixels(x: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Normalized NCHW inputs back to the NHWC 0..255 image the .tflite takes (example and calibration)."""
+    mean = torch.tensor(normalization.mean, dtype=torch.float32)
+    std = torch.tensor(normalization.std, dtype=torch.float32)
+    return ((x.permute(0, 2, 3, 1) * std + mean) * 255).contiguous()
+
+
+def image_input_description(spec: ExportSpec) -> dict[str, Any]:
+    """The sidecar's input: what MediaPipe and a plain Interpreter feed."""
+    h, w = spec.img_size
+    n = spec.normalization
+    return {
+        "name": INPUT_NAME, "shape": [1, h, w, 3], "dtype": "float32", "layout": "NHWC", "color": "RGB",
+        "normalization": {"mean": list(n.mean), "std": list(n.std), "pixel_range": "RGB 0..255 as float32",
+                          "applied_by": "model"},
+    }
+
+
+def logits_nhwc_description(spec: ExportSpec) -> dict[str, Any]:
+    h, w = spec.img_size
+    return {
+        "name": OUTPUT_NAME, "shape": [1, h // 4, w // 4, spec.num_classes], "dtype": "float32",
+        "layout": "NHWC",
+        "meaning": "class logits at 1/4 input resolution; argmax over the last axis gives the class map",
+    }
 
 
 def release_freed_memory() -> None:
@@ -306,7 +347,7 @@ def shared_vector_builder(initial_size: int = 1024) -> Any:
 def compact_flatbuffer(model: bytes) -> tuple[bytes, dict[str, int]]:
     """The same model, smaller: internal tensor names shortened, identical numeric vectors stored once.
 
-    - litert-torch names every tensor by its full module path (``_NamedIO/...DeployStage_7/.../attn_v;2``),
+    - litert-torch names every tensor by its full module path (``_ImageIO/...DeployStage_7/.../attn_v;2``),
       up to ~1 kB each: 0.4 MB of a 1.9 MB tiny model, and it does not shrink with quantization, so it
       would spoil the int8 size ratio. Names are cut to the last scope component; the signature
       (``image`` -> ``logits``) refers to tensors by index and graph input/output names are kept.
@@ -507,8 +548,9 @@ def convert(
             layout_callables_traced_once() as inlined,
         ):
             edge = litert_torch.convert(
-                _NamedIO(graph).eval(), sample_kwargs={INPUT_NAME: example}, strict_export=spec.strict_export,
-                **kwargs,
+                _ImageIO(graph, spec.normalization).eval(),
+                sample_kwargs={INPUT_NAME: pixels(example, spec.normalization)},
+                strict_export=spec.strict_export, **kwargs,
             )
         details["aranges_int32_in_place"] = aranges["arange"]
         details["layout_callables_traced_once"] = dict(inlined)
@@ -523,8 +565,14 @@ def convert(
                                        "float_io": f"QUANTIZE/DEQUANTIZE added at {changed}"}
         elif variant != "fp32":
             release_freed_memory()  # calibration adds the interpreter's 2.5 GB (b1) on top of this
-            data, details["quantization"] = _quantize(data, spec, calib_t)
-        compact, saved = compact_flatbuffer(data)
+            calib_pixels = [pixels(x, spec.normalization) for x in calib_t]
+            data, details["quantization"] = _quantize(data, spec, calib_pixels)
+        compact, saved = compact_flatbuffer(data)  # also brings out-of-line buffers inline for the writer
+        with step(TARGET, "MediaPipe metadata"):
+            written, details["mediapipe_metadata"] = write_segmenter_metadata(compact, spec.labels)
+        # the writer packs the model the stock way (every vector once per table) and appends the labels
+        # as a zip: compacted again, with the labels appended behind it again
+        compact = with_associated_files(compact_flatbuffer(written)[0], written)
         details["compaction"] = {
             "tensor_names": "shortened to the last scope component "
             f"(-{saved['tensor_names_shortened']} bytes)",
@@ -536,9 +584,7 @@ def convert(
         out.write_bytes(compact)
         details.update(_graph_facts(out))
         return Built(
-            main=out,
-            input=input_description(spec, INPUT_NAME),
-            outputs=[logits_description(spec, OUTPUT_NAME)],
+            main=out, input=image_input_description(spec), outputs=[logits_nhwc_description(spec)],
             details=details,
         )
 

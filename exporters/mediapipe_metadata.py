@@ -102,7 +102,16 @@ def segmenter_writer() -> tuple[types.ModuleType, dict[str, Any]]:
             "pip install 'hrvit-mobile[tflite]' (or mediapipe==1.2.2)"
         ) from e
     info: dict[str, Any] = {"writer": WRITER, "mediapipe": mp_version}
-    if WRITER in sys.modules or _module_exists(VERSION_MODULE):
+    stand_in_note = (
+        f"{VERSION_MODULE}.GetMinimumMetadataParserVersion: hrvit_mobile.exporters.mediapipe_metadata."
+        f"minimum_parser_version (the module is missing from the mediapipe {mp_version} wheel)"
+    )
+    if WRITER in sys.modules:  # imported before, by this function or otherwise: say what it uses
+        loaded = sys.modules[WRITER.rsplit(".", 2)[0] + ".metadata"]._pywrap_metadata_version
+        if loaded.GetMinimumMetadataParserVersion is minimum_parser_version:
+            info["stand_in"] = stand_in_note
+        return sys.modules[WRITER], info
+    if _module_exists(VERSION_MODULE):
         return importlib.import_module(WRITER), info
     if mp_version not in WRITTEN_FOR:
         raise ExportError(
@@ -122,10 +131,7 @@ def segmenter_writer() -> tuple[types.ModuleType, dict[str, Any]]:
     finally:  # the writer keeps its reference; nothing else should find the stand-in
         for name in added:
             sys.modules.pop(name, None)
-    info["stand_in"] = (
-        f"{VERSION_MODULE}.GetMinimumMetadataParserVersion: hrvit_mobile.exporters.mediapipe_metadata."
-        f"minimum_parser_version (the module is missing from the mediapipe {mp_version} wheel)"
-    )
+    info["stand_in"] = stand_in_note
     return module, info
 
 

@@ -87,12 +87,18 @@ def _tflite(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRu
 
     from .litert import INPUT_NAME, OUTPUT_NAME, RUNTIME, SIGNATURE
 
-    norm = _normalization(meta)
     interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
     runner = interpreter.get_signature_runner(SIGNATURE)
+    if meta["input"].get("layout") == "NCHW":  # exported before the image contract: normalized NCHW in
+        norm = _normalization(meta)
 
-    def run_one(image: np.ndarray) -> np.ndarray:
-        return runner(**{INPUT_NAME: norm.apply(image[None])})[OUTPUT_NAME]
+        def run_one(image: np.ndarray) -> np.ndarray:
+            return runner(**{INPUT_NAME: norm.apply(image[None])})[OUTPUT_NAME]
+    else:  # the RGB image as it is; logits NHWC, returned NCHW as every runner does
+
+        def run_one(image: np.ndarray) -> np.ndarray:
+            logits = runner(**{INPUT_NAME: image[None].astype(np.float32)})[OUTPUT_NAME]
+            return np.ascontiguousarray(logits.transpose(0, 3, 1, 2))
 
     return ArtifactRunner(path, meta, RUNTIME, run_one, native=interpreter)
 

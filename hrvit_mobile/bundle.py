@@ -176,7 +176,8 @@ def _app_contract(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         "shape": [1, k, h // 4, w // 4],
         "layout": "NCHW",
         "dtype": "float32",
-        "meaning": meta["outputs"][0]["meaning"],
+        # this NCHW contract's own words, not the first artifact's (the .tflite's logits are NHWC)
+        "meaning": "class logits at 1/4 input resolution; argmax over axis 1 gives the class map",
     }
     return inp, out
 
@@ -428,7 +429,9 @@ def _verify(path: Path | str) -> dict[str, Any]:
         _inside(root, model["file"])
         if not (root / model["file"]).exists():
             raise BundleError(f"{model['file']} is in {MANIFEST} models but not in the bundle")
-        counts[f"{model['file']} output channels"] = model["outputs"][0]["shape"][1]
+        logits = model["outputs"][0]
+        channel_axis = -1 if logits.get("layout") == "NHWC" else 1  # the .tflite's logits are NHWC
+        counts[f"{model['file']} output channels"] = logits["shape"][channel_axis]
     for what, n in counts.items():
         if n != k:
             raise BundleError(

@@ -281,7 +281,9 @@ def test_templates_agree_with_manifest(tiny_artifacts, tmp_path: Path, app: str)
         assert models["coreml"]["outputs"][0]["name"] == c["outputname"]
     else:
         expected |= {"tflitemodelfile": models["tflite"]["file"],
-                     "tflitesignature": models["tflite"]["signature"]}
+                     "tflitesignature": models["tflite"]["signature"],
+                     "tfliteinputshape": models["tflite"]["input"]["shape"],
+                     "tfliteoutputshape": models["tflite"]["outputs"][0]["shape"]}
         sidecar = json.loads((bundle / "model.tflite.json").read_text())
         sig = sidecar["details"]["signatures"][c["tflitesignature"]]
         assert sig == {"inputs": [c["inputname"]], "outputs": [c["outputname"]]}

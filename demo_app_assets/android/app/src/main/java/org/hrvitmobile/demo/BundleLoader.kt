@@ -31,6 +31,15 @@ class SegmentationBundle(private val context: Context, private val dir: String =
         check(floats(norm.getJSONArray("mean")).contentEquals(ModelConfig.MEAN)) { "mean" }
         check(floats(norm.getJSONArray("std")).contentEquals(ModelConfig.STD)) { "std" }
         check(m.getJSONObject("labels").getString("txt") == ModelConfig.LABELS_FILE) { "labels file" }
+        val models = m.getJSONArray("models")
+        for (i in 0 until models.length()) {
+            val model = models.getJSONObject(i)
+            if (model.getString("runtime") != "tflite") continue
+            val tfliteIn = longs(model.getJSONObject("input").getJSONArray("shape"))
+            val tfliteOut = longs(model.getJSONArray("outputs").getJSONObject(0).getJSONArray("shape"))
+            check(tfliteIn.contentEquals(ModelConfig.TFLITE_INPUT_SHAPE)) { "tflite input shape" }
+            check(tfliteOut.contentEquals(ModelConfig.TFLITE_OUTPUT_SHAPE)) { "tflite output shape" }
+        }
         check(m.getInt("num_classes") == ModelConfig.NUM_CLASSES && labels.size == ModelConfig.NUM_CLASSES &&
             palette.size == ModelConfig.NUM_CLASSES) { "class count" }
     }

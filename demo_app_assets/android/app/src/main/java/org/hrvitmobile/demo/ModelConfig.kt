@@ -20,7 +20,12 @@ object ModelConfig {
     val OUTPUT_SHAPE = longArrayOf(1, 150, 128, 128) // N, classes, H/4, W/4
     const val NUM_CLASSES = 150
 
-    // (pixel / 255 - mean) / std per RGB channel, applied by the app for both runtimes
+    // (pixel / 255 - mean) / std per RGB channel, applied by the app for ExecuTorch
     val MEAN = floatArrayOf(0.485f, 0.456f, 0.406f)
     val STD = floatArrayOf(0.229f, 0.224f, 0.225f)
+
+    // The .tflite is a MediaPipe Image Segmenter model: it takes the RGB frame as float32 0..255 NHWC
+    // (mean/std are inside the model) and returns logits NHWC
+    val TFLITE_INPUT_SHAPE = longArrayOf(1, 512, 512, 3) // N, H, W, C
+    val TFLITE_OUTPUT_SHAPE = longArrayOf(1, 128, 128, 150) // N, H/4, W/4, classes
 }

@@ -1,6 +1,7 @@
 package org.hrvitmobile.demo
 
 import android.graphics.Bitmap
+import java.nio.FloatBuffer
 
 /** Resize (stretch) a frame to the input size and normalize into float32 NCHW. */
 fun normalizedChw(frame: Bitmap): FloatArray {
@@ -16,6 +17,30 @@ fun normalizedChw(frame: Bitmap): FloatArray {
         for (c in 0 until 3) out[c * w * h + i] = (rgb[c] / 255f - ModelConfig.MEAN[c]) / ModelConfig.STD[c]
     }
     return out
+}
+
+/** Resize (stretch) a frame to the input size into float32 RGB 0..255, NHWC (the .tflite's input). */
+fun rgbHwc(frame: Bitmap, out: FloatBuffer) {
+    val h = ModelConfig.TFLITE_INPUT_SHAPE[1].toInt()
+    val w = ModelConfig.TFLITE_INPUT_SHAPE[2].toInt()
+    val pixels = IntArray(w * h)
+    Bitmap.createScaledBitmap(frame, w, h, true).getPixels(pixels, 0, w, 0, 0, w, h)
+    out.rewind()
+    for (p in pixels) {
+        out.put(((p shr 16) and 0xFF).toFloat()); out.put(((p shr 8) and 0xFF).toFloat()); out.put((p and 0xFF).toFloat())
+    }
+}
+
+/** argmax over the last (class) axis of NHWC logits -> class map (H/4 * W/4, row-major). */
+fun argmaxClassesHwc(logits: FloatBuffer): ByteArray {
+    val k = ModelConfig.TFLITE_OUTPUT_SHAPE[3].toInt()
+    val plane = (ModelConfig.TFLITE_OUTPUT_SHAPE[1] * ModelConfig.TFLITE_OUTPUT_SHAPE[2]).toInt()
+    return ByteArray(plane) { p ->
+        val base = p * k
+        var best = 0
+        for (c in 1 until k) if (logits.get(base + c) > logits.get(base + best)) best = c
+        best.toByte()
+    }
 }
 
 /** argmax over the class axis of NCHW logits -> class map (H/4 * W/4, row-major). */
