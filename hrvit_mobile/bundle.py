@@ -31,7 +31,9 @@ LABELS_JSON = "labels.json"
 LABELS_TXT = "labels.txt"
 PALETTE_TXT = "palette.txt"
 README = "README.md"
-APPS: dict[str, tuple[str, ...]] = {"ios": ("coreml", "executorch"), "android": ("tflite", "executorch")}
+APPS: dict[str, tuple[str, ...]] = {
+    "ios": ("coreml", "executorch"), "android": ("tflite", "executorch"), "web": ("tflite",)
+}
 MODEL_FILES: dict[str, str] = {
     "coreml": "model.mlpackage", "executorch": "model.pte", "tflite": "model.tflite"
 }
@@ -234,7 +236,7 @@ def _readme(app: str, manifest: dict[str, Any]) -> str:
     )
     mean = ", ".join(f"{v:g}" for v in inp["normalization"]["mean"])
     std = ", ".join(f"{v:g}" for v in inp["normalization"]["std"])
-    template = "demo_app_assets/ios" if app == "ios" else "demo_app_assets/android"
+    template = f"demo_app_assets/{app}"
     coreml_note = (
         "\nThe Core ML package takes the camera image directly (an `ImageType` input named `image`, "
         "mean/std folded into the model): give it a CVPixelBuffer through Vision; do not normalize.\n"
@@ -262,11 +264,25 @@ mean ({mean}) and std ({std}).
 ({manifest['labels']['dataset']}). `{PALETTE_TXT}`: the matching colour per line as `R G B` (0..255).
 `{LABELS_JSON}`: both in one JSON document.
 
+## Self-test
+`{manifest['self_test']['image']}` and `{manifest['self_test']['expected_classes']}`: a golden image and
+the class map the float model gives it ({manifest['self_test']['dtype']}, row-major
+{manifest['self_test']['shape'][0]}x{manifest['self_test']['shape'][1]}). Run the image once at first
+launch and compare class by class; the bundle passes at the `min_agreement` its manifest gives per model.
+{_web_readme(manifest) if app == "web" else ""}
 ## App sources
 Templates that load this bundle, run a camera frame and draw the overlay: `{template}` in the
 hrvit-mobile repository. Their `ModelConfig` constants are checked against this manifest by the
 project's tests.
 """
+
+
+def _web_readme(manifest: dict[str, Any]) -> str:
+    rt = manifest["web"]["runtime"]
+    return (f"\n## Web app\n`index.html` runs `model.tflite` with {rt['package']} {rt['version']} "
+            f"(vendored in `{manifest['web']['vendor_dir']}`); serve this folder: "
+            f"`{manifest['web']['serve']}`. The page's element `#self-test` shows the self-test "
+            "(`data-status`, `data-agreement`).\n")
 
 
 def build_bundle(
@@ -275,11 +291,14 @@ def build_bundle(
     out: Path | str,
     labels: str | Path | None = None,
     allow_failed_parity: bool = False,
+    reference: Any = None,
 ) -> BundleResult:
-    """Write a bundle for ``app`` (``ios`` or ``android``) from exported artifacts (each with its sidecar).
+    """Write a bundle for ``app`` (``ios``, ``android`` or ``web``) from exported artifacts (each with its
+    sidecar).
 
-    The folder is built in a staging directory, verified with :func:`verify_bundle`, then moved onto
-    ``out`` atomically; a failure leaves ``out`` as it was.
+    ``reference`` is the float PyTorch model whose class map the bundle's self-test expects (without
+    it, the float artifact in its Python runtime). The folder is built in a staging directory, verified
+    with :func:`verify_bundle`, then moved onto ``out`` atomically; a failure leaves ``out`` as it was.
     """
     from hrvit_mobile.files import commit, staging_dir
 
@@ -325,6 +344,8 @@ def build_bundle(
             side = _bundled_sidecar(target, metas[target][1], label_set, root)
             _write_json(root / f"{MODEL_FILES[target]}.json", side)
         inp, outp = _app_contract(first)
+        models = [_model_entry(t, metas[t][1]) for t in sorted(metas)]
+        self_test = _self_test(root, first, inp, metas, models, reference)
         manifest: dict[str, Any] = {
             "schema": BUNDLE_SCHEMA,
             "app": app,
@@ -336,15 +357,32 @@ def build_bundle(
             "labels": {"dataset": label_set.dataset, "json": LABELS_JSON, "txt": LABELS_TXT,
                        "palette": PALETTE_TXT},
             "classes": list(label_set.classes),
-            "models": [_model_entry(t, metas[t][1]) for t in sorted(metas)],
+            "models": models,
+            "self_test": self_test,
             "tool_versions": {"hrvit-mobile": _version()},
         }
+        if app == "web":
+            from hrvit_mobile.web_app import add_web_app
+
+            manifest["web"] = add_web_app(root)
         _write_text(root / README, _readme(app, manifest))
         manifest["files"] = _files_of(root)
         _write_json(root / MANIFEST, manifest)
         verify_bundle(root)
         commit(root, out)
     return BundleResult(out, manifest)
+
+
+def _self_test(root: Path, first: dict[str, Any], inp: dict[str, Any], metas: dict[str, Any],
+               models: list[dict[str, Any]], reference: Any) -> dict[str, Any]:
+    from hrvit_mobile import selftest
+
+    if reference is None:
+        run, name = selftest.artifact_reference(metas)
+    else:
+        norm = inp["normalization"]
+        run, name = selftest.torch_reference(reference, norm["mean"], norm["std"]), "the float PyTorch model"
+    return selftest.write_self_test(root, tuple(first["img_size"]), run, name, models)
 
 
 def _version() -> str:

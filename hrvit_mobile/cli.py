@@ -182,13 +182,13 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
               f"{manifest['num_classes']} classes ({manifest['labels']['dataset']}), models: {models}")
         return 0
     if not args.app or not args.out:
-        raise HRViTMobileError("bundle needs --app {ios,android} and --out DIR (or --verify DIR)")
+        raise HRViTMobileError("bundle needs --app {ios,android,web} and --out DIR (or --verify DIR)")
     if bool(args.artifact) == bool(args.target):
         raise HRViTMobileError(
             "give either --artifact PATH... (existing exports) or --target T... (export now)"
         )
     _setup_logging(args.verbose)
-    artifacts = args.artifact
+    artifacts, reference = args.artifact, None
     if args.target:
         from hrvit_mobile.deploy import deploy
         from hrvit_mobile.exporters import ExportSpec
@@ -208,9 +208,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
             spec.calib_source = source
             if args.calib_samples is not None:
                 spec.calib_samples = args.calib_samples
-        artifacts = bundle.export_artifacts(args.app, deploy(model, img_size=size), specs, calib)
+        reference = deploy(model, img_size=size)  # the float model: exported, and the self-test's reference
+        artifacts = bundle.export_artifacts(args.app, reference, specs, calib)
     result = bundle.build_bundle(args.app, artifacts, args.out, labels=args.labels,
-                                 allow_failed_parity=args.allow_failed_parity)
+                                 allow_failed_parity=args.allow_failed_parity, reference=reference)
     print(f"{result.path}: {args.app} bundle, {len(result.manifest['models'])} model(s), "
           f"{result.manifest['num_classes']} classes ({result.manifest['labels']['dataset']})")
     print(result.listing())
@@ -472,9 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle",
         help="write a folder a demo app takes as it is (model, labels, palette, manifest, README)",
         description="Bundles existing artifacts (--artifact) or exports them now (--target, like export) "
-        "into a folder for the iOS or Android demo app; --verify checks a bundle.",
+        "into a folder for the iOS, Android or web demo app; --verify checks a bundle.",
     )
-    bundle.add_argument("--app", choices=["ios", "android"])
+    bundle.add_argument("--app", choices=["ios", "android", "web"])
     bundle.add_argument("--out", help="bundle folder to write")
     bundle.add_argument("--artifact", nargs="+", help="exported .mlpackage/.pte/.tflite (with sidecar JSON)")
     bundle.add_argument("--target", nargs="+", choices=["executorch", "coreml", "tflite"],
