@@ -26,7 +26,7 @@ import torch
 
 import hrvit_mobile
 from hrvit_mobile.demo import load_demo_model
-from hrvit_mobile.exporters import ExportSpec, export
+from hrvit_mobile.exporters import ExportSpec, export, target_names
 from hrvit_mobile.exporters.runtime import open_artifact
 
 
@@ -37,7 +37,7 @@ def _factored_from(form: str) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forms", nargs="+", default=["dense", "128"])
-    parser.add_argument("--target", default="executorch", choices=["executorch", "tflite"])
+    parser.add_argument("--target", default=target_names()[0], choices=target_names())
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--activations", default=None)
     parser.add_argument("--calib", type=int, default=8, help="synthetic calibration images (int8)")

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from docs_pages import matrix_table, run_record
 
-from hrvit_mobile.exporters import SUPPORTED
+from hrvit_mobile.exporters import supported
 from hrvit_mobile.exporters.footprint import tensor_data_bytes
 from hrvit_mobile.report.bench import export_command, export_pair, find_artifact
 
 
 def _pairs(only: list[str] | None) -> list[tuple[str, int, str, str]]:
-    rows = [(t, b, a, v) for (t, b, a), v in SUPPORTED.items()]
+    rows = [(t, b, a, v) for (t, b, a), v in supported().items()]
     if only:
         rows = [r for r in rows if f"{r[0]}/{r[3]}" in only or r[0] in only]
     return rows

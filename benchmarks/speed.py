@@ -35,12 +35,15 @@ from docs_pages import run_record
 
 CASES = ("train", "deploy", "segformer")
 RUNTIMES = ("eager", "executorch-fp32", "executorch-int8", "tflite-fp32", "tflite-int8")
-_EXPORT = {  # runtime -> (target, bits, activations)
-    "executorch-fp32": ("executorch", 32, "float"),
-    "executorch-int8": ("executorch", 8, "int8"),
-    "tflite-fp32": ("tflite", 32, "float"),
-    "tflite-int8": ("tflite", 8, "int8"),
-}
+
+
+def _export_of(runtime: str) -> tuple[str, int, str]:
+    """``TARGET-VARIANT`` (e.g. ``tflite-int8``) -> (target, bits, activations), from the backend registry."""
+    from hrvit_mobile.exporters.registry import get_backend
+
+    target, variant = runtime.rsplit("-", 1)
+    found = get_backend(target).variant_named(variant)
+    return target, found.bits, found.activations
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ def run_worker(case: str, runtime: str, args: argparse.Namespace) -> dict:
     else:
         from hrvit_mobile.exporters import ExportSpec, export
 
-        target, bits, activations = _EXPORT[runtime]
+        target, bits, activations = _export_of(runtime)
         spec = ExportSpec(
             target=target,
             bits=bits,

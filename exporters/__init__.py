@@ -4,21 +4,20 @@ Installed as ``hrvit_mobile.exporters``. Per backend there is a ``convert`` (mod
 and a ``validate`` (files -> parity in the backend's own runtime); :func:`export` runs both::
 
     from hrvit_mobile.exporters import ExportSpec, export
-    report = export(deploy_model, ExportSpec(target="tflite", bits=8, img_size=(512, 512)))
+    report = export(deploy_model, ExportSpec(target="coreml", bits=8, img_size=(512, 512)))
     print(report.summary()); assert report.ok
 
-The exporters are model-agnostic: any ``nn.Module`` mapping a normalized float32 (1, 3, H, W) image to
-(1, K, H/4, W/4) logits will do.
+Each backend is one module that registers a :class:`~.registry.Backend` (see :mod:`.registry`);
+everything here asks the registry. The exporters are model-agnostic: any ``nn.Module`` mapping a
+normalized float32 (1, 3, H, W) image to (1, K, H/4, W/4) logits will do.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -26,7 +25,6 @@ import torch
 from .contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TARGETS,
     ArtifactResult,
     ExportError,
     ExportReport,
@@ -45,25 +43,22 @@ from .contract import (
     to_tensors,
     write_sidecar,
 )
+from .registry import Backend, Variant, backends, get_backend, target_names
 from .runtime import ArtifactRunner, open_artifact
 from .support import (
-    DEFAULT_ACTIVATIONS,
-    SUPPORTED,
-    canonical_target,
     check_dependencies,
     describe_supported,
     resolve,
+    supported,
     supported_pairs,
 )
 
 __all__ = [
-    "DEFAULT_ACTIVATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "SUPPORTED",
-    "TARGETS",
     "ArtifactResult",
     "ArtifactRunner",
+    "Backend",
     "ExportError",
     "ExportReport",
     "ExportSpec",
@@ -72,29 +67,25 @@ __all__ = [
     "ParityResult",
     "ParityThresholds",
     "UnsupportedExportError",
-    "backend",
+    "Variant",
+    "backends",
     "check_dependencies",
     "default_thresholds",
     "describe_supported",
     "export",
     "export_all",
+    "get_backend",
     "load_calibration_images",
     "open_artifact",
     "parity_inputs",
     "read_sidecar",
     "resolve",
+    "supported",
     "supported_pairs",
     "synthetic_images",
+    "target_names",
     "validate",
 ]
-
-_BACKENDS = {"executorch": ".executorch", "coreml": ".coreml", "tflite": ".litert"}
-
-
-def backend(target: str) -> ModuleType:
-    """The backend module (with ``convert`` and ``validate``) for a target name."""
-    return importlib.import_module(_BACKENDS[canonical_target(target)], __name__)
-
 
 def parity_inputs(spec: ExportSpec, images: np.ndarray | None = None) -> np.ndarray:
     """uint8 (N, H, W, 3) RGB images for parity; deterministic synthetic ones unless given."""
@@ -117,7 +108,7 @@ def validate(
     if images is None:
         images = synthetic_images(2, tuple(meta["img_size"]), seed=1000)
     refs = reference_outputs(model, to_tensors(norm.apply(images)))
-    return backend(meta["target"]).validate(artifact, images, refs, thresholds)
+    return get_backend(meta["target"]).validate(artifact, images, refs, thresholds)
 
 
 def export(
@@ -140,13 +131,13 @@ def export(
     (the artifact and its report are kept, so the miss can be inspected).
 
     Raises:
-        UnsupportedExportError: the (target, bits, activations) pair is not in :data:`SUPPORTED`.
+        UnsupportedExportError: the (target, bits, activations) pair is no registered variant.
         MissingDependencyError: the backend's packages are not installed (the message says what to
             pip install).
     """
     resolved, _variant = resolve(spec)  # fail fast, before any heavy work
-    check_dependencies(resolved.target)
-    mod = backend(resolved.target)
+    check_dependencies(resolved.target, _variant)
+    mod = get_backend(resolved.target)
     model = model.eval()
     artifact = mod.convert(model, resolved, calib)
     parity = None
@@ -167,7 +158,7 @@ def export_all(
     spec: ExportSpec,
     calib: Iterable[torch.Tensor] | np.ndarray | None = None,
     images: np.ndarray | None = None,
-    targets: Sequence[str] = TARGETS,
+    targets: Sequence[str] | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
 ) -> list[ExportReport]:
     """``--target all``: the same bits/activations for every target that supports them.
@@ -176,7 +167,7 @@ def export_all(
     (passed to ``on_error`` when given) rather than stopping the others.
     """
     reports = []
-    for target in targets:
+    for target in targets or target_names():
         try:
             reports.append(export(model, dataclasses.replace(spec, target=target, name=None), calib, images))
         except (UnsupportedExportError, MissingDependencyError) as e:

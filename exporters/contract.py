@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import logging
 import platform
+import re
 import resource
 import sys
 import threading
@@ -28,17 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile import patching
+from hrvit_mobile.data.calibration import (  # noqa: F401 (part of the contract)
+    check_calibration_count,
+    load_calibration_images,
+)
 from hrvit_mobile.deploy.layout import LAYOUTS
 from hrvit_mobile.errors import HRViTMobileError
-from hrvit_mobile.files import atomic_write, commit, staging_dir
+from hrvit_mobile.files import atomic_write, commit, path_size, staging_dir
+from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization  # noqa: F401 (part of the contract)
 from hrvit_mobile.sizes import validate_img_size
+
+from .footprint import artifact_footprint
 
 log = logging.getLogger("hrvit_mobile.exporters")
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-TARGETS: tuple[str, ...] = ("executorch", "coreml", "tflite")
 ACTIVATIONS: tuple[str, ...] = ("float", "int8")
 SIDECAR_SCHEMA = "hrvit-mobile.export/1"
 
@@ -53,21 +59,6 @@ class UnsupportedExportError(ExportError):
 
 class MissingDependencyError(ExportError, ImportError):
     """An optional backend package is not installed."""
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """How the app turns an RGB image into the model's input: ``(pixel / 255 - mean) / std``."""
-
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    pixel_range: str = "RGB uint8 0..255, divided by 255 before mean/std"
-
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W) normalized."""
-        x = images.astype(np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 @dataclass(frozen=True)
@@ -141,6 +132,9 @@ class ExportSpec:
     # a hrvit_mobile.quant recipe overriding the one the (target, bits, activations) implies, e.g.
     # Prequantized for a graph converted after QAT
     recipe: Any = None
+    # other libraries' internals patched for speed (same bytes as stock code): None follows
+    # HRVIT_MOBILE_PATCHES (on unless "0"); False runs stock library code only (hrvit_mobile.patching)
+    patches: bool | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -278,12 +272,6 @@ def describe_files(paths: Iterable[Path], root: Path) -> list[FileInfo]:
     return out
 
 
-def path_size(path: Path) -> int:
-    if path.is_dir():
-        return sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
-    return path.stat().st_size
-
-
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
@@ -347,22 +335,27 @@ def read_sidecar(artifact: Path) -> dict[str, Any]:
 # measurement
 
 
-_PACKAGES = (
-    "torch",
-    "executorch",
-    "torchao",
-    "coremltools",
-    "litert-torch",
-    "ai-edge-litert",
-    "ai-edge-quantizer",
-    "numpy",
-    "hrvit-mobile",
-)
+# the packages of hrvit-mobile's own extras that name no runtime
+_TOOLING_EXTRAS = ("test", "docs")
+
+
+def declared_packages() -> tuple[str, ...]:
+    """torch, numpy, the runtimes and converters: every package hrvit-mobile or its runtime extras ask
+    for (read from the installed package's metadata, so a new backend's packages appear by themselves)."""
+    names = ["torch", "numpy"]
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for req in importlib.metadata.requires("hrvit-mobile") or []:
+            if any(f'extra == "{extra}"' in req for extra in _TOOLING_EXTRAS):
+                continue
+            match = re.match(r"[A-Za-z0-9._-]+", req)
+            if match:
+                names.append(match.group(0))
+    return tuple(dict.fromkeys([*names, "torchao", "hrvit-mobile"]))
 
 
 def tool_versions(extra: Iterable[str] = ()) -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in (*_PACKAGES, *extra):
+    for name in (*declared_packages(), *extra):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
     return out
@@ -467,34 +460,6 @@ def synthetic_images(n: int, img_size: tuple[int, int], seed: int = 0) -> np.nda
             img += blob[..., None] * rng.uniform(-0.6, 0.6, 3)
         img += 0.5 + 0.05 * rng.standard_normal((h, w, 3))
         out[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
-    return out
-
-
-def check_calibration_count(count: int) -> int:
-    """``count`` when it is a usable number of calibration images, else one line saying what is allowed
-    (a slice ``[:count]`` would silently take none, or all but the last few)."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ExportError(f"the number of calibration images (--calib-samples) must be 1 or more, "
-                          f"got {count!r}")
-    return count
-
-
-def load_calibration_images(directory: Path, img_size: tuple[int, int], limit: int = 32) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB from a folder of images (the first ``limit`` by name): shorter side resized,
-    then center-cropped."""
-    from PIL import Image
-
-    from hrvit_mobile.images import fit_center, image_files, open_image
-
-    check_calibration_count(limit)
-    paths = image_files(directory)[:limit]
-    if not paths:
-        raise ExportError(f"no images (*.jpg, *.png, ...) found in calibration folder {directory}")
-    h, w = img_size
-    out = np.empty((len(paths), h, w, 3), np.uint8)
-    for i, p in enumerate(paths):
-        with open_image(p, ExportError) as im:
-            out[i] = np.asarray(fit_center(im.convert("RGB"), img_size, Image.BILINEAR))
     return out
 
 
@@ -647,7 +612,8 @@ def run_build(spec: ExportSpec, variant: str, suffix: str, build: Callable[[Path
         tool_versions=tool_versions(),
         input=built.input,
         outputs=built.outputs,
-        details={**built.details, "step_seconds": {k: round(v, 3) for k, v in _STEP_SECONDS.items()}},
+        details={**built.details, "step_seconds": {k: round(v, 3) for k, v in _STEP_SECONDS.items()},
+                 "patches": patching.applied()},
     )
     art.details["footprint"] = _footprint(final_main)
     write_sidecar(spec, art, None)
@@ -658,8 +624,6 @@ def run_build(spec: ExportSpec, variant: str, suffix: str, build: Callable[[Path
 def _footprint(path: Path) -> dict[str, Any]:
     """Where the artifact's bytes go (exporters/footprint.py); an accounting failure is recorded, not fatal:
     the artifact itself is complete by then."""
-    from .footprint import artifact_footprint
-
     try:
         return artifact_footprint(path)
     except Exception as exc:  # a format change in a runtime package must not fail a finished export

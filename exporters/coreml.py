@@ -32,10 +32,18 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.models.norm import DelegableLayerNorm, use_native_layer_norm
-from hrvit_mobile.patching import patched
-from hrvit_mobile.quant.recipes import CoreMLWeightOnly, register_scalar_zero_points
+from hrvit_mobile.patching import library_patch
+from hrvit_mobile.quant.recipes import (
+    PAL4_SMALL_TENSORS_INT8,
+    W8_WEIGHT_THRESHOLD,
+    CoreMLW8A8,
+    CoreMLWeightOnly,
+    register_scalar_zero_points,
+)
 
 from .contract import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ArtifactResult,
     Built,
     ExportError,
@@ -54,7 +62,9 @@ from .coreml_eval import RUNTIME as RUNTIME_EVALUATOR  # off macOS the serialize
 from .decompose import decompose
 from .quantize import quantize_pt2e, recipe_for
 from .reexport import export_graph_module
-from .support import check_dependencies, conversion_inputs
+from .registry import Backend, Variant, register
+from .runtime import ArtifactRunner
+from .support import conversion_inputs
 
 TARGET = "coreml"
 DEBUG_HANDLE_MAP = "executorch_debug_handle_mapping.json"
@@ -143,12 +153,12 @@ def validate_once_per_pipeline() -> Iterator[None]:
         def deferred(check_essential_scope: bool = False) -> None:
             return None
 
-        with patched(prog, validate=deferred):  # an instance attribute shadows Program.validate
+        with library_patch(prog, validate=deferred):  # an instance attribute shadows Program.validate
             original(prog, pass_pipeline)
         passes = pass_pipeline.passes
         prog.validate(check_essential_scope=bool(passes) and passes[-1] == "common::dead_code_elimination")
 
-    with patched(PassPipelineManager, apply_pipeline=staticmethod(apply_pipeline)):
+    with library_patch(PassPipelineManager, apply_pipeline=staticmethod(apply_pipeline)):
         yield
 
 
@@ -246,12 +256,12 @@ def nonreplaceable_vars_as_bits() -> Iterator[None]:
                 back_to_sets(inner)
 
     try:
-        with patched(
+        with library_patch(
             Var,
             nonreplaceable_vars_upstream=property(get, put),
             _reset_nonreplaceable_vars_upstream=reset,
             _set_nonreplaceable_vars_upstream=set_upstream,
-        ), patched(PassPipelineManager, apply_pipeline=staticmethod(apply_pipeline)):
+        ), library_patch(PassPipelineManager, apply_pipeline=staticmethod(apply_pipeline)):
             yield
     finally:
         for prog in programs:
@@ -297,9 +307,9 @@ def propagation_after_changes_only() -> Iterator[None]:
             blocks.append(self)
         propagated[id(self)] = generation[0]
 
-    with patched(
+    with library_patch(
         Var, add_child_op=bumping(Var.add_child_op), remove_child_op=bumping(Var.remove_child_op)
-    ), patched(
+    ), library_patch(
         Block,
         _insert_op_before=bumping(Block._insert_op_before),
         remove_ops=bumping(Block.remove_ops),
@@ -335,14 +345,14 @@ def passes_without_program_dumps() -> Iterator[None]:
         def apply(self: Any, prog: Any) -> Any:
             if _logger.isEnabledFor(logging.DEBUG):
                 return original(self, prog)
-            with patched(Block, __str__=placeholder), patched(Function, __str__=placeholder):
+            with library_patch(Block, __str__=placeholder), library_patch(Function, __str__=placeholder):
                 return original(self, prog)
 
         return apply
 
     norms = fuse_layernorm_or_instancenorm
-    with patched(reduce_transposes, apply=without_dumps(reduce_transposes.apply)), \
-            patched(norms, apply=without_dumps(norms.apply)):
+    with library_patch(reduce_transposes, apply=without_dumps(reduce_transposes.apply)), \
+            library_patch(norms, apply=without_dumps(norms.apply)):
         yield
 
 
@@ -371,7 +381,7 @@ def small_constants_inline(max_elements: int = INLINE_CONSTANT_MAX_ELEMENTS) -> 
             return original(val)
         return original(val, specification_version)
 
-    with patched(load, should_use_weight_file=should_use_weight_file):
+    with library_patch(load, should_use_weight_file=should_use_weight_file):
         yield
 
 
@@ -449,13 +459,11 @@ def convert(
     calib: Iterable[torch.Tensor] | np.ndarray | None = None,
 ) -> ArtifactResult:
     """Convert ``model`` (deploy form, fp32, eval) to an .mlpackage in ``spec.out_dir``, with its sidecar."""
-    inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("w8a8",))
+    inputs = conversion_inputs(TARGET, spec, calib)
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
-    if variant == "w8a8":
-        check_dependencies("executorch")  # CoreMLQuantizer ships with ExecuTorch
     ios = _ios_target(spec.min_ios)
     given = model
-    model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
+    model, layout = in_export_layout(model.eval(), BACKEND.layout_for(variant, spec.layout))
     # Core ML has a LayerNorm op: one op per norm instead of the delegable form's six and its mean row
     if any(type(m) is DelegableLayerNorm for m in model.modules()):
         if model is given:  # the caller's module stays as it is
@@ -681,3 +689,75 @@ def _validate_with_evaluator(
         res.passed, res.reason = False, f"non-finite logits (NaN or inf) on sample(s) {bad}"
         return res
     return compare(outputs, references, thresholds, RUNTIME_EVALUATOR)
+
+
+def open_runner(path: Path, meta: dict[str, Any], threads: int | None = None) -> ArtifactRunner:
+    """Core ML itself on macOS; elsewhere the serialized ML program in the MIL evaluator. The image
+    input's scale and bias live in the program, as on a phone."""
+    if platform.system() == "Darwin":
+        import coremltools as ct
+        from PIL import Image
+
+        mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        return ArtifactRunner(
+            path, meta, RUNTIME_MAC,
+            lambda image: np.asarray(mlmodel.predict({INPUT_NAME: Image.fromarray(image)})[OUTPUT_NAME]),
+        )
+    from .coreml_eval import Program
+
+    program = Program(path)
+    return ArtifactRunner(path, meta, RUNTIME_EVALUATOR, lambda image: program.predict(image)[OUTPUT_NAME])
+
+
+def delegation(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
+    counts = (meta.get("details") or {}).get("op_counts") or {}
+    return (
+        f"ML program, {sum(counts.values())} ops; "
+        "Core ML assigns CPU/GPU/Neural Engine on the device at load time",
+        {"op_counts": counts},
+    )
+
+
+def image_input_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The graph W8A8 quantizes: ``model`` behind the image input's ImageNet scaling, as the app runs it."""
+    _scale, _bias, factor = image_preprocessing(IMAGENET_MEAN, IMAGENET_STD)
+    return _ImageModel(model, factor, False).eval()
+
+
+def _weight_only(bits: int, mode: str, **options: Any) -> Callable[[ExportSpec], CoreMLWeightOnly]:
+    return lambda spec: CoreMLWeightOnly(bits=bits, mode=mode, min_ios=spec.min_ios, **options)
+
+
+BACKEND = register(Backend(
+    name=TARGET,
+    aliases=("mlpackage",),
+    extra="coreml",
+    requirements=(("coremltools", "coremltools==9.0"),),
+    runtime_package="coremltools",
+    variants=(
+        Variant("fp32", 32),
+        Variant("fp16", 16),
+        # weight-only int8 linear, fp16 compute
+        Variant("w8", 8, recipe=_weight_only(8, "linear", weight_threshold=W8_WEIGHT_THRESHOLD)),
+        # PT2E CoreMLQuantizer on the PyTorch side (calibration needs no Mac); it ships with ExecuTorch
+        Variant("w8a8", 8, "int8", default=False, recipe=lambda spec: CoreMLW8A8(), calibrates=True,
+                requirements=(("executorch.backends.apple.coreml.quantizer", "executorch==1.5.1"),),
+                quantized_module=image_input_model),
+        # k-means palettization, fp16 compute
+        Variant("pal6", 6, recipe=_weight_only(6, "kmeans")),
+        Variant("pal4", 4, recipe=_weight_only(4, "kmeans", small_tensors_int8=PAL4_SMALL_TENSORS_INT8)),
+    ),
+    # Core ML keeps the token layout: its speed cannot be measured off macOS
+    layout="tokens",
+    app_file="model.mlpackage",
+    apps=("ios",),
+    app_entry={"compiled_name": "model.mlmodelc"},  # what Xcode makes of model.mlpackage in an app
+    app_note="The Core ML package takes the camera image directly (an `ImageType` input named `image`, "
+    "mean/std folded into the model): give it a CVPixelBuffer through Vision; do not normalize.",
+    color="#d62728",
+    convert=convert,
+    validate=validate,
+    open_runner=open_runner,
+    delegation=delegation,
+    verify_hint="on a Mac (Core ML runtime)",
+))

@@ -24,8 +24,8 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.deploy.fold import NearestUpsample, use_broadcast_nearest
-from hrvit_mobile.patching import patched
-from hrvit_mobile.quant.recipes import Prequantized
+from hrvit_mobile.patching import library_patch
+from hrvit_mobile.quant.recipes import Prequantized, XNNPACKInt8
 
 from .contract import (
     ArtifactResult,
@@ -47,6 +47,8 @@ from .fx_codegen import legalize_graph_moving_nodes, memoized_signature_lookups,
 from .pass_rewrites import edge_ops_without_retrace, regenerated_without_retrace, view_copies_without_retrace
 from .quantize import quantize_pt2e, recipe_for
 from .reexport import export_graph_module
+from .registry import Backend, Variant, register
+from .runtime import ArtifactRunner, load_runner, sidecar_normalization
 from .support import conversion_inputs
 
 TARGET = "executorch"
@@ -309,7 +311,7 @@ def applicable_xnnpack_passes() -> Iterator[Counter[str]]:
                 return original(ep, pass_)
         return original(ep, pass_)
 
-    with patched(xnnpack_passes, _transform=transform):
+    with library_patch(xnnpack_passes, _transform=transform):
         yield skipped
 
 
@@ -340,7 +342,7 @@ def closing_retrace_answered(pass_: Any, answer: Callable[[torch.fx.GraphModule]
             return result
         return retrace(self, graph_module)
 
-    with patched(owner, call=call):
+    with library_patch(owner, call=call):
         yield
 
 
@@ -490,7 +492,7 @@ def applicable_edge_passes(skipped: Counter[str] | None = None) -> Iterator[Coun
         pre, post = original(config)
         return [guarded(p) for p in pre], list(post)
 
-    with patched(_program, _get_aten_to_edge_passes=passes):
+    with library_patch(_program, _get_aten_to_edge_passes=passes):
         yield skipped
 
 
@@ -707,9 +709,10 @@ def bitset_dependency_viewers() -> Iterator[None]:
     can_merge = _bitset_can_merge_partitions(partitioner_cls.__dict__["_can_merge_partitions"])
     perform_merge = _bitset_perform_partition_merge(partitioner_cls.__dict__["_perform_partition_merge"])
     with (
-        patched(fx_partitioner, _DependencyViewer=BitSetDependencyViewer),
-        patched(group_partitioner, _DependencyViewer=BitSetDependencyViewer),
-        patched(partitioner_cls, _can_merge_partitions=can_merge, _perform_partition_merge=perform_merge),
+        library_patch(fx_partitioner, _DependencyViewer=BitSetDependencyViewer),
+        library_patch(group_partitioner, _DependencyViewer=BitSetDependencyViewer),
+        library_patch(partitioner_cls, _can_merge_partitions=can_merge,
+                      _perform_partition_merge=perform_merge),
     ):
         yield
 
@@ -743,10 +746,11 @@ def unrendered_partition_logs() -> Iterator[None]:
             or "__str__" in own_class.__dict__
         ):
             return original(tagged_graph_module, *args, **kwargs)
-        with patched(own_class, __str__=placeholder):  # own_class has no __str__ of its own (checked above)
+        # own_class has no __str__ of its own (checked above)
+        with library_patch(own_class, __str__=placeholder):
             return original(tagged_graph_module, *args, **kwargs)
 
-    with patched(backend_api, _create_partitions_in_graph_module=create_partitions):
+    with library_patch(backend_api, _create_partitions_in_graph_module=create_partitions):
         yield
 
 
@@ -758,7 +762,7 @@ def moving_node_legalization() -> Iterator[None]:
     moved instead of copied)."""
     from executorch.exir import lowered_backend_module
 
-    with patched(lowered_backend_module, legalize_graph=legalize_graph_moving_nodes):
+    with library_patch(lowered_backend_module, legalize_graph=legalize_graph_moving_nodes):
         yield
 
 
@@ -825,10 +829,10 @@ def single_decomposition(skipped: Counter[str]) -> Iterator[None]:
                         return decomposed
             return original_decompose(self, *d_args, **d_kwargs)
 
-        with patched(ExportedProgram, run_decompositions=run_decompositions):
+        with library_patch(ExportedProgram, run_decompositions=run_decompositions):
             return original_gen(partitioner, aten_programs, *args, **kwargs)
 
-    with patched(_program, _gen_edge_manager_for_partitioners=gen):
+    with library_patch(_program, _gen_edge_manager_for_partitioners=gen):
         yield
 
 
@@ -890,7 +894,7 @@ def edge_dtype_checked_once(skipped: Counter[str] | None = None) -> Iterator[Cou
             skipped["edge dtype check of an unchanged graph"] += 1
             return
         if key is not None and _every_value_recorded(gm):
-            with patched(verifier, EdgeOpArgValidator=_recorded_value_arg_validator()):
+            with library_patch(verifier, EdgeOpArgValidator=_recorded_value_arg_validator()):
                 original(gm)
             skipped["edge dtype check's fake-tensor run"] += 1
         else:
@@ -898,7 +902,7 @@ def edge_dtype_checked_once(skipped: Counter[str] | None = None) -> Iterator[Cou
         if key is not None:
             passed.add(key)
 
-    with patched(verifier, _check_tensor_args_matching_op_allowed_dtype=check):
+    with library_patch(verifier, _check_tensor_args_matching_op_allowed_dtype=check):
         yield skipped
 
 
@@ -1002,7 +1006,7 @@ def delegate_outputs_from_metadata(verify: bool = False) -> Iterator[Counter[str
             ]
         return recorded
 
-    with patched(module, call_delegate_cpu=call_delegate):
+    with library_patch(module, call_delegate_cpu=call_delegate):
         yield answered
 
 
@@ -1069,7 +1073,7 @@ def edge_ops_in_one_retrace(skipped: Counter[str] | None = None) -> Iterator[Cou
     def generate(config: Any, program: Any, *args: Any, **kwargs: Any) -> Any:
         if config._skip_dim_order or _has_control_flow(program.graph_module):
             return original(config, program, *args, **kwargs)
-        with patched(
+        with library_patch(
             _program,
             OpReplacePass=_without_retrace(
                 _op_replace_with_dim_order_pass(), edge_ops_without_retrace, "OpReplacePass's retrace",
@@ -1085,7 +1089,7 @@ def edge_ops_in_one_retrace(skipped: Counter[str] | None = None) -> Iterator[Cou
         skipped["MemoryFormatOpsPass's own retrace"] += 1
         return result
 
-    with patched(_program, _generate_edge_program=generate):
+    with library_patch(_program, _generate_edge_program=generate):
         yield skipped
 
 
@@ -1122,7 +1126,7 @@ def memoized_dataclass_encoding() -> Iterator[None]:
                 return props
             return super().default(o)
 
-    with patched(xnnpack_graph_serialize, _DataclassEncoder=MemoizedDataclassEncoder):
+    with library_patch(xnnpack_graph_serialize, _DataclassEncoder=MemoizedDataclassEncoder):
         yield
 
 
@@ -1154,8 +1158,6 @@ def lowering_shortcuts() -> Iterator[Counter[str]]:
 
 def xnnpack_int8_quantizer() -> Any:
     """The PT2E quantizer of the int8 recipe (kept for callers that build their own flow)."""
-    from hrvit_mobile.quant.recipes import XNNPACKInt8
-
     return XNNPACKInt8().quantizer()
 
 
@@ -1179,12 +1181,12 @@ def convert(
     calib: Iterable[torch.Tensor] | np.ndarray | None = None,
 ) -> ArtifactResult:
     """Lower ``model`` (deploy form, fp32, eval) to a .pte in ``spec.out_dir``; writes the sidecar too."""
-    inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
+    inputs = conversion_inputs(TARGET, spec, calib)
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
     # the layout XNNPACK runs best (channels-first: no transposes around the depthwise convs; fp16
-    # keeps tokens, see hrvit_mobile.deploy.layout.VARIANT_LAYOUT)
+    # keeps tokens, see the variants registered below)
     given = model
-    model, layout = in_export_layout(model.eval(), TARGET, spec.layout, variant)
+    model, layout = in_export_layout(model.eval(), BACKEND.layout_for(variant, spec.layout))
 
     quant_info: dict[str, Any] = {}
     prequantized = isinstance(spec.recipe, Prequantized)
@@ -1318,8 +1320,6 @@ def validate(
 
     from executorch.runtime import Runtime
 
-    from .runtime import load_runner
-
     artifact = Path(artifact)
     meta = read_sidecar(artifact)
     thresholds = thresholds or default_thresholds(meta["bits"], meta["activations"])
@@ -1356,3 +1356,62 @@ def validate(
             result.passed = False
             result.reason = (result.reason + "; " if result.reason else "") + "bundled test case mismatch"
     return result
+
+
+def open_runner(path: Path, meta: dict[str, Any], threads: int | None = None) -> ArtifactRunner:
+    """The .pte in the ExecuTorch runtime, fed the sidecar's normalization as an app would."""
+    from executorch.runtime import Runtime
+
+    norm = sidecar_normalization(meta)
+    method = Runtime.get().load_program(path).load_method("forward")
+
+    def run_one(image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(norm.apply(image[None])))
+        return method.execute([x])[0].numpy().copy()
+
+    return ArtifactRunner(path, meta, RUNTIME, run_one, native=method)
+
+
+def delegation(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
+    """What runs in XNNPACK and what the portable CPU kernels are left with, from the sidecar."""
+    details = meta.get("details") or {}
+    calls, outside = details.get("delegate_calls"), details.get("non_delegated_compute_nodes")
+    ops = details.get("non_delegated_ops") or {}
+    text = f"{details.get('delegate', 'delegate')}: {calls} call(s), {outside} compute node(s) outside"
+    if ops:
+        top = sorted(ops.items(), key=lambda kv: -kv[1])[:4]
+        text += " (" + ", ".join(f"{k} x{v}" for k, v in top) + ")"
+    keys = ("delegate", "delegate_calls", "non_delegated_compute_nodes", "non_delegated_ops")
+    return text, {k: details.get(k) for k in keys}
+
+
+BACKEND = register(Backend(
+    name=TARGET,
+    aliases=("pte",),
+    extra="executorch",
+    requirements=(("executorch", "executorch==1.5.1"), ("torchao", "torchao")),
+    runtime_package="executorch",
+    variants=(
+        Variant("fp32", 32),
+        # fp16 XNNPACK kernels: the graph runs in half, with float32 in/out casts at the boundary. XNNPACK
+        # fp16 takes no GELU, so the graph splits into ~50 delegate calls in either layout, and in the
+        # channels-first form (every linear a 1x1 conv) the b1 .pte grows to 37.62 MB against 21.47 MB
+        # in the token layout (`hrvit-mobile export --target executorch --bits 16 [--layout tokens]`):
+        # fp16 keeps tokens.
+        Variant("fp16", 16, layout="tokens"),
+        # static per-channel W8A8 (PT2E XNNPACKQuantizer); XNNPACK has no weight-only conv path, so
+        # 8-bit means W8A8 here
+        Variant("int8", 8, "int8", recipe=lambda spec: XNNPACKInt8(), calibrates=True),
+    ),
+    # XNNPACK runs channels-first in 0.74x the token layout's time (four b1 blocks at 128x128,
+    # `python3 benchmarks/layout.py --runtimes executorch tflite`): no transposes around depthwise convs
+    layout="channels_first",
+    app_file="model.pte",
+    apps=("ios", "android"),
+    app_entry={"method": "forward"},
+    color="#1f77b4",
+    convert=convert,
+    validate=validate,
+    open_runner=open_runner,
+    delegation=delegation,
+))

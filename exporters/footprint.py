@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .contract import ExportError, path_size
+from hrvit_mobile.files import path_size
 
 
 def _pte_footprint(path: Path) -> dict[str, int]:
@@ -147,7 +147,7 @@ def _with_other(parts: Counter[str], total: int) -> dict[str, int]:
     named = {k: int(v) for k, v in sorted(parts.items()) if v}
     other = total - sum(named.values())
     if other < 0:  # a reader that counted something twice
-        raise ExportError(f"footprint parts add up to {total - other} bytes, more than the file's {total}")
+        raise ValueError(f"footprint parts add up to {total - other} bytes, more than the file's {total}")
     return {**named, "other": other, "total": total}
 
 
@@ -170,5 +170,5 @@ def artifact_footprint(path: Path | str) -> dict[str, Any]:
     readers = {".pte": _pte_footprint, ".tflite": _tflite_footprint, ".mlpackage": _mlpackage_footprint}
     reader = readers.get(path.suffix)
     if reader is None:
-        raise ExportError(f"no footprint reader for {path.name}; known: {', '.join(readers)}")
+        raise ValueError(f"no footprint reader for {path.name}; known: {', '.join(readers)}")
     return reader(path)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from hrvit_mobile.patching import patched
+from hrvit_mobile.patching import library_patch
 
 
 class _DeferredPythonCode:
@@ -105,7 +105,8 @@ def deferred_graph_codegen() -> Iterator[weakref.WeakSet]:
         return original_reduce(self)
 
     try:
-        with patched(gm_cls, recompile=recompile, code=property(code), __str__=to_str, __reduce__=reduce):
+        with library_patch(gm_cls, recompile=recompile, code=property(code), __str__=to_str,
+                           __reduce__=reduce):
             yield stale
     finally:
         # GraphModule's own methods are back; each module still stale keeps lazy ones on its own class
@@ -151,7 +152,7 @@ def shared_node_provenance() -> Iterator[None]:
             self.from_node = list(node.meta.get("from_node", []))
 
     init._shares_provenance = True  # type: ignore[attr-defined]
-    with patched(cls, __init__=init):
+    with library_patch(cls, __init__=init):
         yield
 
 
@@ -220,9 +221,9 @@ def memoized_signature_lookups() -> Iterator[dict[str, int]]:
     lookups = {name: memoized(name, sig_cls.__dict__[name].fget) for name in SIGNATURE_LOOKUPS}
     try:
         with (
-            patched(gs.InputSpec, __setattr__=setattr_counted),
-            patched(gs.TensorArgument, __setattr__=setattr_counted),
-            patched(sig_cls, __setattr__=setattr_counted, **lookups),
+            library_patch(gs.InputSpec, __setattr__=setattr_counted),
+            library_patch(gs.TensorArgument, __setattr__=setattr_counted),
+            library_patch(sig_cls, __setattr__=setattr_counted, **lookups),
         ):
             yield counts
     finally:

@@ -15,6 +15,7 @@ writer carries the labels (:mod:`.mediapipe_metadata`). ``validate`` runs the fi
 from __future__ import annotations
 
 import copy
+import os
 import time
 import types
 from collections import Counter
@@ -28,7 +29,7 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.deploy.fold import use_resize_nearest
-from hrvit_mobile.patching import patched
+from hrvit_mobile.patching import library_patch
 from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
 from .contract import (
@@ -48,6 +49,8 @@ from .contract import (
 )
 from .mediapipe_metadata import with_associated_files, write_segmenter_metadata
 from .quantize import recipe_for
+from .registry import Backend, Variant, register
+from .runtime import ArtifactRunner, load_runner, sidecar_normalization
 from .support import conversion_inputs
 
 TARGET = "tflite"
@@ -163,7 +166,7 @@ def arange_int32_in_place() -> Iterator[Counter[str]]:
             changed = True
         return changed
 
-    with patched(litert_export, _convert_i64_to_i32=convert_in_place):
+    with library_patch(litert_export, _convert_i64_to_i32=convert_in_place):
         yield rewritten
 
 
@@ -256,7 +259,8 @@ def layout_callables_traced_once() -> Iterator[Counter[str]]:
                 counts["composites"] += 1
         return original_composites(self, graph_module)
 
-    with patched(canonicalize_cls, call=canonicalize), patched(composite_cls, call=build_composites):
+    with library_patch(canonicalize_cls, call=canonicalize), \
+            library_patch(composite_cls, call=build_composites):
         yield counts
 
 
@@ -294,8 +298,8 @@ def calibration_reads_views() -> Iterator[None]:
         }
 
     with (
-        patched(calibrator_cls, _calibrate_step=calibrate_step),
-        patched(tfl_interpreter_utils, get_tensor_name_to_content_map=read_views),
+        library_patch(calibrator_cls, _calibrate_step=calibrate_step),
+        library_patch(tfl_interpreter_utils, get_tensor_name_to_content_map=read_views),
     ):
         yield
 
@@ -524,9 +528,9 @@ def convert(
     calib: Iterable[torch.Tensor] | np.ndarray | None = None,
 ) -> ArtifactResult:
     """Convert ``model`` (deploy form, fp32, eval) to a .tflite in ``spec.out_dir``, with its sidecar."""
-    inputs = conversion_inputs(TARGET, spec, calib, calibrated_variants=("int8",))
+    inputs = conversion_inputs(TARGET, spec, calib)
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
-    model, layout = in_export_layout(model.eval(), TARGET, spec.layout)
+    model, layout = in_export_layout(model.eval(), BACKEND.layout_for(variant, spec.layout))
 
     def build(stage: Path) -> Built:
         import litert_torch
@@ -599,8 +603,6 @@ def validate(
     num_threads: int | None = None,
 ) -> ParityResult:
     """Run ``artifact`` (.tflite) in the LiteRT Interpreter on uint8 RGB ``images`` vs ``references``."""
-    from .runtime import load_runner
-
     artifact = Path(artifact)
     meta = read_sidecar(artifact)
     thresholds = thresholds or default_thresholds(meta["bits"], meta["activations"])
@@ -630,3 +632,82 @@ def validate(
         "signature": it.get_signature_list().get(SIGNATURE),
     }
     return result
+
+
+def open_runner(path: Path, meta: dict[str, Any], threads: int | None = None) -> ArtifactRunner:
+    """The .tflite in the LiteRT Interpreter, through its signature, as an app would call it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    if meta["input"].get("layout") == "NCHW":  # exported before the image contract: normalized NCHW in
+        norm = sidecar_normalization(meta)
+
+        def run_one(image: np.ndarray) -> np.ndarray:
+            return runner(**{INPUT_NAME: norm.apply(image[None])})[OUTPUT_NAME]
+    else:  # the RGB image as it is; logits NHWC, returned NCHW as every runner does
+
+        def run_one(image: np.ndarray) -> np.ndarray:
+            logits = runner(**{INPUT_NAME: image[None].astype(np.float32)})[OUTPUT_NAME]
+            return np.ascontiguousarray(logits.transpose(0, 3, 1, 2))
+
+    return ArtifactRunner(path, meta, RUNTIME, run_one, native=interpreter)
+
+
+def op_counts(path: Path) -> dict[str, int] | None:
+    """Op name -> count of the .tflite, from the interpreter; None when it cannot list them here."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        ops = Interpreter(model_path=str(path))._get_ops_details()  # its only op listing; private, stable
+    except Exception:  # op counts are a nicety: a report must not fail on them
+        return None
+    counts = Counter(op["op_name"] for op in ops)
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def delegation(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
+    counts = op_counts(path)
+    if counts is None:
+        return "n/a (op list not readable here)", {}
+    return (
+        f"{sum(counts.values())} ops; the host interpreter applies its default XNNPACK delegate",
+        {"op_counts": counts},
+    )
+
+
+BACKEND = register(Backend(
+    name=TARGET,
+    aliases=("litert",),
+    extra="tflite",
+    requirements=(
+        ("litert_torch", "litert-torch==0.10.0"),
+        ("ai_edge_litert", "ai-edge-litert"),
+        ("ai_edge_quantizer", "ai-edge-quantizer"),
+    ),
+    runtime_package="ai-edge-litert",
+    variants=(
+        Variant("fp32", 32),
+        Variant("fp16", 16, recipe=lambda spec: LiteRTPostTraining(variant="fp16")),  # fp16 weights
+        # dynamic-range: int8 weights, activations quantized at run time
+        Variant("int8dr", 8, recipe=lambda spec: LiteRTPostTraining(variant="int8dr")),
+        # full int8 static, float32 image in / float32 logits out
+        Variant("int8", 8, "int8", default=False, recipe=lambda spec: LiteRTPostTraining(variant="int8"),
+                calibrates=True),
+    ),
+    # LiteRT runs the channels-first form in 1.17x the token layout's time (litert-torch moves NCHW
+    # graphs to NHWC with transposes of its own; `python3 benchmarks/layout.py --runtimes tflite`)
+    layout="tokens",
+    app_file="model.tflite",
+    apps=("android", "web"),
+    app_entry={"signature": SIGNATURE},
+    app_note="The .tflite is a MediaPipe Image Segmenter model: its input `image` is the frame itself "
+    "(float32 NHWC, RGB 0..255, mean/std inside the model), its output `logits` is NHWC, and its metadata "
+    "carries the labels, so MediaPipe's ImageSegmenter loads it as it is; with the LiteRT Interpreter "
+    "feed the resized RGB frame as floats and do not normalize.",
+    color="#2ca02c",
+    convert=convert,
+    validate=validate,
+    open_runner=open_runner,
+    delegation=delegation,
+))

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from hrvit_mobile.quant.recipes import BINNING_PATHS, Prequantized, PT2ERecipe, QuantRecipe, get_recipe
+from hrvit_mobile.quant.recipes import BINNING_PATHS, Prequantized, PT2ERecipe, QuantRecipe
 
 from .contract import EXPORTER_SYNTHETIC, ExportError, ExportSpec, step
+from .registry import get_backend
 
 AUTO = "auto"
 
@@ -36,7 +37,13 @@ def recipe_for(spec: ExportSpec) -> QuantRecipe:
             raise ExportError("--keep-float does not apply to a graph quantized already (QAT)")
         return spec.recipe
     assert spec.activations is not None, "resolve the spec first"
-    recipe = get_recipe(spec.target, spec.bits, spec.activations, min_ios=spec.min_ios)
+    backend = get_backend(spec.target)
+    variant = backend.variant(spec.bits, spec.activations)
+    if variant.recipe is None:
+        raise ExportError(
+            f"no quantization recipe for {backend.name} {variant.name}: it is a float export"
+        )
+    recipe = variant.recipe(spec)
     if spec.layout is not None and hasattr(recipe, "layout"):
         recipe.layout = spec.layout  # quantize in the layout the exporter lowers
     if spec.keep_float is not None and not isinstance(recipe, PT2ERecipe):

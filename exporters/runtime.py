@@ -8,8 +8,6 @@ project's model code.
 
 from __future__ import annotations
 
-import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .contract import ExportError, Normalization, read_sidecar
-from .support import canonical_target
+from .registry import get_backend
+from .support import canonical_target, check_dependencies
 
 
 @dataclass
@@ -60,68 +59,10 @@ class ArtifactRunner:
         return time_calls(lambda: self._run_one(image), runs=max(1, runs), warmup=warmup)
 
 
-def _normalization(meta: dict[str, Any]) -> Normalization:
+def sidecar_normalization(meta: dict[str, Any]) -> Normalization:
+    """The input normalization a sidecar records (what an app applies before the model)."""
     norm = meta["input"]["normalization"]
     return Normalization(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
-
-
-def _executorch(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
-    from executorch.runtime import Runtime
-
-    from .executorch import RUNTIME
-
-    norm = _normalization(meta)
-    method = Runtime.get().load_program(path).load_method("forward")
-
-    def run_one(image: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(norm.apply(image[None])))
-        return method.execute([x])[0].numpy().copy()
-
-    return ArtifactRunner(path, meta, RUNTIME, run_one, native=method)
-
-
-def _tflite(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
-    from ai_edge_litert.interpreter import Interpreter
-
-    from .litert import INPUT_NAME, OUTPUT_NAME, RUNTIME, SIGNATURE
-
-    interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-    runner = interpreter.get_signature_runner(SIGNATURE)
-    if meta["input"].get("layout") == "NCHW":  # exported before the image contract: normalized NCHW in
-        norm = _normalization(meta)
-
-        def run_one(image: np.ndarray) -> np.ndarray:
-            return runner(**{INPUT_NAME: norm.apply(image[None])})[OUTPUT_NAME]
-    else:  # the RGB image as it is; logits NHWC, returned NCHW as every runner does
-
-        def run_one(image: np.ndarray) -> np.ndarray:
-            logits = runner(**{INPUT_NAME: image[None].astype(np.float32)})[OUTPUT_NAME]
-            return np.ascontiguousarray(logits.transpose(0, 3, 1, 2))
-
-    return ArtifactRunner(path, meta, RUNTIME, run_one, native=interpreter)
-
-
-def _coreml(path: Path, meta: dict[str, Any], threads: int | None) -> ArtifactRunner:
-    from .coreml import INPUT_NAME, OUTPUT_NAME, RUNTIME_MAC
-
-    if platform.system() == "Darwin":
-        import coremltools as ct
-        from PIL import Image
-
-        mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
-        return ArtifactRunner(
-            path, meta, RUNTIME_MAC,
-            lambda image: np.asarray(mlmodel.predict({INPUT_NAME: Image.fromarray(image)})[OUTPUT_NAME]),
-        )
-    from .coreml_eval import RUNTIME, Program
-
-    program = Program(path)  # the image input's scale/bias live in the program, as on a phone
-    return ArtifactRunner(path, meta, RUNTIME, lambda image: program.predict(image)[OUTPUT_NAME])
-
-
-_OPENERS = {"executorch": _executorch, "tflite": _tflite, "coreml": _coreml}
 
 
 def open_artifact(path: Path | str, threads: int | None = None) -> ArtifactRunner:
@@ -130,8 +71,6 @@ def open_artifact(path: Path | str, threads: int | None = None) -> ArtifactRunne
     Raises :class:`ExportError` (one line) when the file or its sidecar is missing or unreadable, and
     :class:`MissingDependencyError` when the runtime's package is not installed.
     """
-    from .support import check_dependencies
-
     path = Path(path)
     if not path.exists():
         raise ExportError(f"artifact not found: {path}")
@@ -147,4 +86,4 @@ def open_artifact(path: Path | str, threads: int | None = None) -> ArtifactRunne
 def load_runner(path: Path, meta: dict[str, Any], threads: int | None = None) -> ArtifactRunner:
     """:func:`open_artifact` without its checks: the runtime's own errors (RuntimeError, ValueError)
     pass through, for the validators that report them as parity failures."""
-    return _OPENERS[canonical_target(meta["target"])](Path(path), meta, threads)
+    return get_backend(meta["target"]).open_runner(Path(path), meta, threads)

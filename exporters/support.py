@@ -1,6 +1,5 @@
-"""Which (target, bits, activations) exports exist, and what each needs installed.
-
-One table, read by ``export``, by the CLI's help and by the errors, so they cannot disagree.
+"""Questions about targets answered from the backend registry: which exports exist, how a spec
+resolves to a variant, what a backend needs installed, and the inputs every ``convert`` starts from.
 """
 
 from __future__ import annotations
@@ -13,119 +12,64 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hrvit_mobile import patching
+
 from .contract import (
-    TARGETS,
     ExportSpec,
     MissingDependencyError,
-    UnsupportedExportError,
     calibration_tensors,
-    normalize_activations,
     synthetic_images,
     to_tensors,
 )
+from .registry import all_variants, backends, get_backend
 
-# (target, bits, activations) -> variant name used in file names and reports.
-SUPPORTED: dict[tuple[str, int, str], str] = {
-    ("executorch", 32, "float"): "fp32",
-    # fp16 XNNPACK kernels: the graph runs in half, with float32 in/out casts at the boundary.
-    ("executorch", 16, "float"): "fp16",
-    ("executorch", 8, "int8"): "int8",  # static per-channel W8A8, PT2E XNNPACKQuantizer
-    ("coreml", 32, "float"): "fp32",
-    ("coreml", 16, "float"): "fp16",
-    ("coreml", 8, "float"): "w8",  # weight-only int8 linear, fp16 compute
-    ("coreml", 8, "int8"): "w8a8",  # PT2E CoreMLQuantizer on the PyTorch side (calibration needs no Mac)
-    ("coreml", 6, "float"): "pal6",  # 6-bit k-means palettization, fp16 compute
-    ("coreml", 4, "float"): "pal4",  # 4-bit k-means palettization, fp16 compute
-    ("tflite", 32, "float"): "fp32",
-    ("tflite", 16, "float"): "fp16",  # fp16 weights, float32 compute
-    ("tflite", 8, "float"): "int8dr",  # dynamic-range: int8 weights, activations quantized at run time
-    ("tflite", 8, "int8"): "int8",  # full int8 static, float32 image in / float32 logits out
-}
 
-# What `--bits N` means when `--activations` is not given.
-DEFAULT_ACTIVATIONS: dict[tuple[str, int], str] = {
-    ("executorch", 8): "int8",  # XNNPACK has no weight-only conv path: 8-bit means W8A8 here
-    ("coreml", 8): "float",
-    ("tflite", 8): "float",
-}
-
-# target -> (import name, pip requirement) of what its convert/validate need.
-REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "executorch": (("executorch", "executorch==1.5.1"), ("torchao", "torchao")),
-    "coreml": (("coremltools", "coremltools==9.0"),),
-    "tflite": (
-        ("litert_torch", "litert-torch==0.10.0"),
-        ("ai_edge_litert", "ai-edge-litert"),
-        ("ai_edge_quantizer", "ai-edge-quantizer"),
-    ),
-}
-
-TARGET_ALIASES = {
-    "tflite": "tflite",
-    "litert": "tflite",
-    "executorch": "executorch",
-    "pte": "executorch",
-    "coreml": "coreml",
-    "mlpackage": "coreml",
-}
+def supported() -> dict[tuple[str, int, str], str]:
+    """(target, bits, activations) -> variant name, for every registered backend."""
+    return {(b.name, v.bits, v.activations): v.name for b, v in all_variants()}
 
 
 def supported_pairs(target: str | None = None) -> list[tuple[str, int, str]]:
-    return [k for k in SUPPORTED if target is None or k[0] == target]
+    return [k for k in supported() if target is None or k[0] == target]
 
 
 def describe_supported(target: str | None = None) -> str:
     """e.g. ``tflite: 32, 16, 8 (activations float), 8 --activations 8``"""
-    parts = []
-    for t in [target] if target else TARGETS:
-        items = []
-        for _, bits, act in supported_pairs(t):
-            default = DEFAULT_ACTIVATIONS.get((t, bits), "float")
-            items.append(
-                str(bits) if act == default else f"{bits} --activations {8 if act == 'int8' else act}"
-            )
-        parts.append(f"{t}: " + ", ".join(items))
-    return "; ".join(parts)
+    chosen = [get_backend(target)] if target else backends()
+    return "; ".join(f"{b.name}: {b.describe()}" for b in chosen)
 
 
 def canonical_target(target: str) -> str:
-    t = TARGET_ALIASES.get(str(target).lower())
-    if t is None:
-        raise UnsupportedExportError(
-            f"unknown target {target!r}; supported targets: {', '.join(TARGETS)} (or 'all')"
-        )
-    return t
+    return get_backend(target).name
 
 
 def resolve(spec: ExportSpec) -> tuple[ExportSpec, str]:
     """Fill in defaults and check the pair; returns a resolved copy of the spec and its variant name."""
-    target = canonical_target(spec.target)
-    act = (
-        normalize_activations(spec.activations)
-        if spec.activations is not None
-        else DEFAULT_ACTIVATIONS.get((target, spec.bits), "float")
-    )
-    variant = SUPPORTED.get((target, spec.bits, act))
-    if variant is None:
-        wanted = f"--bits {spec.bits}" + (" --activations 8" if act == "int8" else "")
-        raise UnsupportedExportError(
-            f"--target {target} {wanted} is not supported; supported: {describe_supported(target)}"
-        )
-    resolved = dataclasses.replace(spec, target=target, activations=act)
+    backend = get_backend(spec.target)
+    variant = backend.variant(spec.bits, spec.activations)
+    resolved = dataclasses.replace(spec, target=backend.name, activations=variant.activations)
     if resolved.name is None:
         h, w = spec.img_size
-        resolved.name = f"{spec.model_name}_{h}x{w}_{target}_{variant}"
-    return resolved, variant
+        resolved.name = f"{spec.model_name}_{h}x{w}_{backend.name}_{variant.name}"
+    return resolved, variant.name
 
 
-def check_dependencies(target: str) -> None:
-    """Raise one line naming what to pip install when a backend's packages are missing."""
-    missing = [pip for mod, pip in REQUIREMENTS[target] if importlib.util.find_spec(mod) is None]
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
+
+
+def check_dependencies(target: str, variant: str | None = None) -> None:
+    """Raise one line naming what to pip install when a backend's (or variant's) packages are missing."""
+    backend = get_backend(target)
+    needed = backend.requirements + (backend.variant_named(variant).requirements if variant else ())
+    missing = [pip for mod, pip in needed if not _installed(mod)]
     if missing:
-        extra = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite"}[target]
         raise MissingDependencyError(
-            f"--target {target} needs {', '.join(missing)}: pip install {' '.join(repr(m) for m in missing)}"
-            f" (or pip install 'hrvit-mobile[{extra}]')"
+            f"--target {backend.name} needs {', '.join(missing)}: pip install "
+            f"{' '.join(repr(m) for m in missing)} (or pip install 'hrvit-mobile[{backend.extra}]')"
         )
 
 
@@ -144,11 +88,12 @@ def conversion_inputs(
     target: str,
     spec: ExportSpec,
     calib: Iterable[torch.Tensor] | np.ndarray | None,
-    calibrated_variants: tuple[str, ...],
 ) -> ConversionInputs:
     """Check packages and the pair for ``target``, then build the sample and calibration inputs."""
     check_dependencies(target)
     spec, variant = resolve(spec)
+    check_dependencies(target, variant)
+    patching.begin_export(spec.patches)
     if spec.target != target:
         raise ValueError(f"spec.target is {spec.target!r}, this is the {target} exporter")
     if spec.keep_float is not None or spec.recipe is not None:
@@ -158,5 +103,6 @@ def conversion_inputs(
     example = to_tensors(spec.normalization.apply(synthetic_images(1, spec.img_size, seed=spec.seed)))[0]
     # a graph quantized already (QAT) is lowered as it is: nothing to calibrate
     prequantized = getattr(spec.recipe, "source", None) is not None
-    calib_t = calibration_tensors(spec, calib) if variant in calibrated_variants and not prequantized else []
+    calibrates = get_backend(target).variant_named(variant).calibrates
+    calib_t = calibration_tensors(spec, calib) if calibrates and not prequantized else []
     return ConversionInputs(spec, variant, example, calib_t)

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.exporters.registry import apps, get_backend, target_names
 from hrvit_mobile.labels import LabelSet, labels_for
 
 BUNDLE_SCHEMA = "hrvit-mobile.bundle/1"
@@ -31,12 +32,6 @@ LABELS_JSON = "labels.json"
 LABELS_TXT = "labels.txt"
 PALETTE_TXT = "palette.txt"
 README = "README.md"
-APPS: dict[str, tuple[str, ...]] = {
-    "ios": ("coreml", "executorch"), "android": ("tflite", "executorch"), "web": ("tflite",)
-}
-MODEL_FILES: dict[str, str] = {
-    "coreml": "model.mlpackage", "executorch": "model.pte", "tflite": "model.tflite"
-}
 # fields of an export sidecar that vary from run to run (timings, memory): left out of bundles
 _VOLATILE = ("export_seconds", "peak_rss_bytes")
 _FILE_MODE, _DIR_MODE = 0o644, 0o755
@@ -59,14 +54,17 @@ class BundleResult:
 
 
 def _canonical_target(target: str) -> str:
-    from hrvit_mobile.exporters import canonical_target
+    return get_backend(target).name
 
-    return canonical_target(target)
+
+def _app_targets(app: str) -> tuple[str, ...]:
+    """The targets whose artifacts ``app`` loads, as the backends declare them."""
+    return tuple(b.name for b in apps().get(app, ()))
 
 
 def _check_app(app: str) -> None:
-    if app not in APPS:
-        raise BundleError(f"unknown app {app!r}: use one of {', '.join(APPS)}")
+    if app not in apps():
+        raise BundleError(f"unknown app {app!r}: use one of {', '.join(apps())}")
 
 
 def _load_artifact(path: Path, app: str, allow_failed_parity: bool) -> dict[str, Any]:
@@ -78,8 +76,8 @@ def _load_artifact(path: Path, app: str, allow_failed_parity: bool) -> dict[str,
         raise BundleError(f"artifact not found: {path}")
     meta = read_sidecar(path)
     target = _canonical_target(meta["target"])
-    if target not in APPS[app]:
-        allowed = " or ".join(Path(MODEL_FILES[t]).suffix for t in APPS[app])
+    if target not in _app_targets(app):
+        allowed = " or ".join(b.suffix for b in apps()[app])
         raise BundleError(f"{path.name}: the {app} app cannot load {target} artifacts; it takes {allowed}")
     root = path.parent
     for f in meta.get("files", []):
@@ -185,7 +183,8 @@ def _app_contract(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _model_entry(target: str, meta: dict[str, Any]) -> dict[str, Any]:
-    name = MODEL_FILES[target]
+    backend = get_backend(target)
+    name = backend.app_file
     entry = {
         "runtime": target,
         "file": name,
@@ -198,19 +197,14 @@ def _model_entry(target: str, meta: dict[str, Any]) -> dict[str, Any]:
         "size_bytes": meta["size_bytes"],
         "parity": _parity_summary(meta.get("parity")),
         "tool_versions": meta.get("tool_versions", {}),
+        **backend.app_entry,
     }
-    if target == "executorch":
-        entry["method"] = "forward"
-    elif target == "tflite":
-        entry["signature"] = "serving_default"
-    elif target == "coreml":
-        entry["compiled_name"] = "model.mlmodelc"  # what Xcode makes of model.mlpackage in an app
     return entry
 
 
 def _bundled_sidecar(target: str, meta: dict[str, Any], labels: LabelSet, root: Path) -> dict[str, Any]:
     """The export sidecar as the bundled copy needs it: fixed names, bundle labels, no timings."""
-    name = MODEL_FILES[target]
+    name = get_backend(target).app_file
     side = {k: v for k, v in meta.items() if k not in _VOLATILE}
     if side.get("parity"):
         side["parity"] = {k: v for k, v in side["parity"].items() if k != "seconds"}
@@ -237,11 +231,8 @@ def _readme(app: str, manifest: dict[str, Any]) -> str:
     mean = ", ".join(f"{v:g}" for v in inp["normalization"]["mean"])
     std = ", ".join(f"{v:g}" for v in inp["normalization"]["std"])
     template = f"demo_app_assets/{app}"
-    coreml_note = (
-        "\nThe Core ML package takes the camera image directly (an `ImageType` input named `image`, "
-        "mean/std folded into the model): give it a CVPixelBuffer through Vision; do not normalize.\n"
-        if any(m["runtime"] == "coreml" for m in manifest["models"]) else ""
-    )
+    notes = dict.fromkeys(get_backend(m["runtime"]).app_note for m in manifest["models"])
+    backend_notes = "".join(f"\n{note}\n" for note in notes if note)
     return f"""# {manifest['model']} segmentation bundle for {app}
 
 Written by `hrvit-mobile bundle`; `hrvit-mobile bundle --verify <this folder>` checks it (hashes,
@@ -254,7 +245,7 @@ labels, paths). Do not edit files by hand: the manifest `{MANIFEST}` holds their
 `{inp['name']}`: {inp['dtype']} {inp['layout']} {inp['shape']}, {inp['color']}; resize the frame to
 {inp['shape'][3]}x{inp['shape'][2]} (width x height), then per channel `(pixel / 255 - mean) / std` with
 mean ({mean}) and std ({std}).
-{coreml_note}
+{backend_notes}
 ## Output
 `{out['name']}`: {out['dtype']} {out['layout']} {out['shape']}: {out['meaning']}. Upsample the logits
 (bilinear) or the class map (nearest) to the frame and colour each pixel with its class's colour.
@@ -304,7 +295,7 @@ def build_bundle(
 
     _check_app(app)
     if not artifacts:
-        kinds = " and/or ".join(MODEL_FILES[t].split(".")[-1] for t in APPS[app])
+        kinds = " and/or ".join(b.suffix.lstrip(".") for b in apps()[app])
         raise BundleError(f"no artifacts: give --artifact PATH (a {app} app takes {kinds}) or --target")
     metas: dict[str, tuple[Path, dict[str, Any]]] = {}
     for a in artifacts:
@@ -333,16 +324,16 @@ def build_bundle(
         os.chmod(root, _DIR_MODE)
         for target in sorted(metas):
             path, meta = metas[target]
-            dst = root / MODEL_FILES[target]
+            dst = root / get_backend(target).app_file
             _copy_tree_sorted(path, dst)
-            if target == "coreml":
+            if dst.suffix == ".mlpackage":
                 _canonical_mlpackage_manifest(dst)
         _write_json(root / LABELS_JSON, label_set.as_json())
         _write_text(root / LABELS_TXT, "".join(f"{c}\n" for c in label_set.classes))
         _write_text(root / PALETTE_TXT, "".join(f"{r} {g} {b}\n" for r, g, b in label_set.palette))
         for target in sorted(metas):
             side = _bundled_sidecar(target, metas[target][1], label_set, root)
-            _write_json(root / f"{MODEL_FILES[target]}.json", side)
+            _write_json(root / f"{get_backend(target).app_file}.json", side)
         inp, outp = _app_contract(first)
         models = [_model_entry(t, metas[t][1]) for t in sorted(metas)]
         self_test = _self_test(root, first, inp, metas, models, reference)
@@ -462,7 +453,7 @@ def _verify(path: Path | str) -> dict[str, Any]:
         f"{MANIFEST} classes": len(manifest.get("classes", [])),
     }
     for model in manifest.get("models", []):
-        if model["runtime"] not in APPS[app]:
+        if model["runtime"] not in _app_targets(app):
             raise BundleError(f"{model['file']}: the {app} app cannot load {model['runtime']} models")
         _inside(root, model["file"])
         if not (root / model["file"]).exists():
@@ -480,9 +471,11 @@ def _verify(path: Path | str) -> dict[str, Any]:
     return manifest
 
 
-def bundled_model(bundle: Path | str, runtimes: tuple[str, ...] = ("executorch", "tflite", "coreml")) -> Path:
-    """The path of the first model in a verified bundle whose runtime is in ``runtimes``."""
+def bundled_model(bundle: Path | str, runtimes: tuple[str, ...] | None = None) -> Path:
+    """The path of the first model in a verified bundle whose runtime is in ``runtimes`` (default: every
+    registered target, in registry order)."""
     manifest = verify_bundle(bundle)
+    runtimes = target_names() if runtimes is None else runtimes
     for runtime in runtimes:
         for model in manifest["models"]:
             if model["runtime"] == runtime:
@@ -497,8 +490,10 @@ def check_targets(app: str, targets: list[str]) -> list[str]:
     out = []
     for t in targets:
         target = _canonical_target(t)
-        if target not in APPS[app]:
-            raise BundleError(f"--target {t}: the {app} app cannot load it; use {' and/or '.join(APPS[app])}")
+        if target not in _app_targets(app):
+            raise BundleError(
+                f"--target {t}: the {app} app cannot load it; use {' and/or '.join(_app_targets(app))}"
+            )
         if target not in out:
             out.append(target)
     return out

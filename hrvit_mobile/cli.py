@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from hrvit_mobile.deploy.layout import LAYOUTS
 from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.exporters.registry import all_variants, apps, target_names
 from hrvit_mobile.files import Terminated, output_folder
 
 # int8 calibration images taken from --calib or the demo model's set; the demo model's ExecuTorch int8 mIoU
@@ -20,6 +21,11 @@ CALIB_SAMPLES_HELP = (
     "--calib or of the demo model's set; with neither, the exporter calibrates on its own synthetic "
     "images, 8 unless this is given); fewer export faster"
 )
+
+
+def _bits_choices() -> list[int]:
+    """Every ``--bits`` some registered variant takes, widest first."""
+    return sorted({v.bits for _, v in all_variants()}, reverse=True)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -124,7 +130,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if any(v is not None for v in (args.max_abs_err, args.min_cosine, args.min_argmax)):
         thresholds = ParityThresholds(args.max_abs_err, args.min_cosine, args.min_argmax)
     spec = ExportSpec(
-        target=args.target if args.target != "all" else "executorch",
+        target=args.target if args.target != "all" else target_names()[0],
         bits=args.bits,
         activations=args.activations,
         img_size=size,
@@ -432,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exports the deploy form of a model and proves the artifact: parity against "
         "the float PyTorch model in the artifact's own runtime, written beside it as JSON.",
     )
-    export.add_argument("--target", required=True, choices=["executorch", "coreml", "tflite", "all"])
-    export.add_argument("--bits", type=int, default=32, choices=[32, 16, 8, 6, 4])
+    export.add_argument("--target", required=True, choices=[*target_names(), "all"])
+    export.add_argument("--bits", type=int, default=32, choices=_bits_choices())
     export.add_argument("--activations", choices=["float", "8"], default=None,
                         help="int8 activations (static, calibrated) or float; default per target")
     export.add_argument("--model", default="hrvit_b1")
@@ -475,12 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bundles existing artifacts (--artifact) or exports them now (--target, like export) "
         "into a folder for the iOS, Android or web demo app; --verify checks a bundle.",
     )
-    bundle.add_argument("--app", choices=["ios", "android", "web"])
+    bundle.add_argument("--app", choices=sorted(apps()))
     bundle.add_argument("--out", help="bundle folder to write")
     bundle.add_argument("--artifact", nargs="+", help="exported .mlpackage/.pte/.tflite (with sidecar JSON)")
-    bundle.add_argument("--target", nargs="+", choices=["executorch", "coreml", "tflite"],
-                        help="export these now (ios: coreml, executorch; android: tflite, executorch)")
-    bundle.add_argument("--bits", type=int, default=32, choices=[32, 16, 8, 6, 4])
+    bundle.add_argument("--target", nargs="+", choices=target_names(),
+                        help="export these now (" + "; ".join(
+                            f"{app}: {', '.join(b.name for b in bs)}" for app, bs in apps().items()) + ")")
+    bundle.add_argument("--bits", type=int, default=32, choices=_bits_choices())
     bundle.add_argument("--activations", choices=["float", "8"], default=None)
     bundle.add_argument("--model", default="hrvit_b1")
     bundle.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
@@ -540,8 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", help="official/mmseg or own checkpoint (.pth, .safetensors)")
     bench.add_argument("--num-classes", type=int, default=None,
                        help="default: the demo checkpoint's 8 for hrvit_b1, else 150")
-    bench.add_argument("--targets", nargs="+", choices=["executorch", "coreml", "tflite"],
-                       help="default: all three")
+    bench.add_argument("--targets", nargs="+", choices=target_names(), help="default: all")
     bench.add_argument("--only", nargs="+", metavar="TARGET/VARIANT",
                        help="only these formats, e.g. tflite/fp32 executorch/int8")
     bench.add_argument("--out", default="bench", help="output folder")
@@ -607,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exports with: hrvit-mobile export --target T --bits 8 --checkpoint OUT/last.pt",
     )
     qat.add_argument("--data", required=True, help="images/ + masks/ folder (or train/ and val/ inside)")
-    qat.add_argument("--target", required=True, choices=["executorch", "tflite", "coreml"])
+    qat.add_argument("--target", required=True, choices=target_names())
     qat.add_argument("--steps", type=int, required=True)
     qat.add_argument("--model", default="hrvit_b1")
     qat.add_argument("--checkpoint",

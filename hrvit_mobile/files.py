@@ -247,3 +247,10 @@ def atomic_write(path: Path | str, data: bytes | str | Callable[[Path], object])
                 raise
             raise failure from None
     return path
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (an .mlpackage)."""
+    if path.is_dir():
+        return sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
+    return path.stat().st_size

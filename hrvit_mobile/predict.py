@@ -201,12 +201,12 @@ def class_map_png(class_map: np.ndarray, labels: LabelSet) -> bytes:
 def resolve_model(model: Path | str) -> Path:
     """An artifact path as given, or the first model of a bundle folder whose runtime is installed."""
     from hrvit_mobile.bundle import MANIFEST, bundled_model
-    from hrvit_mobile.exporters import MissingDependencyError, check_dependencies
+    from hrvit_mobile.exporters import MissingDependencyError, check_dependencies, target_names
 
     path = Path(model)
     if path.is_dir() and (path / MANIFEST).is_file():
         runtimes = []
-        for runtime in ("executorch", "tflite", "coreml"):
+        for runtime in target_names():
             try:
                 check_dependencies(runtime)
                 runtimes.append(runtime)

@@ -1,7 +1,7 @@
 """Quantization recipes (PTQ/QAT) per backend, sensitivity, keep-float; installed as ``hrvit_mobile.quant``.
 
-    from hrvit_mobile.quant import get_recipe, auto_keep_float, QATConfig, train_qat
-    int8 = get_recipe("executorch", 8, "int8").quantize(deployed, example, calib)
+    from hrvit_mobile.quant import XNNPACKInt8, auto_keep_float, QATConfig, train_qat
+    int8 = XNNPACKInt8().quantize(deployed, example, calib)
 """
 
 from .qat import QATConfig, QATError, QATResult, converted_from_checkpoint, is_qat_checkpoint, train_qat
@@ -16,8 +16,8 @@ from .recipes import (
     QuantRecipe,
     QuantRecipeError,
     XNNPACKInt8,
+    apply_keep_float,
     get_qat_recipe,
-    get_recipe,
 )
 from .sensitivity import KeepFloatResult, SensitivityReport, analyze, auto_keep_float, module_groups
 
@@ -38,10 +38,10 @@ __all__ = [
     "SensitivityReport",
     "XNNPACKInt8",
     "analyze",
+    "apply_keep_float",
     "auto_keep_float",
     "converted_from_checkpoint",
     "get_qat_recipe",
-    "get_recipe",
     "is_qat_checkpoint",
     "module_groups",
     "train_qat",

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrvit_mobile.patching import patched
+from hrvit_mobile.patching import library_patch
 
 from . import native
 
@@ -208,5 +208,5 @@ def fast_param_search() -> Iterator[None]:
             return non_linear_param_search(observer)
         return stock(observer)
 
-    with patched(HistogramObserver, _non_linear_param_search=search):
+    with library_patch(HistogramObserver, _non_linear_param_search=search):
         yield

@@ -38,7 +38,7 @@ from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.files import atomic_write
 from hrvit_mobile.metrics import IGNORE_INDEX
 
-from .recipes import Prequantized, PT2ERecipe, get_qat_recipe
+from .recipes import Prequantized, PT2ERecipe, XNNPACKInt8, get_qat_recipe
 
 log = logging.getLogger("hrvit_mobile.quant")
 
@@ -56,7 +56,7 @@ class QATConfig:
     """One QAT run. ``eval_every``/``save_every`` of 0 mean: only at the end."""
 
     data: str
-    target: str = "executorch"
+    target: str = XNNPACKInt8.target  # the export target whose quantizer trains
     steps: int = 100
     model: str = "hrvit_b1"
     checkpoint: str | None = None  # float weights to start from (trained); None = embedded default/demo
@@ -268,7 +268,7 @@ def load_qat_checkpoint(path: str | Path) -> dict[str, Any]:
         raise QATError(f"{path} is not a hrvit-mobile QAT checkpoint (format {FORMAT})")
     from hrvit_mobile.checkpoint import check_finite
 
-    check_finite(state["model"], path)
+    check_finite(state.get("model", {}), path)  # the weights, where the checkpoint holds them
     return state
 
 

@@ -12,7 +12,7 @@ A recipe knows its backend's quantizer and nothing about files. Two kinds:
 
 ``keep_float`` lists module names (``features.3.branches.1``) or types left in float; HRViT's float
 islands (masked softmax, LayerNorm, see :mod:`hrvit_mobile.models.float_islands`) are always added.
-:func:`get_recipe` maps an export's (target, bits, activations) to its recipe.
+Each export variant names its recipe in its backend's registration (``hrvit_mobile.exporters.registry``).
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hrvit_mobile.deploy.layout import export_layout
 from hrvit_mobile.deploy.modules import FACTORED_DES_MIN_CHANNELS
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.models.norm import DelegableLayerNorm
-from hrvit_mobile.patching import patched
+from hrvit_mobile.patching import library_patch
 
 from . import native
 from .observers import fast_param_search, upscale_histogram
@@ -194,9 +193,9 @@ class XNNPACKInt8(PT2ERecipe):
     per_channel: bool = True
     scheme: str = "PT2E XNNPACKQuantizer: int8 per-channel weights, static int8 activations"
     pattern_utils: str = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils"
-    # the deploy layout the graph is quantized (and QAT-trained) in: the ExecuTorch exporter's;
-    # QAT checkpoints record it
-    layout: str = export_layout("executorch", "int8")
+    # the deploy layout the graph is quantized (and QAT-trained) in: the one XNNPACK runs fastest, which
+    # the ExecuTorch backend lowers; QAT checkpoints record it
+    layout: str = "channels_first"
     # the form of the nearest upsamplers the graph is quantized (and QAT-trained) with: "broadcast"
     # (hrvit_mobile.deploy.fold.BroadcastNearest, what XNNPACK runs fastest) or "transposed_conv" (the
     # deploy form's own, what QAT checkpoints from before this was recorded were trained with)
@@ -350,7 +349,7 @@ def fast_pattern_capture(utils_module: str) -> Iterator[None]:
             def non_strict(*a: Any, **k: Any) -> Any:
                 return real_export(*a, **{**k, "strict": False})
 
-            with patched(torch.export, export=non_strict):
+            with library_patch(torch.export, export=non_strict):
                 # torch.export takes modules only; litert-torch still hands it plain functions
                 module = pattern if isinstance(pattern, nn.Module) else _FunctionModule(pattern)
                 gm = original(module, example_inputs, is_cuda, **kwargs)
@@ -359,7 +358,7 @@ def fast_pattern_capture(utils_module: str) -> Iterator[None]:
             _PATTERN_CACHE[key] = gm
         return copy.deepcopy(_PATTERN_CACHE[key])  # the matcher must not share one graph between matches
 
-    with patched(cu, _get_aten_graph_module_for_pattern=capture):
+    with library_patch(cu, _get_aten_graph_module_for_pattern=capture):
         yield
 
 
@@ -474,10 +473,10 @@ def present_activation_patterns(quantizer_cls: type, utils_module: str) -> Itera
         present = {
             name: tuple(a for a in getattr(cu, name) if may_match(a, called)) for name in _ACTIVATION_TUPLES
         }
-        with patched(cu, **present):
+        with library_patch(cu, **present):
             return original(self, model)
 
-    with patched(quantizer_cls, annotate=annotate):
+    with library_patch(quantizer_cls, annotate=annotate):
         yield
 
 
@@ -520,14 +519,14 @@ def deferred_annotation_recompile(quantizer_cls: type) -> Iterator[None]:
         try:
             # instance attributes shadow the graph's and the module's own methods
             with (
-                patched(graph, eliminate_dead_code=eliminate_dead_code),
-                patched(model, recompile=lambda: None),
+                library_patch(graph, eliminate_dead_code=eliminate_dead_code),
+                library_patch(model, recompile=lambda: None),
             ):
                 return original(self, model)
         finally:
             model.recompile()
 
-    with patched(quantizer_cls, annotate=annotate):
+    with library_patch(quantizer_cls, annotate=annotate):
         yield
 
 
@@ -568,7 +567,7 @@ def cycle_checks_up_to_the_match() -> Iterator[None]:
                 queue.extend(current.users)
         return True
 
-    with patched(fuser_utils, validate_partition=validate_partition):
+    with library_patch(fuser_utils, validate_partition=validate_partition):
         yield
 
 
@@ -651,7 +650,7 @@ def fast_fake_quantize() -> Iterator[None]:
             out = fake_quantize_per_tensor(x, self.scale, self.zero_point, post.quant_min, post.quant_max)
         return out
 
-    with patched(FakeQuantize, forward=forward):
+    with library_patch(FakeQuantize, forward=forward):
         yield
 
 
@@ -802,8 +801,8 @@ def fast_histograms() -> Iterator[None]:
         out = upscale_histogram(self, *args)
         return out if out is not None else stock_upscale(self, *args)
 
-    with patched(torch, histc=histc, aminmax=aminmax), \
-            patched(HistogramObserver, forward=observe, _upscale_histogram=upscale):
+    with library_patch(torch, histc=histc, aminmax=aminmax), \
+            library_patch(HistogramObserver, forward=observe, _upscale_histogram=upscale):
         yield
 
 
@@ -871,8 +870,8 @@ def indexed_attr_names(verify: bool = False) -> Iterator[Counter[str]]:
         return new_attr_name
 
     with_prefix.indexed = handed  # type: ignore[attr-defined]
-    with patched(fx_prepare, get_new_attr_name_with_prefix=with_prefix), \
-            patched(pt2e_utils, get_new_attr_name_with_prefix=with_prefix):
+    with library_patch(fx_prepare, get_new_attr_name_with_prefix=with_prefix), \
+            library_patch(pt2e_utils, get_new_attr_name_with_prefix=with_prefix):
         yield handed
 
 
@@ -924,7 +923,7 @@ def histograms_in_background(prepared: torch.fx.GraphModule) -> Iterator[None]:
     torch.set_num_threads(threads - 1)
     worker.start()
     try:
-        with patched(HistogramObserver, forward=observe):
+        with library_patch(HistogramObserver, forward=observe):
             yield
     finally:
         work.put(None)
@@ -1367,59 +1366,25 @@ PAL4_SMALL_TENSORS_INT8 = 256
 # cosine (0.999947). ``CoreMLWeightOnly(bits=8, weight_threshold=2048)`` keeps coremltools' default.
 W8_WEIGHT_THRESHOLD = 256
 
-# (target, bits, activations) -> recipe factory; the post-conversion recipes take their variant here.
-_REGISTRY: dict[tuple[str, int, str], Any] = {
-    ("executorch", 8, "int8"): lambda **kw: XNNPACKInt8(**kw),
-    ("coreml", 8, "int8"): lambda **kw: CoreMLW8A8(**kw),
-    ("coreml", 8, "float"): lambda min_ios=17, **kw: CoreMLWeightOnly(
-        bits=8, mode="linear", min_ios=min_ios, weight_threshold=W8_WEIGHT_THRESHOLD
-    ),
-    ("coreml", 6, "float"): lambda min_ios=17, **kw: CoreMLWeightOnly(bits=6, mode="kmeans", min_ios=min_ios),
-    ("coreml", 4, "float"): lambda min_ios=17, **kw: CoreMLWeightOnly(
-        bits=4, mode="kmeans", min_ios=min_ios, small_tensors_int8=PAL4_SMALL_TENSORS_INT8
-    ),
-    ("tflite", 16, "float"): lambda **kw: LiteRTPostTraining(variant="fp16"),
-    ("tflite", 8, "float"): lambda **kw: LiteRTPostTraining(variant="int8dr"),
-    ("tflite", 8, "int8"): lambda **kw: LiteRTPostTraining(variant="int8"),
-}
-
-# QAT needs a PT2E quantizer in QAT mode: one per target.
-_QAT: dict[str, type[PT2ERecipe]] = {"executorch": XNNPACKInt8, "tflite": LiteRTInt8, "coreml": CoreMLW8A8}
+# QAT needs a PT2E quantizer in QAT mode: the recipe classes that have one, found by their ``target``.
+QAT_RECIPES: tuple[type[PT2ERecipe], ...] = (XNNPACKInt8, CoreMLW8A8, LiteRTInt8)
 
 
-def recipe_keys() -> list[tuple[str, int, str]]:
-    return list(_REGISTRY)
-
-
-def get_recipe(
-    target: str,
-    bits: int,
-    activations: str = "int8",
-    keep_float: Sequence[str | type[nn.Module]] = (),
-    min_ios: int = 17,
-) -> QuantRecipe:
-    """The post-training recipe for an export's (target, bits, activations)."""
-    act = "int8" if str(activations).lower() in ("8", "int8") else "float"
-    factory = _REGISTRY.get((target, bits, act))
-    if factory is None:
-        allowed = ", ".join(f"{t} {b} {a}" for t, b, a in _REGISTRY)
+def apply_keep_float(recipe: QuantRecipe, keep_float: Sequence[str | type[nn.Module]]) -> QuantRecipe:
+    """``recipe`` with ``keep_float`` modules left float; one line when the recipe cannot keep any."""
+    if not keep_float:
+        return recipe
+    if not isinstance(recipe, PT2ERecipe):
         raise QuantRecipeError(
-            f"no quantization recipe for {target} {bits}-bit {act}; recipes exist for: {allowed}"
+            f"keep-float applies to int8-activation recipes; {recipe.name} is a post-conversion pass"
         )
-    recipe = factory(min_ios=min_ios) if "coreml" == target and act == "float" else factory()
-    if keep_float:
-        if not isinstance(recipe, PT2ERecipe):
-            raise QuantRecipeError(
-                f"keep-float applies to int8-activation recipes; {target} {bits}-bit {act} ({recipe.name}) "
-                "is a post-conversion pass"
-            )
-        recipe = recipe.with_keep_float(keep_float)
-    return recipe
+    return recipe.with_keep_float(keep_float)
 
 
 def get_qat_recipe(target: str, keep_float: Sequence[str | type[nn.Module]] = ()) -> PT2ERecipe:
     """The target's PT2E quantizer in QAT mode."""
-    cls = _QAT.get(target)
-    if cls is None:
-        raise QuantRecipeError(f"no QAT recipe for target {target!r}; allowed: {', '.join(_QAT)}")
-    return cls(qat=True, keep_float=tuple(keep_float))
+    for cls in QAT_RECIPES:
+        if cls.target == target:
+            return cls(qat=True, keep_float=tuple(keep_float))
+    allowed = ", ".join(cls.target for cls in QAT_RECIPES)
+    raise QuantRecipeError(f"no QAT recipe for target {target!r}; allowed: {allowed}")

@@ -54,7 +54,7 @@ def test_nano_deploy_form_gives_the_retraced_program(deploy_nano) -> None:
     require_module("executorch")
     from hrvit_mobile.deploy.channels_first import in_export_layout
 
-    model, _ = in_export_layout(deploy_nano((64, 96)), "executorch", None, "fp32")
+    model, _ = in_export_layout(deploy_nano((64, 96)), "channels_first")
     ep = torch.export.export(model.eval(), (torch.randn(1, 3, 64, 96),))
     _assert_same_program(ep, _executorch_table(ep))
 
@@ -66,7 +66,7 @@ def test_quantized_nano_gives_the_retraced_program(deploy_nano) -> None:
     from hrvit_mobile.deploy.channels_first import in_export_layout
     from hrvit_mobile.quant.recipes import XNNPACKInt8
 
-    model, _ = in_export_layout(deploy_nano((64, 96)), "executorch", None, "int8")
+    model, _ = in_export_layout(deploy_nano((64, 96)), "channels_first")
     example = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         quantized = XNNPACKInt8().quantize(model.eval(), example, [example])

@@ -21,11 +21,11 @@ import torch
 
 import hrvit_mobile
 from hrvit_mobile.demo import load_demo_model
-from hrvit_mobile.exporters import SUPPORTED, ExportSpec, export
+from hrvit_mobile.exporters import ExportSpec, export, supported
 from hrvit_mobile.exporters.contract import Normalization, synthetic_images
 
 SIZE = (512, 512)
-PAIRS = sorted(SUPPORTED)
+PAIRS = sorted(supported())
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,21 @@ import pytest
 import torch
 from conftest import require_module
 
+from hrvit_mobile.data.calibration import CalibrationError
 from hrvit_mobile.exporters import (
-    SUPPORTED,
     ExportSpec,
     MissingDependencyError,
     UnsupportedExportError,
     export,
     resolve,
+    supported,
 )
 from hrvit_mobile.exporters import contract as c
 from hrvit_mobile.exporters import coreml as coreml_exporter
 from hrvit_mobile.exporters.testing import TinySegmenter
 
 
-def test_supported_table_has_every_issue_pair() -> None:
+def test_registry_offers_every_target_precision_pair() -> None:
     want = {
         ("executorch", 32, "float"),
         ("executorch", 16, "float"),
@@ -40,7 +41,7 @@ def test_supported_table_has_every_issue_pair() -> None:
         ("tflite", 8, "float"),
         ("tflite", 8, "int8"),
     }
-    assert set(SUPPORTED) == want
+    assert set(supported()) == want
 
 
 @pytest.mark.parametrize(
@@ -255,7 +256,7 @@ def test_calibration_folder(tmp_path: Path) -> None:
         Image.fromarray(c.synthetic_images(1, (80, 120), seed=i)[0]).save(tmp_path / f"{i}.png")
     imgs = c.load_calibration_images(tmp_path, (64, 64), limit=2)
     assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8
-    with pytest.raises(c.ExportError, match="no images"):
+    with pytest.raises(CalibrationError, match="no images"):
         c.load_calibration_images(tmp_path / "nothing-here", (64, 64))
 
 
@@ -278,7 +279,7 @@ def test_unreadable_calibration_image_is_one_line_and_leaves_nothing(tmp_path: P
     full = (calib / "a.png").read_bytes()
     (calib / "b.jpg").unlink()
     (calib / "c.png").write_bytes(full[: len(full) // 2])  # truncated: fails in decoding, not in open
-    with pytest.raises(c.ExportError, match=r"c\.png is not a readable image"):
+    with pytest.raises(CalibrationError, match=r"c\.png is not a readable image"):
         c.load_calibration_images(calib, (32, 32))
 
 
@@ -333,7 +334,7 @@ def test_calib_samples_below_one_is_one_line_and_leaves_nothing(count: str, tmp_
     assert f"calibration images (--calib-samples) must be 1 or more, got {count}" in err
     assert not (tmp_path / "out").exists()
     (tmp_path / "a.png").write_bytes(b"")  # never opened: the count is refused first
-    with pytest.raises(c.ExportError, match="must be 1 or more"):
+    with pytest.raises(CalibrationError, match="must be 1 or more"):
         c.load_calibration_images(tmp_path, (32, 32), limit=0)
 
 

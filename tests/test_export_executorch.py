@@ -605,7 +605,7 @@ def test_skipping_passes_on_nano_deploy_form_changes_no_byte(
     import hrvit_mobile
     from hrvit_mobile.deploy.channels_first import in_export_layout
 
-    deployed, _ = in_export_layout(hrvit_mobile.deploy(nano_model, img_size=(64, 96)), "executorch", layout)
+    deployed, _ = in_export_layout(hrvit_mobile.deploy(nano_model, img_size=(64, 96)), layout)
     with_skips, skipped = _lower(deployed, (64, 96), skip=True)
     assert with_skips == _lower(deployed, (64, 96), skip=False)[0]
     assert "FuseBatchNormPass" in skipped  # the deploy form has every BN folded already

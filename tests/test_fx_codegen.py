@@ -77,7 +77,7 @@ def test_the_returned_python_code_is_real_on_access() -> None:
 @pytest.mark.parametrize("target", ["executorch", "tflite", "coreml"])
 def test_exports_are_byte_identical_with_eager_codegen(target: str, tmp_path: Path) -> None:
     """Every exporter runs its build with deferred code generation; the artifact is unchanged."""
-    from hrvit_mobile.exporters import ExportSpec, backend, fx_codegen, resolve
+    from hrvit_mobile.exporters import ExportSpec, fx_codegen, get_backend, resolve
     from hrvit_mobile.exporters.testing import TinySegmenter
 
     model = TinySegmenter(num_classes=5).eval()
@@ -85,7 +85,7 @@ def test_exports_are_byte_identical_with_eager_codegen(target: str, tmp_path: Pa
     def artifact_bytes(out: str) -> bytes:
         spec = ExportSpec(target=target, bits=32, img_size=(32, 32), num_classes=5, out_dir=tmp_path / out,
                           run_parity=False)
-        path = backend(target).convert(model, resolve(spec)[0]).path
+        path = get_backend(target).convert(model, resolve(spec)[0]).path
         # an .mlpackage's Manifest.json names its files by fresh UUIDs
         files = [path] if path.is_file() else sorted(
             f for f in path.rglob("*") if f.is_file() and f.name != "Manifest.json"

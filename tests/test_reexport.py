@@ -39,7 +39,7 @@ def quantized_nano(deploy_nano) -> tuple[torch.fx.GraphModule, torch.Tensor]:
     from hrvit_mobile.deploy.channels_first import in_export_layout
     from hrvit_mobile.quant.recipes import XNNPACKInt8
 
-    model, _ = in_export_layout(deploy_nano((64, 96)), "executorch", None, "int8")
+    model, _ = in_export_layout(deploy_nano((64, 96)), "channels_first")
     example = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return XNNPACKInt8().quantize(model.eval(), example, [example], progress=False), example

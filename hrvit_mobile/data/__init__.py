@@ -12,10 +12,9 @@ from hrvit_mobile.data.folder import (
     DatasetError,
     FolderSegmentation,
     SegmentationDataset,
-    detect_layout,
     normalize_image,
-    open_dataset,
 )
+from hrvit_mobile.data.layouts import detect_layout, open_dataset
 from hrvit_mobile.data.synthetic import SYNTHETIC_CLASSES, generate_sample, write_synthetic
 
 __all__ = [

@@ -5,8 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from hrvit_mobile.data.folder import detect_layout
+from hrvit_mobile.data.layouts import detect_layout
+from hrvit_mobile.errors import HRViTMobileError
+from hrvit_mobile.images import fit_center, image_files, open_image
+
+
+class CalibrationError(HRViTMobileError):
+    """Calibration images that cannot be used (none found, unreadable, a count below 1)."""
+
+
+def check_calibration_count(count: int) -> int:
+    """``count`` when it is a usable number of calibration images, else one line saying what is allowed
+    (a slice ``[:count]`` would silently take none, or all but the last few)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CalibrationError(f"the number of calibration images (--calib-samples) must be 1 or more, "
+                          f"got {count!r}")
+    return count
+
+
+def load_calibration_images(directory: Path, img_size: tuple[int, int], limit: int = 32) -> np.ndarray:
+    """uint8 (N, H, W, 3) RGB from a folder of images (the first ``limit`` by name): shorter side resized,
+    then center-cropped."""
+    check_calibration_count(limit)
+    paths = image_files(directory)[:limit]
+    if not paths:
+        raise CalibrationError(f"no images (*.jpg, *.png, ...) found in calibration folder {directory}")
+    h, w = img_size
+    out = np.empty((len(paths), h, w, 3), np.uint8)
+    for i, p in enumerate(paths):
+        with open_image(p, CalibrationError) as im:
+            out[i] = np.asarray(fit_center(im.convert("RGB"), img_size, Image.BILINEAR))
+    return out
 
 
 def image_folder(root: Path | str, split: str = "train") -> Path:
@@ -27,9 +58,7 @@ def image_folder(root: Path | str, split: str = "train") -> Path:
 
 def calibration_images(root: Path | str, img_size: tuple[int, int], limit: int = 32,
                        split: str = "train") -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB for int8 calibration, via the exporters' loader (resize + center crop)."""
-    from hrvit_mobile.exporters import load_calibration_images
-
+    """uint8 (N, H, W, 3) RGB for int8 calibration (shorter side resized, then center-cropped)."""
     return load_calibration_images(image_folder(root, split), img_size, limit=limit)
 
 
@@ -47,8 +76,6 @@ def default_calibration(
     ``report`` and ``bench`` call this with the export's arguments to rebuild the same set for the
     per-layer simulation.
     """
-    from hrvit_mobile.exporters.contract import check_calibration_count
-
     check_calibration_count(samples)
     if calib:
         images = calibration_images(calib, img_size, limit=samples)

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from hrvit_mobile.errors import HRViTMobileError
-from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD
 from hrvit_mobile.images import IMAGE_EXTENSIONS, open_image
 from hrvit_mobile.metrics import IGNORE_INDEX
+from hrvit_mobile.normalization import Normalization
 
 
 class DatasetError(HRViTMobileError):
@@ -21,11 +21,7 @@ class DatasetError(HRViTMobileError):
 
 def normalize_image(rgb: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (3, H, W): ``(x / 255 - mean) / std``, as the sidecars say."""
-    # PIL arrays are read-only; np.require copies only then (torch warns on non-writable arrays)
-    x = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+    return torch.from_numpy(Normalization().apply(np.asarray(rgb)[None])[0])
 
 
 class SegmentationDataset(Dataset):
@@ -135,42 +131,3 @@ class FolderSegmentation(SegmentationDataset):
         else:
             classes = []
         super().__init__([(images[s], masks.get(s)) for s in images], classes, img_size, transform)
-
-
-def open_dataset(
-    root: Path | str,
-    split: str | None = None,
-    img_size: tuple[int, int] | None = None,
-    num_classes: int | None = None,
-    transform=None,
-) -> SegmentationDataset:
-    """The dataset at ``root``, whatever its layout (detected from the folders it holds)."""
-    from hrvit_mobile.data.ade20k import ADE20KSegmentation
-    from hrvit_mobile.data.cityscapes import CityscapesSegmentation
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"data folder not found: {root}")
-    layout = detect_layout(root)
-    if layout == "ade20k":
-        dataset: SegmentationDataset = ADE20KSegmentation(root, split, img_size, transform)
-    elif layout == "cityscapes":
-        dataset = CityscapesSegmentation(root, split, img_size, transform)
-    else:
-        return FolderSegmentation(root, split, img_size, num_classes, transform)
-    if num_classes is not None and num_classes != dataset.num_classes:
-        raise DatasetError(f"{root} is {layout} with {dataset.num_classes} classes, not {num_classes}")
-    return dataset
-
-
-def detect_layout(root: Path | str) -> str:
-    """``ade20k``, ``cityscapes`` or ``folder`` (images/ + masks/, optionally per split)."""
-    from hrvit_mobile.data.ade20k import is_ade20k
-    from hrvit_mobile.data.cityscapes import is_cityscapes
-
-    root = Path(root)
-    if is_ade20k(root):
-        return "ade20k"
-    if is_cityscapes(root):
-        return "cityscapes"
-    return "folder"

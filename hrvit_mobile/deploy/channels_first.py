@@ -21,7 +21,6 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from hrvit_mobile.deploy.layout import export_layout
 from hrvit_mobile.deploy.modules import DeployAttentionBlock, DeployBranch, DeployStage, StripeAttention
 from hrvit_mobile.models.attention import PADDED_KEY_LOGIT, MaskedSoftmax, padded_length
 from hrvit_mobile.models.norm import ChannelLayerNorm
@@ -184,17 +183,14 @@ def use_channels_first(model: nn.Module) -> int:
     return switched
 
 
-def in_export_layout(
-    model: nn.Module, target: str, layout: str | None = None, variant: str | None = None
-) -> tuple[nn.Module, str]:
-    """``model`` in ``layout`` (default: the one ``target``'s exporter lowers ``variant`` in,
-    ``layout.export_layout``).
+def in_export_layout(model: nn.Module, layout: str) -> tuple[nn.Module, str]:
+    """``model`` in ``layout`` ("tokens" or "channels_first"; each backend's variant names its own).
 
     A token-layout deploy form asked for channels-first comes back as a switched copy (the caller's
     module is untouched); anything else (a quantized GraphModule, e.g. after QAT, which keeps the
     layout it was trained in) comes back as it is. Returns the module and the layout it has.
     """
-    wanted = layout or export_layout(target, variant)
+    wanted = layout
     has_tokens = any(isinstance(m, DeployBranch) for m in model.modules())
     has_channels_first = any(isinstance(m, ChannelsFirstBranch) for m in model.modules())
     if wanted == "channels_first" and has_tokens:

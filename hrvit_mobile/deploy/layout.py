@@ -9,8 +9,8 @@ Two layouts compute the same network:
 - ``channels_first`` (:mod:`hrvit_mobile.deploy.channels_first`): every map stays (B, C, H, W),
   linears are 1x1 convs; a delegate that runs convs in NHWC keeps the data NHWC throughout.
 
-``EXPORT_LAYOUT`` says which one each exporter lowers, as measured in that runtime;
-:func:`export_layout` adds the per-variant exceptions.
+Which one an exporter lowers is each backend's measured choice, declared in its registration
+(``hrvit_mobile.exporters.registry``): the model code knows no targets.
 """
 
 from __future__ import annotations
@@ -28,20 +28,4 @@ def to_channels_last(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-# Measured per runtime with `python3 benchmarks/layout.py --runtimes executorch tflite` (four b1
-# blocks at 128x128, the two layouts interleaved): ExecuTorch XNNPACK runs channels-first in 0.74x
-# the token layout's time, LiteRT in 1.17x (litert-torch moves NCHW graphs to NHWC with transposes
-# of its own). Core ML keeps the token layout: it cannot be timed on Linux, so it is not measured.
 LAYOUTS = ("tokens", "channels_first")
-EXPORT_LAYOUT: dict[str, str] = {"executorch": "channels_first", "coreml": "tokens", "tflite": "tokens"}
-
-# Per-variant exceptions, measured on b1 (`hrvit-mobile export --target executorch --bits 16
-# [--layout tokens]`): XNNPACK fp16 takes no GELU, so the graph is split into ~50 delegate calls
-# either way, and in the channels-first form (every linear a 1x1 conv) the .pte grows to 37.62 MB
-# against 21.47 MB in the token layout: it is then no smaller than fp32. fp16 keeps tokens.
-VARIANT_LAYOUT: dict[tuple[str, str], str] = {("executorch", "fp16"): "tokens"}
-
-
-def export_layout(target: str, variant: str | None = None) -> str:
-    """The layout ``target``'s exporter lowers ``variant`` in by default (fp32, fp16, int8, w8, ...)."""
-    return VARIANT_LAYOUT.get((target, variant or ""), EXPORT_LAYOUT.get(target, "tokens"))

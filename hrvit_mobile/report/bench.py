@@ -120,13 +120,13 @@ def run_bench(
     not hold memory while they run). Returns the rows and the report.html path (None if no artifact).
     """
     from hrvit_mobile.data.calibration import default_calibration
-    from hrvit_mobile.exporters import SUPPORTED, check_dependencies, synthetic_images
+    from hrvit_mobile.exporters import check_dependencies, supported, synthetic_images
     from hrvit_mobile.files import atomic_write
 
     from . import build_report
 
     out = Path(out)
-    pairs = [(t, b, a, v) for (t, b, a), v in SUPPORTED.items() if not targets or t in targets]
+    pairs = [(t, b, a, v) for (t, b, a), v in supported().items() if not targets or t in targets]
     if only:
         known = {f"{t}/{v}" for t, _b, _a, v in pairs}
         unknown = sorted(set(only) - known)

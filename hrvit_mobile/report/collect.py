@@ -31,6 +31,7 @@ from hrvit_mobile.exporters import (
     read_sidecar,
 )
 from hrvit_mobile.exporters.contract import reference_outputs, to_tensors, tool_versions
+from hrvit_mobile.exporters.registry import get_backend, target_names
 
 from . import layers as layers_mod
 from .masks import mask_strip, png_bytes
@@ -113,55 +114,14 @@ def verify_command(meta: dict[str, Any], path: Path, target: str) -> str:
         f"hrvit-mobile report {path.name} --model {meta.get('model', 'hrvit_b1')} --img-size {h}x{w} "
         f"--num-classes {meta['num_classes']} [--checkpoint CKPT] --out report"
     )
-    if target == "coreml":
-        return f"on a Mac (Core ML runtime): pip install 'hrvit-mobile[coreml]' && {cmd}"
-    extra = {"executorch": "executorch", "tflite": "tflite"}[target]
-    return f"pip install 'hrvit-mobile[{extra}]' && {cmd}"
+    backend = get_backend(target)
+    where = f"{backend.verify_hint}: " if backend.verify_hint else ""
+    return f"{where}pip install 'hrvit-mobile[{backend.extra}]' && {cmd}"
 
 
 def _delegation(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
     """One line on what runs inside the accelerated backend, plus the details it comes from."""
-    details = meta.get("details") or {}
-    target = meta["target"]
-    if target == "executorch":
-        calls, outside = details.get("delegate_calls"), details.get("non_delegated_compute_nodes")
-        ops = details.get("non_delegated_ops") or {}
-        text = f"{details.get('delegate', 'delegate')}: {calls} call(s), {outside} compute node(s) outside"
-        if ops:
-            top = sorted(ops.items(), key=lambda kv: -kv[1])[:4]
-            text += " (" + ", ".join(f"{k} x{v}" for k, v in top) + ")"
-        return text, {k: details.get(k) for k in ("delegate", "delegate_calls", "non_delegated_compute_nodes",
-                                                   "non_delegated_ops")}
-    if target == "coreml":
-        counts = details.get("op_counts") or {}
-        total = sum(counts.values())
-        return (
-            f"ML program, {total} ops; Core ML assigns CPU/GPU/Neural Engine on the device at load time",
-            {"op_counts": counts},
-        )
-    if target == "tflite":
-        counts = _tflite_op_counts(path)
-        if counts is None:
-            return "n/a (op list not readable here)", {}
-        return (
-            f"{sum(counts.values())} ops; the host interpreter applies its default XNNPACK delegate",
-            {"op_counts": counts},
-        )
-    return "n/a", {}
-
-
-def _tflite_op_counts(path: Path) -> dict[str, int] | None:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        interp = Interpreter(model_path=str(path))
-        ops = interp._get_ops_details()  # the only op listing the interpreter offers; private but stable
-    except Exception:  # op counts are a nicety: a report must not fail on them
-        return None
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return get_backend(meta["target"]).delegation(meta, path)
 
 
 def _compression(entries: list[ArtifactEntry], params: int) -> None:
@@ -254,10 +214,9 @@ def collect(
         created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         float_vs_labels=float_vs_labels(refs, labels) if labels is not None else None,
     )
-    from hrvit_mobile.exporters import TARGETS
-
     # one order in every report: by target, then from the largest to the smallest variant
-    metas.sort(key=lambda pm: (TARGETS.index(pm[1]["target"]) if pm[1]["target"] in TARGETS else 9,
+    order = target_names()
+    metas.sort(key=lambda pm: (order.index(pm[1]["target"]) if pm[1]["target"] in order else len(order),
                                -pm[1]["bits"], pm[1]["activations"] != "float", pm[0].name))
     for path, meta in tqdm(metas, desc="report", unit="artifact", disable=None):
         entry = _measure(path, meta, refs, ref_maps, images, labels, latency_runs, threads, report)
@@ -284,8 +243,9 @@ def _measure(
     threads: int | None,
     report: Report,
 ) -> ArtifactEntry:
-    from hrvit_mobile.exporters.contract import ParityThresholds, path_size
+    from hrvit_mobile.exporters.contract import ParityThresholds
     from hrvit_mobile.exporters.support import canonical_target
+    from hrvit_mobile.files import path_size
 
     target = canonical_target(meta["target"])
     thresholds = default_thresholds(meta["bits"], meta["activations"])
@@ -322,7 +282,7 @@ def _measure(
             entry.status, entry.reason = "error", str(e)
         return entry
     entry.runtime = runner.runtime
-    package = {"executorch": "executorch", "coreml": "coremltools", "tflite": "ai-edge-litert"}[target]
+    package = get_backend(target).runtime_package
     entry.runtime_versions = {k: v for k, v in tool_versions().items() if k in (package, "numpy", "python")}
     try:
         outputs = runner.predict(images)

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrvit_mobile.exporters.registry import get_backend
 from hrvit_mobile.patching import patched
+from hrvit_mobile.quant.recipes import PT2ERecipe
 
 log = logging.getLogger("hrvit_mobile.report")
 
@@ -67,30 +69,19 @@ def _num(v: float) -> float | str:
     return v if np.isfinite(v) else str(v)
 
 
-# (target, variant) -> (name, quantizer factory, graph wrapper, context for prepare): what the exporter does,
-# through the same quant recipe object the exporter applies.
 def _pt2e_recipe(
     target: str, variant: str
 ) -> tuple[str, Callable[[], Any], Callable[[Any], Any], Callable[[], Any]] | None:
-    from hrvit_mobile.quant.recipes import CoreMLW8A8, XNNPACKInt8
-
-    if (target, variant) == ("executorch", "int8"):
-        recipe = XNNPACKInt8()
-        return ("XNNPACKQuantizer (int8 per-channel, static activations)", recipe.quantizer,
-                lambda m: m, recipe._annotation_context)
-    if (target, variant) == ("coreml", "w8a8"):
-        from hrvit_mobile.exporters.coreml import _ImageModel, image_preprocessing
-
-        def wrap(model: torch.nn.Module) -> torch.nn.Module:
-            from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD
-
-            _scale, _bias, factor = image_preprocessing(IMAGENET_MEAN, IMAGENET_STD)
-            return _ImageModel(model, factor, False).eval()
-
-        recipe = CoreMLW8A8()
-        name = "CoreMLQuantizer (int8 weights, uint8 activations)"
-        return name, recipe.quantizer, wrap, recipe._annotation_context
-    return None
+    """(scheme, quantizer factory, graph wrapper, context for prepare) of a variant quantized on the
+    PyTorch graph: what the exporter does, through the same recipe object it applies; None otherwise."""
+    found = get_backend(target).variant_named(variant)
+    if found.recipe is None or found.activations != "int8":  # float and weight-only variants
+        return None
+    recipe = found.recipe(None)  # the int8-activation recipes take nothing from the spec
+    if not isinstance(recipe, PT2ERecipe):
+        return None
+    wrap = found.quantized_module or (lambda m: m)
+    return recipe.scheme, recipe.quantizer, wrap, recipe._annotation_context
 
 
 def supports(target: str, variant: str) -> bool:

@@ -10,7 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-_TARGET_COLORS = {"executorch": "#1f77b4", "coreml": "#d62728", "tflite": "#2ca02c"}
+
+def _target_colors() -> dict[str, str]:
+    """Each registered target's plot colour, in registry order."""
+    from hrvit_mobile.exporters.registry import backends
+
+    return {b.name: b.color for b in backends()}
 
 
 def _png(fig: Any) -> bytes:
@@ -26,16 +31,17 @@ def size_vs_agreement(rows: list[dict[str, Any]]) -> bytes | None:
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = _target_colors()
     placed: list[tuple[float, float]] = []
     for r in pts:
         x, y = r["size_bytes"] / 1e6, 100 * r["parity"]["argmax_agreement"]
-        ax.scatter(x, y, s=46, color=_TARGET_COLORS.get(r["target"], "k"), zorder=3)
+        ax.scatter(x, y, s=46, color=colors.get(r["target"], "k"), zorder=3)
         # points that nearly coincide (fp32 of every target) get their labels stacked, not overprinted
         near = sum(1 for px, py in placed if abs(px - x) < 0.06 * x + 1e-9 and abs(py - y) < 0.5)
         placed.append((x, y))
         ax.annotate(f"{r['target']}/{r['variant']}", (x, y), textcoords="offset points",
                     xytext=(5, 4 - 10 * near), fontsize=8)
-    for t, c in _TARGET_COLORS.items():
+    for t, c in colors.items():
         if any(r["target"] == t for r in pts):
             ax.scatter([], [], color=c, label=t)
     ax.set_xlabel("artifact size (MB)")
@@ -56,7 +62,8 @@ def latency_bars(rows: list[dict[str, Any]]) -> bytes | None:
     med = [r["latency"]["median_ms"] for r in pts]
     p90 = [r["latency"]["p90_ms"] for r in pts]
     y = range(len(pts))
-    ax.barh(y, med, color=[_TARGET_COLORS.get(r["target"], "grey") for r in pts],
+    colors = _target_colors()
+    ax.barh(y, med, color=[colors.get(r["target"], "grey") for r in pts],
             xerr=[[0] * len(pts), [max(0.0, b - a) for a, b in zip(med, p90)]], capsize=3)
     for i, m, hi in zip(y, med, p90):
         ax.text(max(m, hi), i, f"  {m:.1f}", va="center", fontsize=8)
