@@ -22,7 +22,8 @@ def _description(ep: Any) -> list[tuple[Any, ...]]:
 
 
 def _executorch_table(ep: Any) -> Any:
-    from hrvit_mobile.exporters.executorch import core_aten_table_keeping, xnnpack_partitioner
+    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
+    from hrvit_mobile.exporters.patches.executorch_lowering import core_aten_table_keeping
 
     return core_aten_table_keeping(xnnpack_partitioner().ops_to_not_decompose(ep)[0])
 

@@ -289,7 +289,7 @@ def test_memoized_dataclass_encoding_writes_the_stock_json(model: TinySegmenter)
     with the memoized encoder as with ExecuTorch's, and the stock encoder is back afterwards."""
     from executorch.backends.xnnpack.serialization import xnnpack_graph_serialize as serialize
 
-    from hrvit_mobile.exporters.executorch import memoized_dataclass_encoding
+    from hrvit_mobile.exporters.patches.executorch_lowering import memoized_dataclass_encoding
     from hrvit_mobile.patching import patched
 
     graphs: list[Any] = []
@@ -330,7 +330,8 @@ def test_edge_ops_in_one_retrace_give_the_stock_edge_program() -> None:
     the two passes run one after the other, dim-order ops included; one retrace is counted saved."""
     from executorch.exir import to_edge_transform_and_lower
 
-    from hrvit_mobile.exporters.executorch import edge_ops_in_one_retrace, xnnpack_partitioner
+    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
+    from hrvit_mobile.exporters.patches.executorch_lowering import edge_ops_in_one_retrace
 
     model = _MemoryFormatOps().eval()
     example = (torch.randn(1, 3, 8, 8),)
@@ -356,7 +357,7 @@ def test_edge_dtype_check_runs_once_per_distinct_graph(monkeypatch: pytest.Monke
     from executorch.exir import to_edge
     from executorch.exir.verification import verifier
 
-    from hrvit_mobile.exporters.executorch import edge_dtype_checked_once
+    from hrvit_mobile.exporters.patches.executorch_lowering import edge_dtype_checked_once
 
     runs: list[int] = []
     stock = verifier._check_tensor_args_matching_op_allowed_dtype
@@ -393,7 +394,7 @@ def test_edge_dtype_check_on_recorded_values_finds_what_the_fake_run_finds(model
     from torch._dispatch.python import enable_python_dispatcher
     from torch._export.utils import _detect_fake_mode_from_gm
 
-    from hrvit_mobile.exporters.executorch import _recorded_value_arg_validator
+    from hrvit_mobile.exporters.patches.executorch_lowering import _recorded_value_arg_validator
     from hrvit_mobile.quant.recipes import XNNPACKInt8
 
     def violations(validator_class: type, gm: torch.fx.GraphModule) -> dict[Any, Any]:
@@ -457,7 +458,8 @@ def test_single_decomposition_retraces_once_and_falls_back_when_answers_differ(
     from executorch.exir import to_edge_transform_and_lower
     from torch.export import ExportedProgram
 
-    from hrvit_mobile.exporters.executorch import single_decomposition, xnnpack_partitioner
+    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
+    from hrvit_mobile.exporters.patches.executorch_lowering import single_decomposition
 
     class DriftingAnswer(type(xnnpack_partitioner())):  # its first answer keeps one op fewer
         calls = 0
@@ -493,7 +495,7 @@ def test_single_decomposition_retraces_once_and_falls_back_when_answers_differ(
 
 
 def test_pass_predicates_see_the_ops() -> None:
-    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+    from hrvit_mobile.exporters.patches.executorch_lowering import _PASS_APPLIES
 
     with_bn = torch.export.export(
         torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval(),
@@ -510,7 +512,7 @@ def test_edge_pass_predicates_see_the_ops() -> None:
     from executorch.backends.xnnpack._passes.fuse_activation_pass import FuseActivationPass
     from executorch.exir import to_edge
 
-    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+    from hrvit_mobile.exporters.patches.executorch_lowering import _PASS_APPLIES
 
     def edge(*layers: torch.nn.Module) -> Any:
         ep = torch.export.export(torch.nn.Sequential(*layers).eval(), (torch.randn(1, 3, 8, 8),))
@@ -538,7 +540,7 @@ def test_redundant_copy_predicate_runs_the_pass_checks_on_a_copy() -> None:
     )
     from executorch.exir.dialects._ops import ops as exir_ops
 
-    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+    from hrvit_mobile.exporters.patches.executorch_lowering import _PASS_APPLIES
 
     def program(pair: bool) -> Any:
         graph = torch.fx.Graph()
@@ -573,7 +575,7 @@ def test_const_prop_and_linear_predicates_agree_with_the_passes() -> None:
     from executorch.exir import to_edge
     from executorch.exir.passes.const_prop_pass import ConstPropPass
 
-    from hrvit_mobile.exporters.executorch import _PASS_APPLIES
+    from hrvit_mobile.exporters.patches.executorch_lowering import _PASS_APPLIES
 
     def edge(module: torch.nn.Module, shape: tuple[int, ...]) -> Any:
         return to_edge(torch.export.export(module.eval(), (torch.randn(*shape),))).exported_program()
@@ -647,7 +649,10 @@ def test_bitset_dependency_viewer_holds_the_same_nodes() -> None:
     import torch.fx.passes.infra.partitioner as fx_partitioner
     from executorch.exir.backend.canonical_partitioners import group_partitioner
 
-    from hrvit_mobile.exporters.executorch import BitSetDependencyViewer, bitset_dependency_viewers
+    from hrvit_mobile.exporters.patches.executorch_partition import (
+        BitSetDependencyViewer,
+        bitset_dependency_viewers,
+    )
 
     class Diamond(torch.nn.Module):  # branches, a join and a dead-end user: closures that differ per node
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -682,7 +687,7 @@ def test_bitset_merge_check_answers_as_the_stock_one(monkeypatch: pytest.MonkeyP
     from torch.fx.passes.infra.partitioner import Partition
     from torch.fx.passes.operator_support import OperatorSupportBase
 
-    from hrvit_mobile.exporters.executorch import bitset_dependency_viewers
+    from hrvit_mobile.exporters.patches.executorch_partition import bitset_dependency_viewers
 
     class Ladder(torch.nn.Module):  # paths that skip nodes: merging across one makes a cycle
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -726,7 +731,11 @@ def test_known_bilinear_pattern_ops_are_the_pattern_graphs() -> None:
     from executorch import version
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d
 
-    from hrvit_mobile.exporters.executorch import BILINEAR_PATTERN_OPS, bilinear_pattern_ops, op_name
+    from hrvit_mobile.exporters.patches.executorch_lowering import (
+        BILINEAR_PATTERN_OPS,
+        bilinear_pattern_ops,
+        op_name,
+    )
 
     built = tuple(
         frozenset(op_name(n.target) for n in pattern.graph.nodes if n.op == "call_function")
@@ -754,8 +763,8 @@ def test_partition_shortcuts_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> 
     after each partition by moving its nodes (no fallback to torch's copying sort)."""
     import torch.fx.passes.tools_common as tools_common
 
-    from hrvit_mobile.exporters import executorch as et_exporter
     from hrvit_mobile.exporters.executorch import _Float16Graph
+    from hrvit_mobile.exporters.patches import executorch_partition
 
     calls: Counter[str] = Counter()
 
@@ -763,8 +772,8 @@ def test_partition_shortcuts_change_no_byte(monkeypatch: pytest.MonkeyPatch) -> 
         return lambda gm: calls.update([name]) or real(gm)
 
     monkeypatch.setattr(tools_common, "legalize_graph", counted("copying", tools_common.legalize_graph))
-    moving = counted("moving", et_exporter.legalize_graph_moving_nodes)
-    monkeypatch.setattr(et_exporter, "legalize_graph_moving_nodes", moving)
+    moving = counted("moving", executorch_partition.legalize_graph_moving_nodes)
+    monkeypatch.setattr(executorch_partition, "legalize_graph_moving_nodes", moving)
     model = _Float16Graph(_GeluBetweenConvs())
     shortcut = _lower(model, (16, 16), skip=True)[0]
     assert calls == {"moving": 4}  # one re-sort per partition
@@ -779,7 +788,8 @@ def test_partition_debug_messages_rendered_only_with_debug_logging(monkeypatch: 
 
     from executorch.exir.backend import backend_api
 
-    from hrvit_mobile.exporters.executorch import _Float16Graph, unrendered_partition_logs
+    from hrvit_mobile.exporters.executorch import _Float16Graph
+    from hrvit_mobile.exporters.patches.executorch_partition import unrendered_partition_logs
 
     # what the partition step would see when it formats its debug message
     monkeypatch.setattr(backend_api, "_create_partitions_in_graph_module", lambda gm, *args: str(gm))
@@ -801,7 +811,7 @@ def test_partition_debug_messages_rendered_only_with_debug_logging(monkeypatch: 
 
 def test_partition_bits_follow_a_growing_partition() -> None:
     """A partition's cached bits are rebuilt once a merge has added nodes to it."""
-    from hrvit_mobile.exporters.executorch import BitSetDependencyViewer
+    from hrvit_mobile.exporters.patches.executorch_partition import BitSetDependencyViewer
 
     net = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Sigmoid())
     gm = torch.export.export(net, (torch.randn(2),)).graph_module
@@ -830,7 +840,7 @@ def test_bitset_partitioning_proposes_the_stock_partitions() -> None:
     from executorch.exir.backend.canonical_partitioners.group_partitioner import GroupBasedPartitioner
     from torch.fx.passes.operator_support import OperatorSupportBase
 
-    from hrvit_mobile.exporters.executorch import bitset_dependency_viewers
+    from hrvit_mobile.exporters.patches.executorch_partition import bitset_dependency_viewers
 
     class Zigzag(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -870,7 +880,7 @@ def test_bitset_partitioning_proposes_the_stock_partitions() -> None:
 
 def test_edge_pass_predicates() -> None:
     """Each ATen-to-edge pass predicate says yes on a graph holding what its pass rewrites, no without."""
-    from hrvit_mobile.exporters.executorch import _EDGE_PASS_APPLIES
+    from hrvit_mobile.exporters.patches.executorch_lowering import _EDGE_PASS_APPLIES
 
     def graph(fn: Any, *inputs: torch.Tensor, **kw: Any) -> torch.fx.GraphModule:
         class Net(torch.nn.Module):

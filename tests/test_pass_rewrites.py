@@ -19,7 +19,8 @@ def _aten_graph(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.Graph
     """The graph ``_generate_edge_program`` hands to ReplaceViewOpsWithViewCopyOpsPass."""
     from executorch.exir.passes.remove_graph_asserts_pass import RemoveNonCoreAtenOpGraphAssertsPass
 
-    from hrvit_mobile.exporters.executorch import core_aten_table_keeping, xnnpack_partitioner
+    from hrvit_mobile.exporters.executorch import xnnpack_partitioner
+    from hrvit_mobile.exporters.patches.executorch_lowering import core_aten_table_keeping
 
     ep = torch.export.export(model, (example,))
     table = core_aten_table_keeping(xnnpack_partitioner().ops_to_not_decompose(ep)[0])
@@ -51,7 +52,7 @@ def test_rewrites_write_the_graphs_the_passes_write(case: str) -> None:
     from executorch.exir.passes.replace_aten_with_edge_pass import OpReplacePass
     from torch._export.passes import ReplaceViewOpsWithViewCopyOpsPass
 
-    from hrvit_mobile.exporters.executorch import _op_replace_with_dim_order_pass
+    from hrvit_mobile.exporters.patches.executorch_lowering import _op_replace_with_dim_order_pass
 
     if case == "rewritten_ops":
         gm = _aten_graph(RewrittenOps().eval(), torch.randn(1, 3, 16, 16))
@@ -93,7 +94,7 @@ def test_channels_last_retrace_rebuilt_writes_the_retraced_graph(quantized: bool
     )
     from executorch.exir import to_edge
 
-    from hrvit_mobile.exporters.executorch import retrace_rebuilt
+    from hrvit_mobile.exporters.patches.executorch_lowering import retrace_rebuilt
 
     x = torch.randn(1, 3, 32, 32)
     model = _quantized_tiny() if quantized else TinySegmenter(num_classes=5).eval()
