@@ -121,5 +121,104 @@ def add_web_app(root: Path) -> dict[str, Any]:
     }
 
 
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
+# headless, software rendering, and none of chromium's own network traffic (updates, sync, field trials)
+BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ChromiumPage:
+    """A bundle folder served by ``python -m http.server`` on 127.0.0.1 and opened in Debian's headless
+    chromium through its chromedriver (Selenium; its manager is bypassed and kept offline)."""
+
+    def __init__(
+        self, folder: Path, window: tuple[int, int] = (1000, 900), flags: tuple[str, ...] = ()
+    ) -> None:
+        import socket
+        import sys
+        import time
+
+        os.environ.setdefault("SE_AVOID_STATS", "true")
+        os.environ.setdefault("SE_OFFLINE", "true")
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        self.port = _free_port()
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory",
+             str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.server.poll() is not None:
+                    self.server.kill()
+                    raise WebAppError(f"http.server did not start on 127.0.0.1:{self.port}") from None
+                time.sleep(0.1)
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in (*BROWSER_FLAGS, f"--window-size={window[0]},{window[1]}", *flags):
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+        try:
+            service = Service(executable_path=str(CHROMEDRIVER))  # an explicit driver: no Selenium Manager
+            self.driver = webdriver.Chrome(service=service, options=options)
+        except Exception:
+            self.server.kill()
+            raise
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def self_test(self, timeout: float = 300) -> tuple[str, float, str]:
+        """Open the page and wait for ``#self-test`` to leave ``running``: (status, agreement, text)."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver.get(self.url)
+        el = self.driver.find_element(By.ID, "self-test")
+        WebDriverWait(self.driver, timeout, poll_frequency=0.5).until(
+            lambda _: el.get_attribute("data-status") != "running")
+        return el.get_attribute("data-status"), float(el.get_attribute("data-agreement")), el.text
+
+    def segment_photo(self, image: Path, timeout: float = 300) -> str:
+        """Choose ``image`` in the page's photo picker, wait for its overlay; return the legend's classes."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver.find_element(By.ID, "photo").send_keys(str(Path(image).resolve()))
+        WebDriverWait(self.driver, timeout, poll_frequency=0.5).until(
+            lambda d: Path(image).name in d.find_element(By.ID, "status").text)
+        return ", ".join(self.driver.find_element(By.ID, "legend").text.splitlines())
+
+    def requested_urls(self) -> list[str]:
+        """Every URL the page has requested so far (from chromium's network log)."""
+        urls = []
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                urls.append(message["params"]["request"]["url"])
+        return urls
+
+    def close(self) -> None:
+        self.driver.quit()
+        self.server.terminate()
+        self.server.wait(timeout=30)
+
+    def __enter__(self) -> ChromiumPage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 if __name__ == "__main__":
     print(install_runtime())

@@ -12,10 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +21,11 @@ from hrvit_mobile.bundle import MANIFEST, build_bundle, verify_bundle
 from hrvit_mobile.exporters import ExportSpec, export
 from hrvit_mobile.exporters.contract import sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.web_app import CHROMEDRIVER, CHROMIUM, ChromiumPage
 
 require_module("litert_torch")
-webdriver = require_module("selenium.webdriver")
+require_module("selenium.webdriver")
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
     if IN_CI:
         pytest.fail("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
@@ -38,8 +34,6 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
 
 SIZE = (128, 128)
 CLASSES = ["sky", "road", "car", "tree", "person"]
-BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1000,900")
 
 
 def _export(seed: int, out: Path) -> Path:
@@ -71,71 +65,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"good": good.path, "swapped": swapped}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Page:
-    """``python -m http.server`` on 127.0.0.1 serving a bundle, and headless chromium on its page."""
-
-    def __init__(self, folder: Path) -> None:
-        from selenium.webdriver.chrome.service import Service
-
-        self.port = _free_port()
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory",
-             str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.server.poll() is not None:
-                    self.server.kill()
-                    raise
-                time.sleep(0.1)
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for flag in BROWSER_FLAGS:
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-        self.driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def self_test(self, timeout: float = 240) -> tuple[str, float, str]:
-        """Open the page and wait for ``#self-test`` to leave ``running``: (status, agreement, text)."""
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        self.driver.get(self.url)
-        el = self.driver.find_element(By.ID, "self-test")
-        WebDriverWait(self.driver, timeout, poll_frequency=0.5).until(
-            lambda _: el.get_attribute("data-status") != "running")
-        return el.get_attribute("data-status"), float(el.get_attribute("data-agreement")), el.text
-
-    def requested_urls(self) -> list[str]:
-        urls = []
-        for entry in self.driver.get_log("performance"):
-            message = json.loads(entry["message"])["message"]
-            if message["method"] == "Network.requestWillBeSent":
-                urls.append(message["params"]["request"]["url"])
-        return urls
-
-    def close(self) -> None:
-        self.driver.quit()
-        self.server.terminate()
-        self.server.wait(timeout=30)
-
-
-@pytest.fixture(autouse=True)
-def _no_selenium_manager(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SE_AVOID_STATS", "true")
-    monkeypatch.setenv("SE_OFFLINE", "true")
-
-
 def test_web_bundle_contents(bundles: dict[str, Path]) -> None:
     """The page, the vendored runtime (with its pinned version and hashes) and the self-test data."""
     manifest = verify_bundle(bundles["good"])
@@ -153,16 +82,10 @@ def test_web_bundle_contents(bundles: dict[str, Path]) -> None:
     assert (bundles["good"] / test["expected_classes"]).stat().st_size == SIZE[0] * SIZE[1]
 
 
-def test_self_test_passes_in_chromium_and_fails_with_a_swapped_model(
-    bundles: dict[str, Path], tmp_path: Path
-) -> None:
-    page = _Page(bundles["good"])
-    try:
+def test_self_test_passes_in_chromium_and_fails_with_a_swapped_model(bundles: dict[str, Path]) -> None:
+    with ChromiumPage(bundles["good"]) as page:
         status, agreement, text = page.self_test()
         urls = page.requested_urls()
-        page.driver.save_screenshot(str(tmp_path / "good.png"))
-    finally:
-        page.close()
     print(f"web self-test, bundle as built: {status}, agreement {agreement:.6f}")
     assert status == "pass", text
     assert 0.98 <= agreement <= 1
@@ -171,14 +94,32 @@ def test_self_test_passes_in_chromium_and_fails_with_a_swapped_model(
     assert any(u.endswith("model.tflite") for u in urls)
     assert any(u.endswith("vision_wasm_internal.wasm") for u in urls)
 
-    page = _Page(bundles["swapped"])
-    try:
+    with ChromiumPage(bundles["swapped"]) as page:
         status, agreement, text = page.self_test()
-    finally:
-        page.close()
     print(f"web self-test, another model swapped in: {status}, agreement {agreement:.6f}")
     assert status == "fail", text
     assert agreement < 0.98
+
+
+def test_camera_stream_is_segmented(bundles: dict[str, Path]) -> None:
+    """chromium's fake camera (a generated 640x480 test pattern, no device) through the Start camera button:
+    frames are segmented and drawn at the stream's size with a legend of the classes seen."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    fake_camera = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    with ChromiumPage(bundles["good"], flags=fake_camera) as page:
+        assert page.self_test()[0] == "pass"
+        page.driver.find_element(By.ID, "camera").click()
+        WebDriverWait(page.driver, 120, poll_frequency=0.5).until(
+            lambda d: d.find_element(By.ID, "status").text.startswith("camera: "))
+        size = page.driver.find_element(By.ID, "status").text.removeprefix("camera: ")
+        canvas = page.driver.find_element(By.ID, "view")
+        assert f"{canvas.get_attribute('width')}x{canvas.get_attribute('height')}" == size == "640x480"
+        legend = page.driver.find_element(By.ID, "legend").text.splitlines()
+        assert legend and set(legend) <= set(CLASSES)
+        urls = page.requested_urls()
+    assert [u for u in urls if not u.startswith((page.url, "data:", "blob:"))] == []
 
 
 def test_no_npm_means_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

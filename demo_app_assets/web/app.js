@@ -117,6 +117,11 @@ async function main() {
       return;
     }
     // a camera needs a secure context: the page served from 127.0.0.1, localhost or over HTTPS
+    if (!window.isSecureContext || !navigator.mediaDevices) {
+      status("the camera needs this page on 127.0.0.1, localhost or HTTPS (on a phone: serve the folder " +
+        "over HTTPS); choosing a photo works anywhere");
+      return;
+    }
     video.srcObject = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
     await video.play();
     streaming = true;
@@ -127,6 +132,7 @@ async function main() {
       const result = segmenter.segmentForVideo(video, performance.now());
       drawOverlay(video, video.videoWidth, video.videoHeight, result.categoryMask, labels.palette, labels.classes);
       result.close();
+      status(`camera: ${video.videoWidth}x${video.videoHeight}`);
       requestAnimationFrame(frame);
     };
     requestAnimationFrame(frame);
