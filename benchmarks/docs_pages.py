@@ -348,11 +348,12 @@ def headline(kept: dict[str, dict]) -> list[str]:
     page = "[export matrix](docs/performance/export-matrix.md)"
     if matrix:
         ok = _ok(matrix["result"]["rows"])
+        which = f"{matrix['result']['model']} {matrix['result']['img_size']}"
         fp32 = [r for r in ok if r["variant"] == "fp32" and r.get("parity")]
         if fp32:
             agree = min(r["parity"].get("argmax_agreement") or 0 for r in fp32)
             err = max(r["parity"].get("max_abs_err") or 0 for r in fp32)
-            lines.append(f"| fp32 parity, every target: worst argmax agreement / max abs logit error "
+            lines.append(f"| {which}, fp32 parity of every target: worst argmax agreement / max abs error "
                          f"| {agree:.2%} / {err:.1e} | {page} |")
         for target, variant, what in (("coreml", "pal4", "Core ML 4-bit size vs fp32"),
                                       ("coreml", "w8", "Core ML int8 weights size vs fp32"),
@@ -360,10 +361,10 @@ def headline(kept: dict[str, dict]) -> list[str]:
                                       ("tflite", "int8", "LiteRT int8 size vs fp32")):
             row = next((r for r in ok if (r["target"], r["variant"]) == (target, variant)), None)
             if row and row.get("size_vs_fp32"):
-                lines.append(f"| {what} | {row['size_vs_fp32']:.3f}x | {page} |")
+                lines.append(f"| {which}, {what} | {row['size_vs_fp32']:.3f}x | {page} |")
         secs = [r["export_seconds"] for r in ok if r.get("export_seconds")]
         if secs:
-            lines.append(f"| slowest export of the {len(ok)} pairs | {max(secs):.1f} s | {page} |")
+            lines.append(f"| {which}, slowest export of the {len(ok)} pairs | {max(secs):.1f} s | {page} |")
     speed = kept.get("speed")
     if speed:
         for g in speed["result"].get("goals", []):
