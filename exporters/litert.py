@@ -684,6 +684,7 @@ BACKEND = register(Backend(
         ("litert_torch", "litert-torch==0.10.0"),
         ("ai_edge_litert", "ai-edge-litert"),
         ("ai_edge_quantizer", "ai-edge-quantizer"),
+        ("mediapipe", "mediapipe==1.2.2"),  # its metadata writer makes the .tflite a MediaPipe model
     ),
     runtime_package="ai-edge-litert",
     variants=(
