@@ -36,8 +36,9 @@ from .contract import (
     run_build,
     step,
 )
-from .patches.executorch_lowering import delegate_outputs_from_metadata, lowering_shortcuts
+from .patches.executorch_lowering import lowering_shortcuts
 from .patches.executorch_partition import xnnpack_partitioner
+from .patches.executorch_program import delegate_outputs_from_metadata
 from .quantize import quantize_pt2e, recipe_for
 from .reexport import export_graph_module
 from .registry import Backend, Variant, register

@@ -289,7 +289,7 @@ def test_memoized_dataclass_encoding_writes_the_stock_json(model: TinySegmenter)
     with the memoized encoder as with ExecuTorch's, and the stock encoder is back afterwards."""
     from executorch.backends.xnnpack.serialization import xnnpack_graph_serialize as serialize
 
-    from hrvit_mobile.exporters.patches.executorch_lowering import memoized_dataclass_encoding
+    from hrvit_mobile.exporters.patches.executorch_program import memoized_dataclass_encoding
     from hrvit_mobile.patching import patched
 
     graphs: list[Any] = []
