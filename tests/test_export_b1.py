@@ -2,10 +2,10 @@
 
 The exporter's own parity check runs each artifact in its runtime; on top of it, this test loads
 the ExecuTorch and LiteRT artifacts itself (no project code in the loop) and compares with the
-float deploy form, and checks the issue's hard requirements: full XNNPACK delegation and fp32
+float deploy form, and checks what every b1 export promises: full XNNPACK delegation and fp32
 parity (argmax >= 99.9 %, max |diff| <= 1e-3).
 
-The model is the demo checkpoint (trained b1, 8 classes), as in the README's export matrix: the
+The model is the demo checkpoint (trained b1, 8 classes), as in the documented export matrix: the
 parity thresholds of the lossy variants are meant for trained weights. On the reference recipe's
 untrained weights (150 near-tied logits) 6- and 4-bit palettization kept only 88 % / 80 % of the
 argmax, which says nothing about a real model.
