@@ -70,7 +70,7 @@ class ParityThresholds:
     min_argmax_agreement: float | None = None
 
 
-# Defaults per (bits, activations). fp32 holds the export's fp32 promise (argmax >= 99.9 %, max |diff| <= 1e-3);
+# Defaults per (bits, activations). fp32 keeps its promise (argmax >= 99.9 %, max |diff| <= 1e-3);
 # the lossy variants are bounded by cosine and argmax agreement, because logit scale is model-dependent.
 DEFAULT_THRESHOLDS: dict[tuple[int, str], ParityThresholds] = {
     (32, "float"): ParityThresholds(max_abs_err=1e-3, min_cosine=0.99999, min_argmax_agreement=0.999),
