@@ -33,7 +33,9 @@ def b1_deployed() -> torch.nn.Module:
     return hrvit_mobile.deploy(load_demo_model(SIZE).eval(), img_size=SIZE)
 
 
-def _independent_run(path: Path, x: np.ndarray) -> np.ndarray | None:
+def _independent_run(path: Path, x: np.ndarray, image: np.ndarray) -> np.ndarray | None:
+    """The artifact in its bare runtime: ``x`` normalized NCHW for the .pte; the uint8 RGB ``image`` as
+    float32 NHWC for the .tflite, whose NHWC logits come back NCHW."""
     if path.suffix == ".pte":
         from executorch.runtime import Runtime
 
@@ -44,9 +46,9 @@ def _independent_run(path: Path, x: np.ndarray) -> np.ndarray | None:
 
         interpreter = Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image.astype(np.float32))
         interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
     return None  # Core ML predicts on macOS only
 
 
@@ -62,8 +64,9 @@ def test_b1_export(b1_deployed, tmp_path: Path, target: str, bits: int, activati
     # parity was asked for (the default): it must have run, here or in Core ML's evaluator, and passed
     assert report.parity is not None and report.parity.ran, report.summary()
     assert report.ok, report.summary()
-    x = Normalization().apply(synthetic_images(1, SIZE, seed=123))
-    ours = _independent_run(report.artifact.path, x)
+    image = synthetic_images(1, SIZE, seed=123)
+    x = Normalization().apply(image)
+    ours = _independent_run(report.artifact.path, x, image)
     if ours is not None:
         with torch.no_grad():
             reference = b1_deployed(torch.from_numpy(x)).numpy()
