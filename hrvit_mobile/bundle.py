@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
+from hrvit_mobile import selftest
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.exporters.registry import apps, get_backend, target_names
 from hrvit_mobile.labels import LabelSet, labels_for
@@ -366,8 +369,6 @@ def build_bundle(
 
 def _self_test(root: Path, first: dict[str, Any], inp: dict[str, Any], metas: dict[str, Any],
                models: list[dict[str, Any]], reference: Any) -> dict[str, Any]:
-    from hrvit_mobile import selftest
-
     if reference is None:
         run, name = selftest.artifact_reference(metas)
     else:
@@ -518,3 +519,24 @@ def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None) 
             raise BundleError(f"{report.artifact.path.name} failed parity ({reason}); not bundled")
         paths.append(report.artifact.path)
     return paths
+
+
+def run_self_test(bundle: Path | str) -> dict[str, dict[str, Any]]:
+    """Run each bundled model on the golden image in its Python runtime, as the apps do on the device:
+    ``{model file: {"agreement": a, "passed": bool}}``."""
+    from PIL import Image
+
+    from hrvit_mobile.exporters import open_artifact
+    from hrvit_mobile.metrics import upsample_class_map
+
+    root = Path(bundle)
+    manifest = verify_bundle(root)
+    entry = manifest["self_test"]
+    with Image.open(root / entry["image"]) as im:
+        image = np.asarray(im.convert("RGB"))
+    out = {}
+    for model in manifest["models"]:
+        logits = open_artifact(root / model["file"]).predict(image)[0]
+        a = selftest.agreement(upsample_class_map(logits, tuple(entry["shape"]))[0], root, entry)
+        out[model["file"]] = {"agreement": a, "passed": a >= entry["min_agreement"][model["file"]]}
+    return out

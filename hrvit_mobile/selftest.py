@@ -127,36 +127,15 @@ def agreement(class_map: np.ndarray, root: Path, entry: dict[str, Any]) -> float
     return float(np.mean(class_map == expected))
 
 
-def run_self_test(bundle: Path | str) -> dict[str, dict[str, Any]]:
-    """Run each bundled model on the golden image in its Python runtime, as the apps do on the device:
-    ``{model file: {"agreement": a, "passed": bool}}``."""
-    from PIL import Image
-
-    from hrvit_mobile.bundle import verify_bundle
-    from hrvit_mobile.exporters import open_artifact
-    from hrvit_mobile.metrics import upsample_class_map
-
-    root = Path(bundle)
-    manifest = verify_bundle(root)
-    entry = manifest["self_test"]
-    with Image.open(root / entry["image"]) as im:
-        image = np.asarray(im.convert("RGB"))
-    out = {}
-    for model in manifest["models"]:
-        logits = open_artifact(root / model["file"]).predict(image)[0]
-        a = agreement(upsample_class_map(logits, tuple(entry["shape"]))[0], root, entry)
-        out[model["file"]] = {"agreement": a, "passed": a >= entry["min_agreement"][model["file"]]}
-    return out
-
-
 def artifact_reference(artifacts: dict[str, tuple[Path, dict[str, Any]]]) -> tuple[Reference, str]:
     """Without the PyTorch model at hand: the float-activation artifact of ``artifacts`` ({target: (path,
     sidecar)}), else the first, in its Python runtime (each passed parity against the float model)."""
     from hrvit_mobile.exporters import open_artifact
+    from hrvit_mobile.exporters.registry import get_backend
 
-    # Core ML predicts through the project's MIL evaluator off macOS: the slowest, so the last choice
+    # a runtime that does not run on every host (Core ML: the MIL evaluator off macOS) is the last choice
     ranked = sorted(artifacts.items(), key=lambda kv: (kv[1][1]["activations"] != "float", -kv[1][1]["bits"],
-                                                        kv[0] == "coreml", kv[0]))
+                                                        bool(get_backend(kv[0]).verify_hint), kv[0]))
     target, (path, meta) = ranked[0]
     runner = open_artifact(path)
     return (lambda image: runner.predict(image)[0]), (

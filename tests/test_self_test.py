@@ -13,11 +13,11 @@ import pytest
 from conftest import require_module
 from PIL import Image
 
-from hrvit_mobile.bundle import MANIFEST, build_bundle, verify_bundle
+from hrvit_mobile.bundle import MANIFEST, build_bundle, run_self_test, verify_bundle
 from hrvit_mobile.exporters import ExportSpec, export
 from hrvit_mobile.exporters.contract import sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
-from hrvit_mobile.selftest import expected_classes, golden_image, run_self_test
+from hrvit_mobile.selftest import expected_classes, golden_image
 
 require_module("executorch")
 require_module("ai_edge_litert")
