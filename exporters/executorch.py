@@ -79,6 +79,50 @@ def non_delegated_ops(edge_program: Any) -> Counter[str]:
     return out
 
 
+def contract_methods(spec: ExportSpec) -> dict[str, Any]:
+    """What an app needs to feed the .pte and read its output, as constant methods of the program
+    itself (``Runtime.load_program(path).load_method("labels").execute([])``), so that the bare
+    ExecuTorch runtime reads the contract without the sidecar: labels, input size, layout and
+    normalization, output stride."""
+    h, w = spec.img_size
+    return {
+        "labels": list(spec.labels),
+        "num_classes": spec.num_classes,
+        "input_size": [h, w],
+        "input_layout": "NCHW",
+        "mean": [float(v) for v in spec.normalization.mean],
+        "std": [float(v) for v in spec.normalization.std],
+        "pixel_scale": 1 / 255,  # (pixel * pixel_scale - mean) / std
+        "output_stride": 4,
+    }
+
+
+def read_contract(path: Path) -> dict[str, Any]:
+    """The constant methods of a .pte as the bare runtime returns them (lists; one-element ones unwrapped)."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(path)
+    out = {}
+    for name in sorted(program.method_names - {"forward"}):
+        value = list(program.load_method(name).execute([]))
+        out[name] = value if name in _LIST_METHODS else value[0]
+    return out
+
+
+_LIST_METHODS = ("labels", "input_size", "mean", "std")
+
+
+def contract_mismatch(contract: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """The constant methods that disagree with the sidecar beside the .pte (none for a .pte without them)."""
+    if not contract:
+        return []
+    norm = meta["input"]["normalization"]
+    expected = {"labels": list(meta.get("classes") or contract.get("labels", [])),
+                "num_classes": meta["num_classes"], "input_size": list(meta["img_size"]),
+                "mean": list(norm["mean"]), "std": list(norm["std"])}
+    return [k for k, v in expected.items() if contract.get(k) != v]
+
+
 def convert(
     model: torch.nn.Module,
     spec: ExportSpec,
@@ -126,7 +170,8 @@ def convert(
         lowering = step(TARGET, "lower to XNNPACK")
         with lowering, lowering_shortcuts() as skipped:
             edge = to_edge_transform_and_lower(
-                ep, partitioner=[xnnpack_partitioner()], generate_etrecord=spec.etrecord
+                ep, partitioner=[xnnpack_partitioner()], generate_etrecord=spec.etrecord,
+                constant_methods=contract_methods(spec),
             )
         outside = non_delegated_ops(edge.exported_program())
         n_delegates = sum(
@@ -252,6 +297,12 @@ def validate(
         "non_delegated_compute_nodes": meta["details"].get("non_delegated_compute_nodes"),
         "output_shape": list(outputs[0].shape),
     }
+    wrong = contract_mismatch(read_contract(artifact), meta)
+    result.structural["contract_methods_match_sidecar"] = not wrong
+    if wrong:
+        result.passed = False
+        result.reason = "; ".join(filter(None, [result.reason, f"constant methods differ from the sidecar: "
+                                                 f"{', '.join(wrong)}"]))
     bpte = artifact.with_suffix(".bpte")
     if bpte.exists():
         ok = verify_bundled(bpte)

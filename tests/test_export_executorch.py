@@ -126,6 +126,34 @@ def test_bundled_program_runs_in_runtime(model: TinySegmenter, tmp_path: Path) -
     bundle.verify_result_with_bundled_expected_output("forward", 0, 1e-3, 1e-4)
 
 
+def test_the_pte_carries_its_contract_for_the_bare_runtime(model: TinySegmenter, tmp_path: Path) -> None:
+    """Labels, input size, layout and normalization are constant methods of the program: the bare
+    ExecuTorch runtime reads them, they equal the sidecar, and a sidecar that disagrees fails validation."""
+    from executorch.runtime import Runtime
+
+    from hrvit_mobile.exporters.executorch import read_contract
+    from hrvit_mobile.exporters.executorch import validate as validate_pte
+
+    names = ["sky", "tree", "road", "car", "person"]
+    report = export(model, ExportSpec(target="executorch", img_size=SIZE, num_classes=5, class_names=names,
+                                      out_dir=tmp_path))
+    path = report.artifact.path
+    program = Runtime.get().load_program(path)
+    assert list(program.load_method("labels").execute([])) == names
+    contract = read_contract(path)
+    assert contract == {"labels": names, "num_classes": 5, "input_size": list(SIZE), "input_layout": "NCHW",
+                        "mean": pytest.approx(list(IMAGENET_MEAN)), "std": pytest.approx(list(IMAGENET_STD)),
+                        "pixel_scale": pytest.approx(1 / 255), "output_stride": 4}
+    assert report.parity.structural["contract_methods_match_sidecar"] is True
+    sidecar = path.with_name(path.name + ".json")
+    meta = json.loads(sidecar.read_text())
+    meta["classes"] = list(reversed(names))
+    sidecar.write_text(json.dumps(meta))
+    refs = [np.zeros((1, 5, SIZE[0] // 4, SIZE[1] // 4), np.float32)]
+    result = validate_pte(path, _images(1), refs)
+    assert not result.passed and "constant methods differ from the sidecar: labels" in result.reason
+
+
 class _DataDependent(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.sum() > 0:  # torch.export cannot capture this
