@@ -124,6 +124,8 @@ class ExportSpec:
     # where the calibration images came from (recorded in the sidecar, so a report can rebuild the set);
     # None: the exporter's own synthetic images (EXPORTER_SYNTHETIC)
     calib_source: str | None = None
+    # where the parity images came from (recorded in the sidecar); None: the exporter's synthetic ones
+    parity_source: str | None = None
     seed: int = 0
     run_parity: bool = True
     # int8-activation exports: module groups kept float (names), or "auto" (the most sensitive groups
@@ -307,6 +309,7 @@ def sidecar_dict(spec: ExportSpec, art: ArtifactResult, parity: ParityResult | N
         "tool_versions": art.tool_versions,
         "details": _jsonable(art.details),
         "parity": _jsonable(parity) if parity is not None else None,
+        "parity_images": spec.parity_source or f"{spec.parity_samples} {EXPORTER_SYNTHETIC_PARITY}",
     }
 
 
@@ -632,6 +635,7 @@ def _footprint(path: Path) -> dict[str, Any]:
 
 
 EXPORTER_SYNTHETIC = "the exporter's synthetic images"
+EXPORTER_SYNTHETIC_PARITY = "synthetic blob images (the exporter's own; not from the model's domain)"
 
 
 def calibration_tensors(

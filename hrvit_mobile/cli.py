@@ -94,6 +94,22 @@ def _calibration(args: argparse.Namespace, size: tuple[int, int], demo_model: bo
     return default_calibration(args.calib, samples, size, demo_model)
 
 
+def _parity_images(args: argparse.Namespace, size: tuple[int, int], demo_model: bool, n: int):
+    """(images, source) parity runs on: the demo checkpoint's held-out val images for the demo model,
+    else the first images of --calib, else None (the exporter's synthetic blobs, which the sidecar names)."""
+    if demo_model:
+        from hrvit_mobile.demo import demo_dataset_seed, demo_samples
+
+        return demo_samples("val", n, size)[0], (
+            f"{n} held-out synthetic val images of the demo checkpoint (seed {demo_dataset_seed()})")
+    if args.calib:
+        from hrvit_mobile.data.calibration import calibration_images
+
+        images = calibration_images(args.calib, size, limit=n)
+        return images, f"the first {len(images)} images of {args.calib}"
+    return None, None
+
+
 def _log():
     import logging
 
@@ -164,9 +180,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
             recipe_for(resolved)  # --keep-float on a post-conversion variant
     # calibration first: a bad --calib or --calib-samples is refused before the model is built
     calib, spec.calib_source = _calibration(args, size, demo_model=class_names is not None)
+    images, spec.parity_source = _parity_images(args, size, class_names is not None, spec.parity_samples)
     model = _build_model(args, size)
     deployed = deploy(model, img_size=size)
-    reports = export_all(deployed, spec, calib) if args.target == "all" else [export(deployed, spec, calib)]
+    reports = (export_all(deployed, spec, calib, images) if args.target == "all"
+               else [export(deployed, spec, calib, images)])
     for report in reports:
         print(report.summary())
     if not reports:

@@ -349,3 +349,21 @@ def test_calib_samples_reaches_the_exporters_synthetic_calibration(tmp_path: Pat
     sidecar = json.loads(next(tmp_path.glob("*.pte.json")).read_text())
     quant = sidecar["details"]["quantization"]
     assert quant["calibration_samples"] == 3 and quant["calibration_source"] == c.EXPORTER_SYNTHETIC
+    assert sidecar["parity_images"] == f"2 {c.EXPORTER_SYNTHETIC_PARITY}"  # says they are off-domain
+
+
+def test_parity_runs_on_the_calibration_folder_when_given(tmp_path: Path) -> None:
+    """A user model with --calib: parity runs on that folder's first images and the sidecar says so."""
+    require_module("executorch")
+    from PIL import Image
+
+    from hrvit_mobile.cli import main
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, image in enumerate(c.synthetic_images(3, (40, 48), seed=5)):
+        Image.fromarray(image).save(calib / f"{i}.png")
+    assert main(["export", "--target", "executorch", *NANO_CLI, "--calib", str(calib), "--no-report",
+                 "--out", str(tmp_path / "out")]) == 0
+    sidecar = json.loads(next((tmp_path / "out").glob("*.pte.json")).read_text())
+    assert sidecar["parity_images"] == f"the first 2 images of {calib}" and sidecar["parity"]["passed"]

@@ -135,6 +135,10 @@ def demo_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                "--img-size", DEMO_SIZE, "--out", str(out), "--no-report", *args]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         (paths[variant],) = out.glob(f"*_tflite_{variant}.tflite")
+        sidecar = json.loads(paths[variant].with_name(paths[variant].name + ".json").read_text())
+        # parity ran on the demo model's own domain: held-out images of the dataset it was trained on
+        assert "held-out synthetic val images of the demo checkpoint" in sidecar["parity_images"]
+        assert sidecar["parity"]["passed"], sidecar["parity"]
     return paths
 
 
