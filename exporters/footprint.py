@@ -27,7 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.files import path_size
+
+
+class FootprintError(HRViTMobileError):
+    """An artifact whose bytes cannot be accounted for (unknown kind, parts larger than the file)."""
 
 
 def _pte_footprint(path: Path) -> dict[str, int]:
@@ -147,7 +152,7 @@ def _with_other(parts: Counter[str], total: int) -> dict[str, int]:
     named = {k: int(v) for k, v in sorted(parts.items()) if v}
     other = total - sum(named.values())
     if other < 0:  # a reader that counted something twice
-        raise ValueError(f"footprint parts add up to {total - other} bytes, more than the file's {total}")
+        raise FootprintError(f"footprint parts add up to {total - other} bytes, more than the file's {total}")
     return {**named, "other": other, "total": total}
 
 
@@ -170,5 +175,5 @@ def artifact_footprint(path: Path | str) -> dict[str, Any]:
     readers = {".pte": _pte_footprint, ".tflite": _tflite_footprint, ".mlpackage": _mlpackage_footprint}
     reader = readers.get(path.suffix)
     if reader is None:
-        raise ValueError(f"no footprint reader for {path.name}; known: {', '.join(readers)}")
+        raise FootprintError(f"no footprint reader for {path.name}; known: {', '.join(readers)}")
     return reader(path)

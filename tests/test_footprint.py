@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import require_module
 
-from hrvit_mobile.exporters import ExportError, ExportSpec, export
-from hrvit_mobile.exporters.footprint import artifact_footprint, tensor_data_bytes
+from hrvit_mobile.exporters import ExportSpec, export
+from hrvit_mobile.exporters.footprint import FootprintError, artifact_footprint, tensor_data_bytes
 from hrvit_mobile.exporters.testing import TinySegmenter
 
 SIZE = (64, 64)
@@ -98,5 +98,5 @@ def test_unknown_artifact_kind(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     path.write_bytes(b"\0")
     known = re.escape("no footprint reader for model.onnx; known: .pte, .tflite, .mlpackage")
-    with pytest.raises(ExportError, match=known):
+    with pytest.raises(FootprintError, match=known):
         artifact_footprint(path)
