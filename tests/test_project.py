@@ -45,3 +45,14 @@ def test_a_runtime_that_does_not_import_fails_in_ci_and_skips_elsewhere(monkeypa
 def test_ci_runs_in_ci_mode() -> None:
     """.ci/run sets CI=true, so a runtime missing from its install fails the run instead of skipping."""
     assert "export CI=true" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_generated_figure_pages_match_their_json() -> None:
+    """The measured-figure pages and README's headline rows are what benchmarks/docs_pages.py writes
+    from the kept JSON: a hand edit of a figure (or a stale page) fails here."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "docs_pages.py"), "--check"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
