@@ -74,12 +74,6 @@ class Backend:
     verify_hint: str = ""  # where the artifact's own runtime runs, when not on every host
     app_entry: dict[str, str] = field(default_factory=dict)  # extra keys of its bundle manifest entry
     app_note: str = ""  # a paragraph for the bundle README, for the app developer
-    _by_key: dict[tuple[int, str], Variant] = field(default_factory=dict, init=False, repr=False,
-                                                    compare=False)
-
-    def __post_init__(self) -> None:
-        for v in self.variants:
-            self._by_key[(v.bits, v.activations)] = v
 
     @property
     def suffix(self) -> str:
@@ -95,7 +89,7 @@ class Backend:
     def variant(self, bits: int, activations: str | None = None) -> Variant:
         """The variant for ``--bits`` (and ``--activations``); one line naming the supported ones if none."""
         act = self.default_activations(bits) if activations is None else normalize_activations(activations)
-        found = self._by_key.get((bits, act))
+        found = next((v for v in self.variants if (v.bits, v.activations) == (bits, act)), None)
         if found is None:
             wanted = f"--bits {bits}" + (" --activations 8" if act == "int8" else "")
             raise UnsupportedExportError(
