@@ -22,29 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .contract import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ArtifactResult,
-    ExportError,
-    ExportReport,
-    ExportSpec,
-    MissingDependencyError,
-    Normalization,
+from hrvit_mobile.data.calibration import load_calibration_images
+from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization
+
+from .artifacts import ArtifactResult, ExportReport, read_sidecar, write_sidecar
+from .errors import ExportError, MissingDependencyError, UnsupportedExportError
+from .parity import (
     ParityResult,
     ParityThresholds,
-    UnsupportedExportError,
     default_thresholds,
-    load_calibration_images,
-    log,
-    read_sidecar,
     reference_outputs,
     synthetic_images,
     to_tensors,
-    write_sidecar,
 )
 from .registry import Backend, Variant, backends, get_backend, target_names
 from .runtime import ArtifactRunner, open_artifact
+from .spec import ExportSpec, log
 from .support import (
     check_dependencies,
     describe_supported,

@@ -32,6 +32,7 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.models.norm import DelegableLayerNorm, use_native_layer_norm
+from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD
 from hrvit_mobile.patching import library_patch
 from hrvit_mobile.quant.recipes import (
     PAL4_SMALL_TENSORS_INT8,
@@ -41,29 +42,18 @@ from hrvit_mobile.quant.recipes import (
     register_scalar_zero_points,
 )
 
-from .contract import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ArtifactResult,
-    Built,
-    ExportError,
-    ExportSpec,
-    ParityResult,
-    ParityThresholds,
-    compare,
-    default_thresholds,
-    logits_description,
-    read_sidecar,
-    run_build,
-    step,
-)
+from .artifacts import ArtifactResult, read_sidecar
+from .build import Built, run_build, step
 from .coreml_compact import compact_program
 from .coreml_eval import RUNTIME as RUNTIME_EVALUATOR  # off macOS the serialized program runs here
 from .decompose import decompose
+from .errors import ExportError
+from .parity import ParityResult, ParityThresholds, compare, default_thresholds
 from .quantize import quantize_pt2e, recipe_for
 from .reexport import export_graph_module
 from .registry import Backend, Variant, register
 from .runtime import ArtifactRunner
+from .spec import ExportSpec, logits_description
 from .support import conversion_inputs
 
 TARGET = "coreml"

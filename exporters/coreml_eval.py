@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .contract import ExportError
+from .errors import ExportError
 
 RUNTIME = "hrvit-mobile MIL evaluator (NumPy, fp16 emulated)"
 

@@ -21,21 +21,9 @@ from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.deploy.fold import NearestUpsample, use_broadcast_nearest
 from hrvit_mobile.quant.recipes import Prequantized, XNNPACKInt8
 
-from .contract import (
-    ArtifactResult,
-    Built,
-    ExportSpec,
-    ParityResult,
-    ParityThresholds,
-    compare,
-    default_thresholds,
-    input_description,
-    log,
-    logits_description,
-    read_sidecar,
-    run_build,
-    step,
-)
+from .artifacts import ArtifactResult, read_sidecar
+from .build import Built, run_build, step
+from .parity import ParityResult, ParityThresholds, compare, default_thresholds
 from .patches.executorch_lowering import lowering_shortcuts
 from .patches.executorch_partition import xnnpack_partitioner
 from .patches.executorch_program import delegate_outputs_from_metadata
@@ -43,6 +31,7 @@ from .quantize import quantize_pt2e, recipe_for
 from .reexport import export_graph_module
 from .registry import Backend, Variant, register
 from .runtime import ArtifactRunner, load_runner, sidecar_normalization
+from .spec import ExportSpec, input_description, log, logits_description
 from .support import conversion_inputs
 
 TARGET = "executorch"

@@ -29,28 +29,19 @@ import torch
 
 from hrvit_mobile.deploy.channels_first import in_export_layout
 from hrvit_mobile.deploy.fold import use_resize_nearest
+from hrvit_mobile.normalization import Normalization
 from hrvit_mobile.patching import library_patch
 from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
-from .contract import (
-    EXPORTER_SYNTHETIC,
-    ArtifactResult,
-    Built,
-    ExportError,
-    ExportSpec,
-    Normalization,
-    ParityResult,
-    ParityThresholds,
-    compare,
-    default_thresholds,
-    read_sidecar,
-    run_build,
-    step,
-)
+from .artifacts import ArtifactResult, read_sidecar
+from .build import Built, run_build, step
+from .errors import ExportError
 from .mediapipe_metadata import with_associated_files, write_segmenter_metadata
+from .parity import EXPORTER_SYNTHETIC, ParityResult, ParityThresholds, compare, default_thresholds
 from .quantize import recipe_for
 from .registry import Backend, Variant, register
 from .runtime import ArtifactRunner, load_runner, sidecar_normalization
+from .spec import ExportSpec
 from .support import conversion_inputs
 
 TARGET = "tflite"

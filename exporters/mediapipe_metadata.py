@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from .contract import ExportError
+from .errors import ExportError
 
 # the module the writer imports but the wheels it was written for (mediapipe 1.2.2, 1.2.3) do not ship
 VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"

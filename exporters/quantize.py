@@ -14,8 +14,11 @@ import torch
 
 from hrvit_mobile.quant.recipes import BINNING_PATHS, Prequantized, PT2ERecipe, QuantRecipe
 
-from .contract import EXPORTER_SYNTHETIC, ExportError, ExportSpec, step
+from .build import step
+from .errors import ExportError
+from .parity import EXPORTER_SYNTHETIC
 from .registry import get_backend
+from .spec import ExportSpec
 
 AUTO = "auto"
 
@@ -100,7 +103,7 @@ def quantize_pt2e(
                 min_cosine=thresholds.min_cosine,
                 min_argmax=thresholds.min_argmax_agreement,
             )
-        from .contract import log
+        from .spec import log
 
         log.info("[%s] %s", target, result.summary())
         info["keep_float"] = result.kept

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contract import UnsupportedExportError, normalize_activations
+from .errors import UnsupportedExportError
+from .spec import normalize_activations
 
 # The modules that register the built-in backends, in the order the CLI, tables and plots list them.
 BACKEND_MODULES: tuple[str, ...] = (

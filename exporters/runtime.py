@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .contract import ExportError, Normalization, read_sidecar
+from hrvit_mobile.normalization import Normalization
+
+from .artifacts import read_sidecar
+from .errors import ExportError
 from .registry import get_backend
 from .support import canonical_target, check_dependencies
 

@@ -14,14 +14,10 @@ import torch
 
 from hrvit_mobile import patching
 
-from .contract import (
-    ExportSpec,
-    MissingDependencyError,
-    calibration_tensors,
-    synthetic_images,
-    to_tensors,
-)
+from .errors import MissingDependencyError
+from .parity import synthetic_images, to_tensors
 from .registry import all_variants, backends, get_backend
+from .spec import ExportSpec, calibration_tensors
 
 
 def supported() -> dict[tuple[str, int, str], str]:

@@ -73,7 +73,7 @@ def _check_app(app: str) -> None:
 def _load_artifact(path: Path, app: str, allow_failed_parity: bool) -> dict[str, Any]:
     """The artifact's sidecar, after checking it is for this app, intact and passed parity."""
     from hrvit_mobile.exporters import read_sidecar
-    from hrvit_mobile.exporters.contract import sha256_file
+    from hrvit_mobile.exporters.artifacts import sha256_file
 
     if not path.exists():
         raise BundleError(f"artifact not found: {path}")
@@ -138,7 +138,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _files_of(root: Path) -> list[dict[str, Any]]:
-    from hrvit_mobile.exporters.contract import sha256_file
+    from hrvit_mobile.exporters.artifacts import sha256_file
 
     out = []
     for p in sorted(root.rglob("*"), key=lambda q: q.relative_to(root).as_posix()):
@@ -411,7 +411,7 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
 
 
 def _verify(path: Path | str) -> dict[str, Any]:
-    from hrvit_mobile.exporters.contract import sha256_file
+    from hrvit_mobile.exporters.artifacts import sha256_file
 
     root = Path(path)
     if not (root / MANIFEST).is_file():

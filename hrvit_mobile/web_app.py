@@ -91,7 +91,7 @@ def install_runtime() -> Path:
 
 def add_web_app(root: Path) -> dict[str, Any]:
     """Copy the page and the vendored runtime into bundle ``root``; return the manifest's ``web`` entry."""
-    from hrvit_mobile.exporters.contract import sha256_file
+    from hrvit_mobile.exporters.artifacts import sha256_file
 
     package = install_runtime()
     installed = json.loads((package / "package.json").read_text(encoding="utf-8"))["version"]

@@ -15,7 +15,7 @@ from _tiny_artifacts import NUM_CLASSES, SIZE, export_tiny, tiny_artifacts_fixtu
 from hrvit_mobile.bundle import MANIFEST, BundleError, build_bundle, verify_bundle
 from hrvit_mobile.cli import main
 from hrvit_mobile.exporters import open_artifact, synthetic_images
-from hrvit_mobile.exporters.contract import sha256_file
+from hrvit_mobile.exporters.artifacts import sha256_file
 from hrvit_mobile.labels import LabelsError, assets_dir, load_labels
 
 # the tiny artifacts are a session fixture shared with test_predict.py: built once, on one worker

@@ -23,8 +23,7 @@ ct = require_module("coremltools")
 from hrvit_mobile.exporters import ExportSpec, export  # noqa: E402
 from hrvit_mobile.exporters import coreml as coreml_backend  # noqa: E402
 from hrvit_mobile.exporters import coreml_eval as ce  # noqa: E402
-from hrvit_mobile.exporters.contract import (  # noqa: E402
-    Normalization,
+from hrvit_mobile.exporters.parity import (  # noqa: E402
     ParityThresholds,
     compare,
     reference_outputs,
@@ -32,6 +31,7 @@ from hrvit_mobile.exporters.contract import (  # noqa: E402
     to_tensors,
 )
 from hrvit_mobile.exporters.testing import TinySegmenter  # noqa: E402
+from hrvit_mobile.normalization import Normalization  # noqa: E402
 
 NANO = (64, 96)
 TINY = (64, 64)

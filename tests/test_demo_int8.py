@@ -21,7 +21,7 @@ from hrvit_mobile.data import generate_sample
 from hrvit_mobile.data.calibration import default_calibration
 from hrvit_mobile.demo import load_demo_model
 from hrvit_mobile.exporters import ExportSpec, export
-from hrvit_mobile.exporters.contract import DEFAULT_THRESHOLDS
+from hrvit_mobile.exporters.parity import DEFAULT_THRESHOLDS
 
 SIZE = (128, 128)
 CALIB_SAMPLES = 8

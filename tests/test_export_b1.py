@@ -22,7 +22,8 @@ import torch
 import hrvit_mobile
 from hrvit_mobile.demo import load_demo_model
 from hrvit_mobile.exporters import ExportSpec, export, supported
-from hrvit_mobile.exporters.contract import Normalization, synthetic_images
+from hrvit_mobile.exporters.parity import synthetic_images
+from hrvit_mobile.normalization import Normalization
 
 SIZE = (512, 512)
 PAIRS = sorted(supported())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import require_module
 
-from hrvit_mobile.data.calibration import CalibrationError
+from hrvit_mobile.data.calibration import CalibrationError, load_calibration_images
 from hrvit_mobile.exporters import (
     ExportSpec,
     MissingDependencyError,
@@ -20,9 +20,19 @@ from hrvit_mobile.exporters import (
     resolve,
     supported,
 )
-from hrvit_mobile.exporters import contract as c
 from hrvit_mobile.exporters import coreml as coreml_exporter
+from hrvit_mobile.exporters.artifacts import sha256_file, sidecar_path
+from hrvit_mobile.exporters.build import Built, PeakMemory, cyclic_collection_deferred, run_build
+from hrvit_mobile.exporters.parity import (
+    EXPORTER_SYNTHETIC,
+    EXPORTER_SYNTHETIC_PARITY,
+    ParityThresholds,
+    compare,
+    default_thresholds,
+    synthetic_images,
+)
 from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization
 
 
 def test_registry_offers_every_target_precision_pair() -> None:
@@ -111,12 +121,12 @@ def test_missing_package_names_what_to_install(monkeypatch: pytest.MonkeyPatch, 
 def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     spec, variant = resolve(ExportSpec(target="tflite", img_size=(64, 64), out_dir=tmp_path))
 
-    def build(stage: Path) -> c.Built:
+    def build(stage: Path) -> Built:
         (stage / "half_written.tflite").write_bytes(b"\0" * 100)
         raise RuntimeError("converter crashed")
 
     with pytest.raises(RuntimeError, match="converter crashed"):
-        c.run_build(spec, variant, ".tflite", build)
+        run_build(spec, variant, ".tflite", build)
     assert list(tmp_path.iterdir()) == []  # no artifact, no sidecar, no staging dir
 
 
@@ -132,7 +142,7 @@ def test_build_runs_with_cyclic_collection_deferred(tmp_path: Path) -> None:
     class Node:
         pass
 
-    def build(stage: Path) -> c.Built:
+    def build(stage: Path) -> Built:
         seen["enabled"] = gc.isenabled()
         cycle = Node()
         cycle.self = cycle  # garbage only the cyclic collector frees
@@ -143,12 +153,12 @@ def test_build_runs_with_cyclic_collection_deferred(tmp_path: Path) -> None:
 
     assert gc.isenabled()
     with pytest.raises(RuntimeError, match="stop here"):
-        c.run_build(spec, variant, ".tflite", build)
+        run_build(spec, variant, ".tflite", build)
     assert seen["enabled"] is False and seen["alive in build"] and seen["ref"]() is None
     assert gc.isenabled()
     gc.disable()
     try:
-        with c.cyclic_collection_deferred():
+        with cyclic_collection_deferred():
             pass
         assert not gc.isenabled()
     finally:
@@ -171,7 +181,7 @@ def test_graph_modules_that_die_in_the_build_never_get_their_code(tmp_path: Path
     monkeypatch.setattr(torch.fx.GraphModule, "recompile", counting_recompile)
     kept: dict[str, torch.fx.GraphModule] = {}
 
-    def build(stage: Path) -> c.Built:
+    def build(stage: Path) -> Built:
         for name in ("dead", "kept"):
             gm = torch.fx.symbolic_trace(torch.nn.ReLU())  # deferred: marked stale, no code yet
             gm.meta["name"] = name
@@ -179,9 +189,9 @@ def test_graph_modules_that_die_in_the_build_never_get_their_code(tmp_path: Path
             kept[name] = gm
         del kept["dead"], gm
         (stage / "x.tflite").write_bytes(b"tflite")
-        return c.Built(main=stage / "x.tflite")
+        return Built(main=stage / "x.tflite")
 
-    c.run_build(spec, variant, ".tflite", build)
+    run_build(spec, variant, ".tflite", build)
     assert compiled == []  # the kept one stays lazy past the build
     assert "relu" in kept["kept"].code
     assert compiled == ["kept"]
@@ -190,40 +200,40 @@ def test_graph_modules_that_die_in_the_build_never_get_their_code(tmp_path: Path
 def test_failed_rebuild_keeps_previous_artifact(tmp_path: Path) -> None:
     spec, variant = resolve(ExportSpec(target="coreml", img_size=(64, 64), out_dir=tmp_path))
 
-    def good(stage: Path) -> c.Built:
+    def good(stage: Path) -> Built:
         pkg = stage / "x.mlpackage"
         (pkg / "Data").mkdir(parents=True)
         (pkg / "Data" / "weight.bin").write_bytes(b"v1")
-        return c.Built(main=pkg)
+        return Built(main=pkg)
 
-    art = c.run_build(spec, variant, ".mlpackage", good)
+    art = run_build(spec, variant, ".mlpackage", good)
     assert art.path.is_dir() and (art.path / "Data" / "weight.bin").read_bytes() == b"v1"
-    meta = json.loads(c.sidecar_path(art.path).read_text())
-    assert meta["files"][0]["sha256"] == c.sha256_file(art.path / "Data" / "weight.bin")
+    meta = json.loads(sidecar_path(art.path).read_text())
+    assert meta["files"][0]["sha256"] == sha256_file(art.path / "Data" / "weight.bin")
 
-    def bad(stage: Path) -> c.Built:
+    def bad(stage: Path) -> Built:
         (stage / "x.mlpackage").mkdir()
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        c.run_build(spec, variant, ".mlpackage", bad)
+        run_build(spec, variant, ".mlpackage", bad)
     assert (art.path / "Data" / "weight.bin").read_bytes() == b"v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([art.path.name, art.path.name + ".json"])
 
-    def v2(stage: Path) -> c.Built:
+    def v2(stage: Path) -> Built:
         pkg = stage / "x.mlpackage"
         pkg.mkdir()
         (pkg / "model.bin").write_bytes(b"v2")
-        return c.Built(main=pkg)
+        return Built(main=pkg)
 
-    c.run_build(spec, variant, ".mlpackage", v2)  # a directory artifact is replaced as a whole
+    run_build(spec, variant, ".mlpackage", v2)  # a directory artifact is replaced as a whole
     assert sorted(p.name for p in art.path.rglob("*")) == ["model.bin"]
 
 
 def test_compare_metrics() -> None:
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
-    same = c.compare([ref.copy()], [ref], c.default_thresholds(32, "float"), "numpy")
+    same = compare([ref.copy()], [ref], default_thresholds(32, "float"), "numpy")
     assert (
         same.passed
         and same.max_abs_err == 0
@@ -231,21 +241,21 @@ def test_compare_metrics() -> None:
         and same.cosine == pytest.approx(1)
     )
     noisy = ref + 0.01
-    res = c.compare([noisy], [ref], c.default_thresholds(32, "float"), "numpy")
+    res = compare([noisy], [ref], default_thresholds(32, "float"), "numpy")
     assert res.passed is False and "max_abs_err" in res.reason
     assert res.max_abs_err == pytest.approx(0.01, rel=1e-3) and res.mean_abs_err == pytest.approx(
         0.01, rel=1e-3
     )
     flipped = -ref
-    res = c.compare([flipped], [ref], c.ParityThresholds(min_argmax_agreement=0.5), "numpy")
+    res = compare([flipped], [ref], ParityThresholds(min_argmax_agreement=0.5), "numpy")
     assert res.passed is False and res.argmax_agreement < 0.5 and res.cosine == pytest.approx(-1)
 
 
 def test_synthetic_images_are_deterministic_rgb() -> None:
-    a = c.synthetic_images(2, (64, 96), seed=3)
+    a = synthetic_images(2, (64, 96), seed=3)
     assert a.shape == (2, 64, 96, 3) and a.dtype == np.uint8
-    assert np.array_equal(a, c.synthetic_images(2, (64, 96), seed=3))
-    x = c.Normalization().apply(a)
+    assert np.array_equal(a, synthetic_images(2, (64, 96), seed=3))
+    x = Normalization().apply(a)
     assert x.shape == (2, 3, 64, 96) and x.dtype == np.float32
 
 
@@ -253,11 +263,11 @@ def test_calibration_folder(tmp_path: Path) -> None:
     from PIL import Image
 
     for i in range(3):
-        Image.fromarray(c.synthetic_images(1, (80, 120), seed=i)[0]).save(tmp_path / f"{i}.png")
-    imgs = c.load_calibration_images(tmp_path, (64, 64), limit=2)
+        Image.fromarray(synthetic_images(1, (80, 120), seed=i)[0]).save(tmp_path / f"{i}.png")
+    imgs = load_calibration_images(tmp_path, (64, 64), limit=2)
     assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8
     with pytest.raises(CalibrationError, match="no images"):
-        c.load_calibration_images(tmp_path / "nothing-here", (64, 64))
+        load_calibration_images(tmp_path / "nothing-here", (64, 64))
 
 
 def test_unreadable_calibration_image_is_one_line_and_leaves_nothing(tmp_path: Path, capsys) -> None:
@@ -269,7 +279,7 @@ def test_unreadable_calibration_image_is_one_line_and_leaves_nothing(tmp_path: P
 
     calib = tmp_path / "calib"
     calib.mkdir()
-    Image.fromarray(c.synthetic_images(1, (40, 40), seed=0)[0]).save(calib / "a.png")
+    Image.fromarray(synthetic_images(1, (40, 40), seed=0)[0]).save(calib / "a.png")
     (calib / "b.jpg").write_bytes(b"not a jpeg")
     code = main(["export", "--target", "executorch", "--bits", "8", *NANO_CLI, "--calib", str(calib),
                  "--out", str(tmp_path / "out")])
@@ -280,20 +290,20 @@ def test_unreadable_calibration_image_is_one_line_and_leaves_nothing(tmp_path: P
     (calib / "b.jpg").unlink()
     (calib / "c.png").write_bytes(full[: len(full) // 2])  # truncated: fails in decoding, not in open
     with pytest.raises(CalibrationError, match=r"c\.png is not a readable image"):
-        c.load_calibration_images(calib, (32, 32))
+        load_calibration_images(calib, (32, 32))
 
 
 def test_coreml_image_preprocessing_is_exact() -> None:
     """ImageType's scalar scale + per-channel bias and the in-graph factor give (p/255 - mean)/std."""
-    scale, bias, factor = coreml_exporter.image_preprocessing(c.IMAGENET_MEAN, c.IMAGENET_STD)
+    scale, bias, factor = coreml_exporter.image_preprocessing(IMAGENET_MEAN, IMAGENET_STD)
     p = np.arange(256, dtype=np.float64)[:, None]
     got = (scale * p + np.asarray(bias)) * np.asarray(factor)
-    want = (p / 255 - np.asarray(c.IMAGENET_MEAN)) / np.asarray(c.IMAGENET_STD)
+    want = (p / 255 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     np.testing.assert_allclose(got, want, atol=1e-9)
 
 
 def test_peak_memory_sees_an_allocation() -> None:
-    with c.PeakMemory() as mem:
+    with PeakMemory() as mem:
         big = torch.ones(64 * 2**20 // 4)  # 64 MB
         del big
     assert mem.peak_bytes is not None and mem.peak_bytes > 64 * 2**20
@@ -315,7 +325,7 @@ def test_compare_refuses_nan_outputs() -> None:
     ref = np.zeros((1, 3, 4, 4), np.float32)
     out = ref.copy()
     out[0, 0, 0, 0] = np.nan
-    res = c.compare([out], [ref], c.ParityThresholds(max_abs_err=1.0, min_cosine=-1.0), "test")
+    res = compare([out], [ref], ParityThresholds(max_abs_err=1.0, min_cosine=-1.0), "test")
     assert res.passed is False and "non-finite" in res.reason
 
 
@@ -335,7 +345,7 @@ def test_calib_samples_below_one_is_one_line_and_leaves_nothing(count: str, tmp_
     assert not (tmp_path / "out").exists()
     (tmp_path / "a.png").write_bytes(b"")  # never opened: the count is refused first
     with pytest.raises(CalibrationError, match="must be 1 or more"):
-        c.load_calibration_images(tmp_path, (32, 32), limit=0)
+        load_calibration_images(tmp_path, (32, 32), limit=0)
 
 
 def test_calib_samples_reaches_the_exporters_synthetic_calibration(tmp_path: Path) -> None:
@@ -348,8 +358,8 @@ def test_calib_samples_reaches_the_exporters_synthetic_calibration(tmp_path: Pat
                  "--no-parity", "--no-report", "--out", str(tmp_path)]) == 0
     sidecar = json.loads(next(tmp_path.glob("*.pte.json")).read_text())
     quant = sidecar["details"]["quantization"]
-    assert quant["calibration_samples"] == 3 and quant["calibration_source"] == c.EXPORTER_SYNTHETIC
-    assert sidecar["parity_images"] == f"2 {c.EXPORTER_SYNTHETIC_PARITY}"  # says they are off-domain
+    assert quant["calibration_samples"] == 3 and quant["calibration_source"] == EXPORTER_SYNTHETIC
+    assert sidecar["parity_images"] == f"2 {EXPORTER_SYNTHETIC_PARITY}"  # says they are off-domain
 
 
 def test_parity_runs_on_the_calibration_folder_when_given(tmp_path: Path) -> None:
@@ -361,7 +371,7 @@ def test_parity_runs_on_the_calibration_folder_when_given(tmp_path: Path) -> Non
 
     calib = tmp_path / "calib"
     calib.mkdir()
-    for i, image in enumerate(c.synthetic_images(3, (40, 48), seed=5)):
+    for i, image in enumerate(synthetic_images(3, (40, 48), seed=5)):
         Image.fromarray(image).save(calib / f"{i}.png")
     assert main(["export", "--target", "executorch", *NANO_CLI, "--calib", str(calib), "--no-report",
                  "--out", str(tmp_path / "out")]) == 0

@@ -16,8 +16,9 @@ import torch
 from conftest import require_module
 
 from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export, resolve
-from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file
+from hrvit_mobile.exporters.artifacts import sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 Runtime = require_module("executorch.runtime").Runtime
 
@@ -25,7 +26,7 @@ SIZE = (64, 64)
 
 
 def _images(n: int = 2, seed: int = 7) -> np.ndarray:
-    from hrvit_mobile.exporters.contract import synthetic_images
+    from hrvit_mobile.exporters.parity import synthetic_images
 
     return synthetic_images(n, SIZE, seed=seed)
 
@@ -171,7 +172,7 @@ def test_failed_export_leaves_no_partial_files(tmp_path: Path) -> None:
 
 def test_parity_failure_is_reported_and_artifact_kept(model: TinySegmenter, tmp_path: Path) -> None:
     """An fp16 program held to the fp32 limits: export reports the miss by name and keeps the file."""
-    from hrvit_mobile.exporters.contract import DEFAULT_THRESHOLDS
+    from hrvit_mobile.exporters.parity import DEFAULT_THRESHOLDS
 
     report = export(
         model,

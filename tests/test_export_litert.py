@@ -12,8 +12,10 @@ import torch
 from conftest import require_module
 
 from hrvit_mobile.exporters import ExportSpec, ParityThresholds, export
-from hrvit_mobile.exporters.contract import IMAGENET_MEAN, IMAGENET_STD, sha256_file, synthetic_images
+from hrvit_mobile.exporters.artifacts import sha256_file
+from hrvit_mobile.exporters.parity import synthetic_images
 from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 require_module("litert_torch")
 Interpreter = require_module("ai_edge_litert.interpreter").Interpreter
@@ -286,8 +288,8 @@ def test_calibration_on_views_changes_no_statistic(tmp_path: Path) -> None:
     import litert_torch
     from ai_edge_quantizer.utils import tfl_interpreter_utils
 
-    from hrvit_mobile.exporters.contract import Normalization
     from hrvit_mobile.exporters.litert import INPUT_NAME, _ImageIO, calibration_reads_views
+    from hrvit_mobile.normalization import Normalization
     from hrvit_mobile.quant.recipes import LiteRTPostTraining
 
     torch.manual_seed(0)
@@ -473,8 +475,8 @@ def test_profiler_calibration_gathers_the_statistics_of_the_preserve_all_mode(tm
     from ai_edge_quantizer import qtyping, quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    from hrvit_mobile.exporters.contract import Normalization
     from hrvit_mobile.exporters.litert import INPUT_NAME, _ImageIO
+    from hrvit_mobile.normalization import Normalization
     from hrvit_mobile.quant.recipes import LiteRTPostTraining, QuantRecipeError
 
     torch.manual_seed(0)

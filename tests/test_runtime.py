@@ -11,8 +11,9 @@ import torch
 from conftest import require_module
 
 from hrvit_mobile.exporters import ExportError, ExportSpec, export, open_artifact
-from hrvit_mobile.exporters.contract import Normalization, synthetic_images
+from hrvit_mobile.exporters.parity import synthetic_images
 from hrvit_mobile.exporters.testing import TinySegmenter
+from hrvit_mobile.normalization import Normalization
 
 SIZE = (64, 64)
 

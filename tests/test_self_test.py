@@ -15,7 +15,7 @@ from PIL import Image
 
 from hrvit_mobile.bundle import MANIFEST, build_bundle, run_self_test, verify_bundle
 from hrvit_mobile.exporters import ExportSpec, export
-from hrvit_mobile.exporters.contract import sha256_file
+from hrvit_mobile.exporters.artifacts import sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
 from hrvit_mobile.selftest import expected_classes, golden_image
 

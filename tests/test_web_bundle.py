@@ -19,7 +19,7 @@ from conftest import IN_CI, require_module
 
 from hrvit_mobile.bundle import MANIFEST, build_bundle, verify_bundle
 from hrvit_mobile.exporters import ExportSpec, export
-from hrvit_mobile.exporters.contract import sha256_file
+from hrvit_mobile.exporters.artifacts import sha256_file
 from hrvit_mobile.exporters.testing import TinySegmenter
 from hrvit_mobile.web_app import CHROMEDRIVER, CHROMIUM, ChromiumPage
 

@@ -58,7 +58,7 @@ def run_report(args: argparse.Namespace, build_model: BuildModel) -> str:
     from hrvit_mobile.data.calibration import default_calibration
     from hrvit_mobile.deploy import deploy
     from hrvit_mobile.exporters import read_sidecar
-    from hrvit_mobile.exporters.contract import ExportError
+    from hrvit_mobile.exporters.errors import ExportError
 
     from . import build_report
 
@@ -95,7 +95,7 @@ def report_after_export(reports: Sequence[Any], deployed: torch.nn.Module, args:
     A report that cannot be written is a warning: the export itself succeeded and stays as it is.
     """
     from hrvit_mobile.exporters import parity_inputs
-    from hrvit_mobile.exporters.contract import calibration_tensors
+    from hrvit_mobile.exporters.spec import calibration_tensors
 
     from . import build_report
 

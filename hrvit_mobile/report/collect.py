@@ -30,7 +30,8 @@ from hrvit_mobile.exporters import (
     open_artifact,
     read_sidecar,
 )
-from hrvit_mobile.exporters.contract import reference_outputs, to_tensors, tool_versions
+from hrvit_mobile.exporters.build import tool_versions
+from hrvit_mobile.exporters.parity import reference_outputs, to_tensors
 from hrvit_mobile.exporters.registry import get_backend, target_names
 
 from . import layers as layers_mod
@@ -243,7 +244,7 @@ def _measure(
     threads: int | None,
     report: Report,
 ) -> ArtifactEntry:
-    from hrvit_mobile.exporters.contract import ParityThresholds
+    from hrvit_mobile.exporters.parity import ParityThresholds
     from hrvit_mobile.exporters.support import canonical_target
     from hrvit_mobile.files import path_size
 
@@ -327,7 +328,8 @@ def _layers(
     from hrvit_mobile.data.calibration import DEMO_CALIBRATION
     from hrvit_mobile.demo import demo_calibration_images
     from hrvit_mobile.exporters import ExportSpec
-    from hrvit_mobile.exporters.contract import EXPORTER_SYNTHETIC, calibration_tensors, synthetic_images
+    from hrvit_mobile.exporters.parity import EXPORTER_SYNTHETIC, synthetic_images
+    from hrvit_mobile.exporters.spec import calibration_tensors
 
     spec = ExportSpec(target=entry.target, img_size=tuple(meta["img_size"]), num_classes=meta["num_classes"])
     example = to_tensors(spec.normalization.apply(synthetic_images(1, spec.img_size, seed=spec.seed)))[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hrvit_mobile.exporters.contract import ParityThresholds, compare
+from hrvit_mobile.exporters.parity import ParityThresholds, compare
 from hrvit_mobile.metrics import IGNORE_INDEX, ConfusionMatrix, cosine_similarity, sqnr_db, upsample_class_map
 
 
