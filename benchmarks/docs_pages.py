@@ -277,9 +277,11 @@ def speed_page(result: dict | None, prov: dict | None) -> str:
     lines += [
         "HRViT-b1's training form exported as it is (`train`: the official graph), its deploy form",
         "(`deploy`) and SegFormer-B1 (`segformer`, MiT-b1 from `transformers`, the peer a user would pick",
-        "instead) in eager PyTorch, ExecuTorch (XNNPACK) and LiteRT, fp32 and int8; each pair in its own",
-        "process at batch 1. GFLOP/s is twice the MACs over the median latency, against an fp32 GEMM peak",
-        "measured in the same run.",
+        "instead) in eager PyTorch, ExecuTorch (XNNPACK) and LiteRT, fp32 and int8, at batch 1. Each pair",
+        "is exported in its own process, then timed in interleaved rounds (every pair once per round, each",
+        "timing in a fresh process, the order reversed on odd rounds); its latency is the median over",
+        "rounds, with the spread over rounds beside it. GFLOP/s is twice the MACs over that median, against",
+        "an fp32 GEMM peak measured in the same run.",
         "",
     ]
     if result is None:
