@@ -23,6 +23,7 @@ ct = require_module("coremltools")
 from hrvit_mobile.exporters import ExportSpec, export  # noqa: E402
 from hrvit_mobile.exporters import coreml as coreml_backend  # noqa: E402
 from hrvit_mobile.exporters import coreml_eval as ce  # noqa: E402
+from hrvit_mobile.exporters.coreml_eval.values import Blobs, load_value  # noqa: E402
 from hrvit_mobile.exporters.parity import (  # noqa: E402
     ParityThresholds,
     compare,
@@ -262,11 +263,11 @@ def test_w8_decompression_rederived(tiny: TinySegmenter, tmp_path: Path) -> None
     """scale * (q - zero_point) per output channel, from the raw serialized attributes."""
     path = _export(tiny, tmp_path, TINY, 5, 8, model_name="tiny", run_parity=False).artifact.path
     program = ce.Program(path)
-    blobs = ce._Blobs(program._weights_dir())
+    blobs = Blobs(program._weights_dir())
     ops = [op for op in program.block.operations if op.type == "constexpr_affine_dequantize"]
     assert ops
     for op in ops:
-        raw = {k: ce._load_value(v, blobs) for k, v in op.attributes.items() if k != "name"}
+        raw = {k: load_value(v, blobs) for k, v in op.attributes.items() if k != "name"}
         q, zp, scale, axis = raw["quantized_data"], raw["zero_point"], raw["scale"], int(raw["axis"])
         assert q.dtype == np.int8 and scale.dtype == np.float16
         assert zp.ndim == 0 and zp == 0  # symmetric: the per-channel zeros stored as one scalar
