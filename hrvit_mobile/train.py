@@ -2,28 +2,31 @@
 
 The recipe is the official one scaled to a CPU: cross-entropy (ignore 255) on logits upsampled to the
 label size, AdamW, linear warmup then poly decay, periodic mIoU on the val split. ``last.pt`` holds
-everything needed to resume; ``best.pt`` the weights with the best val mIoU so far. The small pieces
-(:func:`poly_lr`, :func:`segmentation_loss`) are shared with the QAT loop.
+everything needed to resume; ``best.pt`` the weights with the best val mIoU so far. The loop, the
+sample stream and the checkpoints are :mod:`hrvit_mobile.training`'s, shared with QAT: a run killed at
+any step and resumed ends with the same weights as one that never stopped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, RandomSampler
 
 from hrvit_mobile.errors import HRViTMobileError
-from hrvit_mobile.files import atomic_write
 from hrvit_mobile.metrics import IGNORE_INDEX
+from hrvit_mobile.training import (
+    TrainingLoop,
+    restore_training_state,
+    save_checkpoint,
+    step_batches,
+    training_state,
+)
 
 log = logging.getLogger("hrvit_mobile")
 
@@ -86,18 +89,6 @@ class TrainResult:
     out: str
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a killed run never leaves a torn checkpoint
-
-
-def _batches(loader_factory, start_step: int):
-    """Endless batches; each pass over the data is shuffled by its own (seed, epoch) generator."""
-    epoch = 0
-    while True:
-        yield from loader_factory(epoch)
-        epoch += 1
-
-
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train ``config.model`` on ``config.data``; checkpoints go to ``config.out``."""
     import hrvit_mobile
@@ -141,65 +132,50 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     step, best_miou, history = 0, None, []
     if resume:
         state = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best_miou, history = int(state["step"]), state.get("best_miou"), list(state.get("history", []))
-        train_set.transform.rng = np.random.default_rng([config.seed, step])  # fresh, not a replay of step 0
+        step, history = restore_training_state(state, model, optimizer)
+        best_miou = state.get("best_miou")
         log.info("resumed from %s at step %d", last_path, step)
     if step >= config.steps:
         raise HRViTMobileError(f"{last_path} is already at step {step} >= --steps {config.steps}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    batches = step_batches(train_set, config.batch_size, config.seed, start_step=step, workers=config.workers)
 
-    def loader(epoch: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + epoch)
-        return DataLoader(
-            train_set, batch_size=config.batch_size, drop_last=len(train_set) >= config.batch_size,
-            sampler=RandomSampler(train_set, generator=generator), num_workers=config.workers,
-        )
-
-    batches = _batches(loader, step)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.steps, initial=step, desc="train", unit="step")
-    model.train()
-    loss_value = math.nan
-    started = time.time()
-    while step < config.steps:
-        lr = poly_lr(step, config.steps, config.lr, config.warmup_steps)
+    def train_step(k: int) -> dict[str, float]:
+        lr = poly_lr(k, config.steps, config.lr, config.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, masks = next(batches)
         loss = segmentation_loss(model(images), masks)
         if not torch.isfinite(loss):
-            raise HRViTMobileError(f"loss is {loss.item()} at step {step}: lower --lr (now {config.lr})")
+            raise HRViTMobileError(f"loss is {loss.item()} at step {k}: lower --lr (now {config.lr})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step += 1
-        loss_value = float(loss.detach())
-        entry = {"step": step, "loss": loss_value, "lr": lr, "seconds": round(time.time() - started, 1)}
-        if val_set is not None and (step % config.eval_every == 0 or step == config.steps):
-            result = evaluate(model, val_set, num_classes, limit=config.eval_samples)
-            model.train()
-            entry["val_miou"] = result.miou
-            log.info("step %d: loss %.4f, val mIoU %.4f on %d images", step, loss_value, result.miou,
-                     result.samples)
-            if best_miou is None or result.miou > best_miou:
-                best_miou = result.miou
-                _atomic_save({"model": model.state_dict(), "step": step, "val_miou": result.miou},
-                             out / "best.pt")
-        history.append(entry)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
-        if step % config.eval_every == 0 or step == config.steps:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                          "best_miou": best_miou, "history": history, "num_classes": num_classes}, last_path)
-    if bar is not None:
-        bar.close()
+        return {"loss": float(loss.detach()), "lr": lr}
+
+    def run_eval(done: int) -> dict[str, float]:
+        nonlocal best_miou
+        result = evaluate(model, val_set, num_classes, limit=config.eval_samples)
+        model.train()
+        log.info("step %d: val mIoU %.4f on %d images", done, result.miou, result.samples)
+        if best_miou is None or result.miou > best_miou:
+            best_miou = result.miou
+            best = {"model": model.state_dict(), "step": done, "val_miou": result.miou}
+            save_checkpoint(out / "best.pt", best)
+        return {"val_miou": result.miou}
+
+    def save(done: int) -> None:
+        save_checkpoint(last_path, {**training_state(model, optimizer, done, history),
+                                    "best_miou": best_miou, "num_classes": num_classes})
+
+    model.train()
+    loop = TrainingLoop(
+        steps=config.steps, step=train_step, save=save, evaluate=None if val_set is None else run_eval,
+        eval_every=config.eval_every, save_every=config.eval_every, start=step, history=history,
+        desc="train", progress=progress,
+    )
+    loss_value = loop.run()
     with open(out / "history.jsonl", "w") as f:
         f.writelines(json.dumps(e) + "\n" for e in history)
-    return TrainResult(step, loss_value, best_miou, str(out))
+    return TrainResult(config.steps, loss_value, best_miou, str(out))

@@ -7,10 +7,11 @@ the official init's ``attn_bn.weight = 0`` into NaN; here a zero scale is just a
 trains. The graph has a fixed batch of 1, so a batch of B samples is B forward/backward passes whose
 gradients add up; with no BatchNorm left that is the same gradient as one batched pass.
 
-Loop: AdamW, poly learning-rate decay, cross-entropy (ignore 255) on logits upsampled to the mask, tqdm
-progress, periodic mIoU of the *converted* int8 model (``convert_pt2e``: the quantize/dequantize graph the
-exporters lower, run in PyTorch), checkpoints written atomically (model, optimizer, scheduler, step, RNG)
-so that ``resume`` continues exactly where a run stopped. Under ``torchrun`` (``WORLD_SIZE`` > 1) it
+Loop (:class:`hrvit_mobile.training.TrainingLoop`, shared with float training): AdamW, poly
+learning-rate decay, cross-entropy (ignore 255) on logits upsampled to the mask, tqdm progress, periodic
+mIoU of the *converted* int8 model (``convert_pt2e``: the quantize/dequantize graph the exporters lower,
+run in PyTorch), checkpoints written atomically (model, optimizer, scheduler, step, RNG) so that
+``resume`` continues exactly where a run stopped. Under ``torchrun`` (``WORLD_SIZE`` > 1) it
 initialises gloo, gives every rank its slice of each global batch, averages gradients and observer
 statistics with ``all_reduce``, and only rank 0 evaluates and writes.
 
@@ -37,6 +38,13 @@ from torch import nn
 from hrvit_mobile.errors import HRViTMobileError
 from hrvit_mobile.files import atomic_write
 from hrvit_mobile.metrics import IGNORE_INDEX
+from hrvit_mobile.training import (
+    TrainingLoop,
+    batch_indices,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 
 from .recipes import Prequantized, PT2ERecipe, XNNPACKInt8, get_qat_recipe
 
@@ -204,22 +212,6 @@ def _poly(total: int, power: float) -> Callable[[int], float]:
     return lambda step: max(0.0, 1.0 - step / max(1, total)) ** power
 
 
-def _batch_indices(n: int, step: int, batch: int, dist: _Dist, seed: int) -> list[int]:
-    """This rank's sample indices for global ``step``: a fixed shuffled stream over epochs, sliced into
-    global batches of ``batch * world`` (DistributedSampler's partition, but addressable by step so that
-    a resumed run reads exactly the samples an uninterrupted one would)."""
-    global_batch = batch * dist.world
-    out = []
-    start = step * global_batch + dist.rank * batch
-    perms: dict[int, list[int]] = {}
-    for k in range(start, start + batch):
-        epoch = k // n
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        out.append(perms[epoch][k % n])
-    return out
-
-
 # --- checkpoints ----------------------------------------------------------------------------------------
 
 
@@ -228,11 +220,6 @@ def _identity(cfg: QATConfig, num_classes: int) -> dict[str, Any]:
     d["num_classes"] = num_classes
     d["img_size"] = list(cfg.img_size)
     return {k: d[k] for k in QATConfig.IDENTITY}
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    """Write next to the target, then rename: an interrupted save never leaves a torn checkpoint."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 # what a recipe may choose about the graph it trains, and what a checkpoint that records no choice was
@@ -370,8 +357,6 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
     ``on_step(step, loss)`` is called after every completed step (after any checkpoint of that step).
     A KeyboardInterrupt saves the last completed step before it propagates.
     """
-    from tqdm import tqdm
-
     from hrvit_mobile.data import open_dataset
 
     if cfg.steps < 1:
@@ -408,15 +393,12 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
     params = [p for p in prepared.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(cfg.steps, cfg.poly_power))
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     start = 0
     if state is not None:
-        prepared.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start, history, evals = int(state["step"]), list(state["history"]), list(state["evals"])
+        start, history = restore_training_state(state, prepared, optimizer, scheduler)
+        evals = list(state["evals"])
         log.info("qat: resumed from %s at step %d/%d", ckpt_path, start, cfg.steps)
     else:
         _warm_up_observers(prepared, train_ds, cfg, dist)
@@ -424,15 +406,10 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
 
     def save(step: int) -> None:
         if dist.main:
-            _save(ckpt_path, {
+            save_checkpoint(ckpt_path, {
                 "format": FORMAT,
                 "config": {**_identity(cfg, num_classes), **_layout_of(recipe)},
-                "step": step,
-                "model": prepared.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "history": history,
+                **training_state(prepared, optimizer, step, history, scheduler),
                 "evals": evals,
             })
             log_text = json.dumps({"step": step, "history": history, "evals": evals}, indent=1)
@@ -447,42 +424,29 @@ def train_qat(cfg: QATConfig, on_step: Callable[[int, float], None] | None = Non
                           "samples": r.samples, "model": "converted int8 (convert_pt2e), PyTorch"})
             log.info("qat: step %d int8 mIoU %.4f (%d samples, %.1f s)", step, r.miou, r.samples,
                      time.perf_counter() - t0)
+            if step == cfg.steps:  # the same weights without fake-quant: the final figure's float reference
+                t0 = time.perf_counter()
+                r = evaluate_float(prepared, val_ds, num_classes, limit=cfg.eval_limit)
+                evals[-1]["float_miou"] = r.miou
+                log.info("qat: step %d float mIoU of the QAT weights (fake-quant off) %.4f (%.1f s)", step,
+                         r.miou, time.perf_counter() - t0)
         dist.barrier()
+        if step < cfg.steps:
+            prepared.train()
+
+    def qat_step(step: int) -> dict[str, float]:
+        if step == cfg.freeze_observers_at or (step == start and _frozen(cfg, start)):
+            _freeze_observers(prepared, step)
+        loss = _train_step(prepared, train_ds, step, cfg, dist, optimizer)
+        scheduler.step()
+        return {"loss": loss, "lr": optimizer.param_groups[0]["lr"]}
 
     prepared.train()
-    bar = tqdm(range(start, cfg.steps), desc=f"qat {cfg.target}", initial=start, total=cfg.steps,
-               disable=not (cfg.progress and dist.main) or None)
-    step = start
-    try:
-        for step in bar:
-            if step == cfg.freeze_observers_at or (step == start and _frozen(cfg, start)):
-                _freeze_observers(prepared, step)
-            loss = _train_step(prepared, train_ds, step, cfg, dist, optimizer)
-            scheduler.step()
-            history.append({"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"]})
-            bar.set_postfix(loss=f"{loss:.4f}")
-            done = step + 1
-            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-                run_eval(done)
-                prepared.train()
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-                save(done)
-            if on_step is not None:
-                on_step(done, loss)
-    except KeyboardInterrupt:
-        completed = len(history)
-        log.warning("qat: interrupted; saving step %d to %s (continue with --resume)", completed, ckpt_path)
-        save(completed)
-        raise
-    run_eval(cfg.steps)
-    if dist.main:  # the same weights without fake-quant: the float reference of the final int8 figure
-        t0 = time.perf_counter()
-        r = evaluate_float(prepared, val_ds, num_classes, limit=cfg.eval_limit)
-        evals[-1]["float_miou"] = r.miou
-        log.info("qat: step %d float mIoU of the QAT weights (fake-quant off) %.4f (%.1f s)", cfg.steps,
-                 r.miou, time.perf_counter() - t0)
-    save(cfg.steps)
-    bar.close()
+    TrainingLoop(
+        steps=cfg.steps, step=qat_step, save=save, evaluate=run_eval, eval_every=cfg.eval_every,
+        save_every=cfg.save_every, start=start, history=history, desc=f"qat {cfg.target}",
+        progress=cfg.progress and dist.main, on_step=on_step,
+    ).run()
     return QATResult(ckpt_path, cfg.steps, history, evals)
 
 
@@ -515,7 +479,7 @@ def _warm_up_observers(prepared: torch.fx.GraphModule, dataset, cfg: QATConfig, 
     so the first steps do not train against ranges seen on one image."""
     prepared.train()
     for b in range(cfg.calib_batches):
-        for i in _batch_indices(len(dataset), b, 1, dist, cfg.seed + 7919):
+        for i in batch_indices(len(dataset), b, 1, cfg.seed + 7919, dist.rank, dist.world):
             prepared(dataset[i][0][None])
     _sync_buffers(prepared, dist)
 
@@ -523,7 +487,7 @@ def _warm_up_observers(prepared: torch.fx.GraphModule, dataset, cfg: QATConfig, 
 def _train_step(prepared: torch.fx.GraphModule, dataset, step: int, cfg: QATConfig, dist: _Dist,
                 optimizer: torch.optim.Optimizer) -> float:
     """One optimizer step over this rank's share of the global batch; returns the global mean loss."""
-    indices = _batch_indices(len(dataset), step, cfg.batch_size, dist, cfg.seed)
+    indices = batch_indices(len(dataset), step, cfg.batch_size, cfg.seed, dist.rank, dist.world)
     samples = [dataset[i] for i in indices]
     labelled = torch.tensor(float(sum(int((m != IGNORE_INDEX).sum()) for _, m in samples)))
     if dist.world > 1:  # normalise by the global count of labelled pixels
