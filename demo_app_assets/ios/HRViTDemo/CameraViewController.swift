@@ -2,13 +2,17 @@ import AVFoundation
 import UIKit
 
 /// Camera preview with the segmentation overlay. Uses Core ML when the bundle has model.mlpackage,
-/// otherwise ExecuTorch.
+/// otherwise ExecuTorch. At first launch the bundle's self-test runs before the first frame; its result
+/// (pass/fail, pixel agreement) stays on screen.
 final class CameraViewController: UIViewController, AVCaptureVideoDataOutputSampleBufferDelegate {
     private let session = AVCaptureSession()
     private let overlayView = UIImageView()
+    private let selfTestLabel = UILabel()
     private var bundle: SegmentationBundle!
     private var coreml: CoreMLSegmenter?
-    private var executorch: ExecuTorchSegmenter?
+    private var segmenter: Segmenter!
+    private var mapper: ClassMapper?
+    private let ciContext = CIContext()
     private let queue = DispatchQueue(label: "segmentation")
 
     override func viewDidLoad() {
@@ -18,11 +22,12 @@ final class CameraViewController: UIViewController, AVCaptureVideoDataOutputSamp
             if FileManager.default.fileExists(atPath: bundle.url(ModelConfig.coremlModelFile).path)
                 || Bundle.main.url(forResource: "model", withExtension: "mlmodelc") != nil {
                 coreml = try CoreMLSegmenter(bundle: bundle)
+                segmenter = coreml
             } else {
-                executorch = try ExecuTorchSegmenter(bundle: bundle)
+                segmenter = try ExecuTorchSegmenter(bundle: bundle)
             }
         } catch {
-            fatalError("bundle does not match ModelConfig: \(error)")
+            fatalError("the bundle does not match this app: \(error)")
         }
         let preview = AVCaptureVideoPreviewLayer(session: session)
         preview.frame = view.bounds
@@ -31,6 +36,12 @@ final class CameraViewController: UIViewController, AVCaptureVideoDataOutputSamp
         overlayView.frame = view.bounds
         overlayView.layer.magnificationFilter = .nearest
         view.addSubview(overlayView)
+        selfTestLabel.frame = CGRect(x: 8, y: 48, width: view.bounds.width - 16, height: 44)
+        selfTestLabel.numberOfLines = 2
+        selfTestLabel.textColor = .white
+        selfTestLabel.backgroundColor = UIColor.black.withAlphaComponent(0.6)
+        selfTestLabel.text = "self-test: running"
+        view.addSubview(selfTestLabel)
 
         session.sessionPreset = .vga640x480
         guard let camera = AVCaptureDevice.default(for: .video),
@@ -40,20 +51,36 @@ final class CameraViewController: UIViewController, AVCaptureVideoDataOutputSamp
         output.alwaysDiscardsLateVideoFrames = true
         output.setSampleBufferDelegate(self, queue: queue)
         session.addOutput(output)
-        queue.async { self.session.startRunning() }
+        queue.async {  // the self-test first, on the queue the frames use
+            let text: String
+            do {
+                text = try SelfTest.runOnce(bundle: self.bundle, segmenter: self.segmenter).description
+            } catch {
+                text = "self-test (\(self.segmenter.modelFile)): FAIL (\(error))"
+            }
+            DispatchQueue.main.async { self.selfTestLabel.text = text }
+            self.session.startRunning()
+        }
     }
 
     func captureOutput(_ output: AVCaptureOutput, didOutput sampleBuffer: CMSampleBuffer,
                        from connection: AVCaptureConnection) {
         guard let pixelBuffer = CMSampleBufferGetImageBuffer(sampleBuffer) else { return }
-        var classes: [UInt8]?
-        if let coreml {
-            classes = try? coreml.segment(pixelBuffer, orientation: .right)
-        } else if let executorch {
-            let ci = CIImage(cvPixelBuffer: pixelBuffer).oriented(.right)
-            if let cg = CIContext().createCGImage(ci, from: ci.extent) { classes = try? executorch.segment(cg) }
+        let classMap: (UnsafeBufferPointer<Float>, LogitsLayout) -> ClassMapper = { logits, layout in
+            let m = self.mapper ?? ClassMapper(layout: layout)
+            self.mapper = m
+            _ = m.map(logits)
+            return m
         }
-        guard let classes, let image = Overlay.image(classes: classes, bundle: bundle) else { return }
+        var mapped: ClassMapper?
+        if let coreml {
+            mapped = try? coreml.withLogits(pixelBuffer, orientation: .right, classMap)
+        } else {
+            let ci = CIImage(cvPixelBuffer: pixelBuffer).oriented(.right)
+            if let cg = ciContext.createCGImage(ci, from: ci.extent) { mapped = try? segmenter.withLogits(cg, classMap) }
+        }
+        guard let m = mapped, let image = Overlay.image(classes: m.classMap, width: m.layout.width,
+                                                        height: m.layout.height, bundle: bundle) else { return }
         DispatchQueue.main.async { self.overlayView.image = image }
     }
 }

@@ -1,10 +1,14 @@
+import Accelerate
 import CoreML
 import Vision
 
-/// Core ML through Vision: the model's ImageType input takes the camera frame as it is (mean/std are
-/// folded into the model); Vision scales it to the input size (scaleFill) and returns the logits.
-final class CoreMLSegmenter {
+/// Core ML through Vision: the model's ImageType input takes the frame as it is (mean/std are folded into
+/// the model); Vision scales it to the input size (scaleFill) and returns the logits, read in place
+/// through a raw pointer (fp16 outputs are widened to fp32 once per frame with vImage, never per element).
+final class CoreMLSegmenter: Segmenter {
+    let modelFile = ModelConfig.coremlModelFile
     private let request: VNCoreMLRequest
+    private var widened: [Float] = []  // fp16 logits as fp32, reused across frames
 
     init(bundle: SegmentationBundle) throws {
         let config = MLModelConfiguration()
@@ -17,30 +21,45 @@ final class CoreMLSegmenter {
         request.imageCropAndScaleOption = .scaleFill
     }
 
-    /// Class map (H/4 x W/4, row-major) for one camera frame.
-    func segment(_ pixelBuffer: CVPixelBuffer, orientation: CGImagePropertyOrientation) throws -> [UInt8] {
-        try VNImageRequestHandler(cvPixelBuffer: pixelBuffer, orientation: orientation).perform([request])
+    func withLogits<R>(_ image: CGImage, _ body: (UnsafeBufferPointer<Float>, LogitsLayout) throws -> R) throws -> R {
+        try run(VNImageRequestHandler(cgImage: image), body)
+    }
+
+    /// A camera frame as it comes, without a CGImage in between.
+    func withLogits<R>(_ pixelBuffer: CVPixelBuffer, orientation: CGImagePropertyOrientation,
+                       _ body: (UnsafeBufferPointer<Float>, LogitsLayout) throws -> R) throws -> R {
+        try run(VNImageRequestHandler(cvPixelBuffer: pixelBuffer, orientation: orientation), body)
+    }
+
+    private func run<R>(_ handler: VNImageRequestHandler,
+                        _ body: (UnsafeBufferPointer<Float>, LogitsLayout) throws -> R) throws -> R {
+        try handler.perform([request])
         guard let observations = request.results as? [VNCoreMLFeatureValueObservation],
               let logits = observations.first(where: { $0.featureName == ModelConfig.outputName })?
                 .featureValue.multiArrayValue
         else { throw SegmentationBundle.BundleError.mismatch("no \(ModelConfig.outputName) output") }
-        return argmax(logits)
-    }
-
-    private func argmax(_ logits: MLMultiArray) -> [UInt8] {
-        let k = ModelConfig.outputShape[1], h = ModelConfig.outputShape[2], w = ModelConfig.outputShape[3]
-        let strides = logits.strides.map { $0.intValue }
-        var classes = [UInt8](repeating: 0, count: h * w)
-        var best = [Float](repeating: -.infinity, count: h * w)
-        for c in 0..<k {
-            for y in 0..<h {
-                for x in 0..<w {
-                    // subscripting handles fp16 and fp32 outputs alike
-                    let v = logits[c * strides[1] + y * strides[2] + x * strides[3]].floatValue
-                    if v > best[y * w + x] { best[y * w + x] = v; classes[y * w + x] = UInt8(c) }
+        let shape = logits.shape.map { $0.intValue }, strides = logits.strides.map { $0.intValue }
+        let layout = LogitsLayout(classes: shape[1], height: shape[2], width: shape[3], classStride: strides[1],
+                                  rowStride: strides[2], columnStride: strides[3])
+        let count = shape[0] * strides[0]  // elements behind the array, row padding included
+        return try logits.withUnsafeBytes { raw -> R in
+            switch logits.dataType {
+            case .float32:
+                return try body(UnsafeBufferPointer(start: raw.baseAddress!.assumingMemoryBound(to: Float.self),
+                                                    count: count), layout)
+            case .float16:
+                if widened.count != count { widened = [Float](repeating: 0, count: count) }
+                return try widened.withUnsafeMutableBufferPointer { dst -> R in
+                    var src = vImage_Buffer(data: UnsafeMutableRawPointer(mutating: raw.baseAddress!), height: 1,
+                                            width: vImagePixelCount(count), rowBytes: 2 * count)
+                    var out = vImage_Buffer(data: dst.baseAddress!, height: 1, width: vImagePixelCount(count),
+                                            rowBytes: 4 * count)
+                    vImageConvert_Planar16FtoPlanarF(&src, &out, vImage_Flags(kvImageNoFlags))
+                    return try body(UnsafeBufferPointer(dst), layout)
                 }
+            default:
+                throw SegmentationBundle.BundleError.mismatch("logits of MLMultiArray type \(logits.dataType.rawValue)")
             }
         }
-        return classes
     }
 }

@@ -1,42 +1,87 @@
 import ExecuTorch
 import UIKit
 
-/// ExecuTorch (XNNPACK) through its Swift API: the app resizes the frame and normalizes it itself.
-final class ExecuTorchSegmenter {
+/// A runtime behind the demo: an image in (any size; stretched to the model input), its float logits
+/// handed to `body` in place, laid out as `LogitsLayout` says.
+protocol Segmenter: AnyObject {
+    var modelFile: String { get }
+    func withLogits<R>(_ image: CGImage, _ body: (UnsafeBufferPointer<Float>, LogitsLayout) throws -> R) throws -> R
+}
+
+/// What the .pte says about its input, read from its constant methods (labels, input_size, input_layout,
+/// mean, std, pixel_scale, output_stride), so that no model constant lives in this app.
+struct ExecuTorchContract {
+    let labels: [String]
+    let height: Int, width: Int
+    let layout: String
+    let mean: [Float], std: [Float]
+    let pixelScale: Float
+    let outputStride: Int
+
+    init(_ module: Module) throws {
+        labels = try module.execute("labels")
+        let size: [Int] = try module.execute("input_size")
+        let layouts: [String] = try module.execute("input_layout")
+        let mean: [Double] = try module.execute("mean")
+        let std: [Double] = try module.execute("std")
+        let scale: [Double] = try module.execute("pixel_scale")
+        let stride: [Int] = try module.execute("output_stride")
+        guard size.count == 2, layouts == ["NCHW"], mean.count == 3, std.count == 3, scale.count == 1,
+              stride.count == 1
+        else { throw SegmentationBundle.BundleError.mismatch("the .pte's constant methods are not an NCHW image contract") }
+        (height, width, layout) = (size[0], size[1], layouts[0])
+        self.mean = mean.map(Float.init)
+        self.std = std.map(Float.init)
+        (pixelScale, outputStride) = (Float(scale[0]), stride[0])
+    }
+}
+
+/// ExecuTorch (XNNPACK) through its Swift API. The app resizes and normalizes the frame itself, with the
+/// contract the .pte carries; at load the contract is checked against the bundle's labels and manifest.
+final class ExecuTorchSegmenter: Segmenter {
+    let modelFile = ModelConfig.executorchModelFile
+    let contract: ExecuTorchContract
     private let module: Module
+    private var rgba: [UInt8]
+    private let inputTensor: Tensor<Float>  // its own memory, refilled in place every frame
 
     init(bundle: SegmentationBundle) throws {
-        module = Module(filePath: bundle.url(ModelConfig.executorchModelFile).path)
+        let module = Module(filePath: bundle.url(ModelConfig.executorchModelFile).path)
         try module.load(ModelConfig.executorchMethod)
-    }
-
-    /// Class map (H/4 x W/4, row-major) for one frame already resized to the input size.
-    func segment(_ image: CGImage) throws -> [UInt8] {
-        let h = ModelConfig.inputShape[2], w = ModelConfig.inputShape[3]
-        let input = Tensor<Float>(normalizedCHW(image, width: w, height: h), shape: ModelConfig.inputShape)
-        let output: Tensor<Float> = try module.forward(input)
-        let logits = output.scalars()
-        let k = ModelConfig.outputShape[1], plane = ModelConfig.outputShape[2] * ModelConfig.outputShape[3]
-        return (0..<plane).map { p in
-            var best = 0
-            for c in 1..<k where logits[c * plane + p] > logits[best * plane + p] { best = c }
-            return UInt8(best)
+        let contract = try ExecuTorchContract(module)
+        let (h, w) = (contract.height, contract.width)
+        func check(_ ok: Bool, _ what: String) throws {
+            if !ok { throw SegmentationBundle.BundleError.mismatch("the .pte's \(what) differ from the bundle's") }
         }
+        // placeholder names (class_<i>) carry none: then labels.txt names the classes
+        let placeholders = contract.labels == contract.labels.indices.map { "class_\($0)" }
+        try check(contract.labels.count == bundle.labels.count && (placeholders || contract.labels == bundle.labels),
+                  "labels")
+        try check(bundle.manifest.input.shape == [1, 3, h, w], "input size")
+        try check(bundle.manifest.input.normalization.mean == contract.mean
+                  && bundle.manifest.input.normalization.std == contract.std, "mean/std")
+        self.module = module
+        self.contract = contract
+        rgba = [UInt8](repeating: 0, count: w * h * 4)
+        inputTensor = Tensor<Float>.empty(shape: [1, 3, h, w])
     }
 
-    /// RGBA pixels -> float32 NCHW with (pixel / 255 - mean) / std.
-    private func normalizedCHW(_ image: CGImage, width: Int, height: Int) -> [Float] {
-        var rgba = [UInt8](repeating: 0, count: width * height * 4)
-        let context = CGContext(data: &rgba, width: width, height: height, bitsPerComponent: 8,
-                                bytesPerRow: width * 4, space: CGColorSpaceCreateDeviceRGB(),
-                                bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue)!
-        context.draw(image, in: CGRect(x: 0, y: 0, width: width, height: height))  // scaleFill resize
-        var out = [Float](repeating: 0, count: 3 * width * height)
-        for i in 0..<(width * height) {
-            for c in 0..<3 {
-                out[c * width * height + i] = (Float(rgba[i * 4 + c]) / 255 - ModelConfig.mean[c]) / ModelConfig.std[c]
+    func withLogits<R>(_ image: CGImage, _ body: (UnsafeBufferPointer<Float>, LogitsLayout) throws -> R) throws -> R {
+        let (h, w) = (contract.height, contract.width)
+        rgba.withUnsafeMutableBytes { pixels in
+            let context = CGContext(data: pixels.baseAddress, width: w, height: h, bitsPerComponent: 8, bytesPerRow: w * 4,
+                                    space: CGColorSpaceCreateDeviceRGB(),
+                                    bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue)!
+            context.draw(image, in: CGRect(x: 0, y: 0, width: w, height: h))  // scaleFill resize
+        }
+        rgba.withUnsafeBufferPointer { pixels in
+            inputTensor.withUnsafeMutableBytes { out in
+                normalizeRGBA(pixels, into: out, mean: contract.mean, std: contract.std, pixelScale: contract.pixelScale)
             }
         }
-        return out
+        let output: Tensor<Float> = try module.forward(inputTensor)
+        let shape = output.shape  // N, classes, H / stride, W / stride
+        let layout = LogitsLayout(classes: shape[1], height: shape[2], width: shape[3])
+        return try output.withUnsafeBytes { try body($0, layout) }  // the output's own memory, not a copy
     }
 }

@@ -1,6 +1,9 @@
-// The one place the iOS demo keeps the bundle contract. tests/test_bundle.py parses these constants and
-// compares them with the model_info.json a real `hrvit-mobile bundle --app ios` writes; at run time
-// BundleLoader checks them against the bundle the app ships, so a mismatched bundle fails loudly.
+// The bundle contract of the Core ML path, and the bundle's file names. tests/test_bundle.py parses these
+// constants and compares them with the model_info.json a real `hrvit-mobile bundle --app ios` writes; at
+// run time BundleLoader checks them against a bundle with a Core ML model, so a mismatch fails loudly.
+// The ExecuTorch path keeps no constants here: it reads labels, input size, layout and normalization from
+// the .pte's constant methods (ExecuTorchSegmenter). The Core ML model has mean/std folded into its image
+// input, so Vision feeds it raw pixels.
 // Defaults match the default bundle: hrvit_b1, 512x512, ADE20K-150.
 
 enum ModelConfig {
@@ -18,9 +21,4 @@ enum ModelConfig {
     static let outputName = "logits"
     static let outputShape: [Int] = [1, 150, 128, 128]  // N, classes, H/4, W/4
     static let numClasses = 150
-
-    // (pixel / 255 - mean) / std per RGB channel. ExecuTorch needs it in the app; the Core ML model has it
-    // folded into its image input, so Vision feeds it raw pixels.
-    static let mean: [Float] = [0.485, 0.456, 0.406]
-    static let std: [Float] = [0.229, 0.224, 0.225]
 }

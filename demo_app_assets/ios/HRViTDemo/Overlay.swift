@@ -2,8 +2,8 @@ import UIKit
 
 /// Colours a class map with the bundle's palette; shown semi-transparent over the camera preview.
 enum Overlay {
-    static func image(classes: [UInt8], bundle: SegmentationBundle, alpha: UInt8 = 128) -> UIImage? {
-        let h = ModelConfig.outputShape[2], w = ModelConfig.outputShape[3]
+    static func image(classes: [UInt8], width w: Int, height h: Int, bundle: SegmentationBundle,
+                      alpha: UInt8 = 128) -> UIImage? {
         var rgba = [UInt8](repeating: 0, count: w * h * 4)
         for (i, c) in classes.enumerated() {
             let (r, g, b) = bundle.palette[Int(c)]

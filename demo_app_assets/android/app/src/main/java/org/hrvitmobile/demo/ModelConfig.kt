@@ -1,8 +1,10 @@
 package org.hrvitmobile.demo
 
-// The one place the Android demo keeps the bundle contract. tests/test_bundle.py parses these constants
-// and compares them with the model_info.json a real `hrvit-mobile bundle --app android` writes; at run
-// time BundleLoader checks them against the bundle in the app's assets, so a mismatch fails loudly.
+// The bundle contract of the LiteRT path, and the bundle's file names. tests/test_bundle.py parses these
+// constants and compares them with the model_info.json a real `hrvit-mobile bundle --app android` writes;
+// at run time SegmentationBundle checks them against the bundle in the app's assets, so a mismatch
+// fails loudly. The ExecuTorch path keeps no constants here: it reads labels, input size, layout and
+// normalization from the .pte's constant methods (ExecuTorchSegmenter).
 // Defaults match the default bundle: hrvit_b1, 512x512, ADE20K-150.
 object ModelConfig {
     const val MODEL_INFO_FILE = "model_info.json"
@@ -15,14 +17,8 @@ object ModelConfig {
     const val EXECUTORCH_METHOD = "forward"
 
     const val INPUT_NAME = "image"
-    val INPUT_SHAPE = longArrayOf(1, 3, 512, 512) // N, C, H, W
     const val OUTPUT_NAME = "logits"
-    val OUTPUT_SHAPE = longArrayOf(1, 150, 128, 128) // N, classes, H/4, W/4
     const val NUM_CLASSES = 150
-
-    // (pixel / 255 - mean) / std per RGB channel, applied by the app for ExecuTorch
-    val MEAN = floatArrayOf(0.485f, 0.456f, 0.406f)
-    val STD = floatArrayOf(0.229f, 0.224f, 0.225f)
 
     // The .tflite is a MediaPipe Image Segmenter model: it takes the RGB frame as float32 0..255 NHWC
     // (mean/std are inside the model) and returns logits NHWC
