@@ -96,7 +96,8 @@ def _calibration(args: argparse.Namespace, size: tuple[int, int], demo_model: bo
 
 def _parity_images(args: argparse.Namespace, size: tuple[int, int], demo_model: bool, n: int):
     """(images, source) parity runs on: the demo checkpoint's held-out val images for the demo model,
-    else the first images of --calib, else None (the exporter's synthetic blobs, which the sidecar names)."""
+    else the first images of --calib, else the shipped sample photos, else None (the exporter's synthetic
+    blobs, which the sidecar names)."""
     if demo_model:
         from hrvit_mobile.demo import demo_dataset_seed, demo_samples
 
@@ -107,6 +108,11 @@ def _parity_images(args: argparse.Namespace, size: tuple[int, int], demo_model: 
 
         images = calibration_images(args.calib, size, limit=n)
         return images, f"the first {len(images)} images of {args.calib}"
+    from hrvit_mobile.selftest import sample_photos
+
+    images = sample_photos(size, n)
+    if len(images):
+        return images, f"{len(images)} shipped sample images (demo_app_assets/samples/*.jpg)"
     return None, None
 
 

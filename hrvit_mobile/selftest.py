@@ -48,6 +48,27 @@ def golden_image(img_size: tuple[int, int]) -> np.ndarray:
         return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR))
 
 
+def sample_photos(img_size: tuple[int, int], limit: int) -> np.ndarray:
+    """The first ``limit`` shipped sample photos (``demo_app_assets/samples/*.jpg``, not their ``*_mask.png``
+    class maps), shorter side resized then center-cropped to ``img_size`` as calibration images are:
+    uint8 (N, H, W, 3); N is 0 when none are installed."""
+    from PIL import Image
+
+    from hrvit_mobile.images import fit_center, open_image
+    from hrvit_mobile.labels import LabelsError, assets_dir
+
+    h, w = img_size
+    try:
+        photos = sorted((assets_dir() / "samples").glob("*.jpg"))[:limit]
+    except LabelsError:  # an install without demo_app_assets: the caller falls back to synthetic images
+        photos = []
+    out = np.empty((len(photos), h, w, 3), np.uint8)
+    for i, path in enumerate(photos):
+        with open_image(path, SelfTestError) as im:
+            out[i] = np.asarray(fit_center(im.convert("RGB"), img_size, Image.BILINEAR))
+    return out
+
+
 def torch_reference(model: Any, mean: list[float], std: list[float]) -> Reference:
     """The float PyTorch model as a :data:`Reference` (input normalized as the app contract says)."""
     import torch

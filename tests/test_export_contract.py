@@ -25,7 +25,6 @@ from hrvit_mobile.exporters.artifacts import sha256_file, sidecar_path
 from hrvit_mobile.exporters.build import Built, PeakMemory, cyclic_collection_deferred, run_build
 from hrvit_mobile.exporters.parity import (
     EXPORTER_SYNTHETIC,
-    EXPORTER_SYNTHETIC_PARITY,
     ParityThresholds,
     compare,
     default_thresholds,
@@ -359,7 +358,8 @@ def test_calib_samples_reaches_the_exporters_synthetic_calibration(tmp_path: Pat
     sidecar = json.loads(next(tmp_path.glob("*.pte.json")).read_text())
     quant = sidecar["details"]["quantization"]
     assert quant["calibration_samples"] == 3 and quant["calibration_source"] == EXPORTER_SYNTHETIC
-    assert sidecar["parity_images"] == f"2 {EXPORTER_SYNTHETIC_PARITY}"  # says they are off-domain
+    # parity images: the shipped sample photos, named as such (the blobs are the last resort)
+    assert sidecar["parity_images"] == "2 shipped sample images (demo_app_assets/samples/*.jpg)"
 
 
 def test_parity_runs_on_the_calibration_folder_when_given(tmp_path: Path) -> None:
