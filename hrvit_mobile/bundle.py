@@ -317,6 +317,8 @@ def build_bundle(
                 raise BundleError(f"artifacts disagree on {key}: {path.name} has {meta[key]}, another "
                                   f"{first[key]}; bundle artifacts of one model")
     label_set = labels_for(first["num_classes"], labels, first.get("classes"))
+    for target, (path, _) in metas.items():
+        _check_embedded_labels(target, path, label_set)
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file():
         raise BundleError(f"{out} exists and is not a bundle: choose a new --out folder")
@@ -365,6 +367,40 @@ def build_bundle(
         verify_bundle(root)
         commit(root, out)
     return BundleResult(out, manifest)
+
+
+def _embedded_labels(target: str, path: Path) -> list[str] | None:
+    """The class names a model file carries itself (the .pte's ``labels`` constant method, the labels file
+    of the .tflite's MediaPipe metadata, zipped behind the flatbuffer); None where it carries none."""
+    if target == "executorch":
+        from hrvit_mobile.exporters.executorch import read_contract
+
+        return read_contract(path).get("labels")
+    if target == "tflite":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as packed:
+                return packed.read(LABELS_TXT).decode("utf-8").splitlines()
+        except (zipfile.BadZipFile, KeyError):
+            return None
+    return None
+
+
+def _check_embedded_labels(target: str, path: Path, label_set: LabelSet) -> None:
+    """Refuse a bundle whose labels differ from the names its model file carries, which MediaPipe and the
+    apps read from the model itself. Placeholder names (``class_<i>``) carry none: the bundle names them."""
+    embedded = _embedded_labels(target, path)
+    ours = list(label_set.classes)
+    if not embedded or embedded == [f"class_{i}" for i in range(len(embedded))] or embedded == ours:
+        return
+    fix = "pass --labels with the model's class names"
+    if len(embedded) != len(ours):
+        raise BundleError(f"{path.name} carries {len(embedded)} labels, the bundle's {label_set.dataset} "
+                          f"labels are {len(ours)}; {fix}")
+    i = next(i for i, (a, b) in enumerate(zip(embedded, ours)) if a != b)
+    raise BundleError(f"{path.name} carries other labels than the bundle's {label_set.dataset} labels "
+                      f"(class {i}: {embedded[i]!r} in the model, {ours[i]!r} in the bundle); {fix}")
 
 
 def _self_test(root: Path, first: dict[str, Any], inp: dict[str, Any], metas: dict[str, Any],

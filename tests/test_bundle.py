@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _tiny_artifacts import NUM_CLASSES, SIZE, export_tiny, tiny_artifacts_fixture  # noqa: F401
+from conftest import require_module
 
 from hrvit_mobile.bundle import MANIFEST, BundleError, build_bundle, verify_bundle
 from hrvit_mobile.cli import main
@@ -290,3 +291,49 @@ def test_templates_agree_with_manifest(tiny_artifacts, tmp_path: Path, app: str)
     assert {k: c.get(k) for k in expected} == expected
     for name in (c["labelsfile"], c["palettefile"], c["modelinfofile"]):
         assert (bundle / name).is_file()
+
+
+def test_sample_photos_are_the_parity_fallback() -> None:
+    """Without --calib, a user model's parity runs on the shipped photos (never their class-map PNGs),
+    center-cropped to the input as calibration images are."""
+    from hrvit_mobile.selftest import sample_photos
+
+    photos = sorted((assets_dir() / "samples").glob("*.jpg"))
+    images = sample_photos((48, 80), 8)
+    assert images.shape == (len(photos), 48, 80, 3) and images.dtype == np.uint8
+    assert sample_photos((48, 80), 1).shape[0] == 1
+    from PIL import Image
+
+    from hrvit_mobile.images import fit_center
+
+    with Image.open(photos[0]) as im:
+        first = np.asarray(fit_center(im.convert("RGB"), (48, 80), Image.BILINEAR))
+    np.testing.assert_array_equal(images[0], first)
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_refuses_labels_other_than_the_models_own(tmp_path: Path, capsys, target: str) -> None:
+    """The .pte's labels method and the .tflite's MediaPipe labels file name the classes; a bundle whose
+    labels differ is refused in one line (exit 2) and nothing is written. Placeholder names (class_<i>)
+    name nothing, so any label set of the right size goes (the tiny artifacts above)."""
+    require_module({"executorch": "executorch", "tflite": "ai_edge_litert"}[target])
+    from hrvit_mobile.exporters import ExportSpec, export
+    from hrvit_mobile.exporters.testing import TinySegmenter
+
+    synthetic = load_labels("synthetic")
+    spec = ExportSpec(target=target, bits=32, img_size=(64, 64), num_classes=8, out_dir=tmp_path / "ex",
+                      model_name="named", class_names=list(synthetic.classes), run_parity=False)
+    artifact = export(TinySegmenter(num_classes=8).eval(), spec).artifact.path
+    app = "android"
+    assert build_bundle(app, [artifact], tmp_path / "ok").manifest["classes"] == list(synthetic.classes)
+
+    renamed = dict(synthetic.as_json())
+    renamed["classes"] = [*synthetic.classes[:3], "lozenge", *synthetic.classes[4:]]
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    argv = ["bundle", "--app", app, "--artifact", str(artifact), "--labels", str(tmp_path / "renamed.json"),
+            "--out", str(tmp_path / "bad")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the runtime's own log lines, if any
+    assert err.startswith(f"hrvit-mobile: error: {artifact.name} carries other labels")
+    assert "class 3: 'triangle' in the model, 'lozenge' in the bundle" in err
+    assert not (tmp_path / "bad").exists()

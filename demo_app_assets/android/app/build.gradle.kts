@@ -1,5 +1,5 @@
 // Minimal module build file for the demo sources; versions are the ones the templates were written
-// against (not built here: there is no Android SDK on the development machine).
+// against (not built here: there is no Android SDK on the development machine; see docs/bundles.md).
 plugins {
     id("com.android.application")
     id("org.jetbrains.kotlin.android")
@@ -19,7 +19,7 @@ android {
 
 dependencies {
     implementation("com.google.ai.edge.litert:litert:1.4.0")
-    implementation("org.pytorch:executorch-android:1.0.0")
+    implementation("org.pytorch:executorch-android:1.4.1") // Tensor.getRawDataBuffer() is public from 1.4
     implementation("androidx.activity:activity-ktx:1.9.3")
     implementation("androidx.camera:camera-camera2:1.4.1")
     implementation("androidx.camera:camera-lifecycle:1.4.1")
