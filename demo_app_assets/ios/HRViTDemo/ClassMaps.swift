@@ -1,4 +1,5 @@
 import Accelerate
+import Foundation
 
 /// Where logit (class c, row y, column x) sits in a float buffer: c * classStride + y * rowStride +
 /// x * columnStride. Covers ExecuTorch's dense NCHW tensor and Core ML arrays with padded rows.

@@ -29,10 +29,13 @@ struct ExecuTorchContract {
         guard size.count == 2, layouts == ["NCHW"], mean.count == 3, std.count == 3, scale.count == 1,
               stride.count == 1
         else { throw SegmentationBundle.BundleError.mismatch("the .pte's constant methods are not an NCHW image contract") }
-        (height, width, layout) = (size[0], size[1], layouts[0])
-        self.mean = mean.map(Float.init)
-        self.std = std.map(Float.init)
-        (pixelScale, outputStride) = (Float(scale[0]), stride[0])
+        height = size[0]
+        width = size[1]
+        layout = layouts[0]
+        self.mean = mean.map { Float($0) }
+        self.std = std.map { Float($0) }
+        pixelScale = Float(scale[0])
+        outputStride = stride[0]
     }
 }
 

@@ -19,12 +19,13 @@ enum SelfTest {
         let entry = bundle.manifest.self_test
         let key = "hrvit.selfTest.\(entry.logits_sha256).\(segmenter.modelFile)"
         let bar = entry.min_agreement[segmenter.modelFile] ?? 1
-        if let stored = defaults.dictionary(forKey: key), let passed = stored["passed"] as? Bool,
-           let agreement = stored["agreement"] as? Double {
+        if let kept = defaults.dictionary(forKey: key), let passed = kept["passed"] as? Bool,
+           let agreement = kept["agreement"] as? Double {
             return Result(passed: passed, agreement: agreement, bar: bar, modelFile: segmenter.modelFile)
         }
         let result = try run(bundle: bundle, segmenter: segmenter)
-        defaults.set(["passed": result.passed, "agreement": result.agreement], forKey: key)
+        let stored: [String: Any] = ["passed": result.passed, "agreement": result.agreement]
+        defaults.set(stored, forKey: key)
         return result
     }
 
