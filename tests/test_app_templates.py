@@ -9,6 +9,7 @@ is compiled and run on the JVM.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,3 +132,49 @@ def test_android_class_maps_match_python(class_maps_jar: Path, tmp_path: Path) -
     np.testing.assert_allclose(normalized, reference, atol=1e-5)
     hwc = np.frombuffer((tmp_path / "hwc.f32").read_bytes(), "<f4").reshape(in_h, in_w, 3)
     np.testing.assert_array_equal(hwc, rgb.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16le"])
+def test_android_self_test_agrees_with_the_bundle_self_test(class_maps_jar: Path, tmp_path: Path,
+                                                             dtype: str) -> None:
+    """The app's self-test on a real bundle: the bundled .pte's logits for the golden image, the bundle's
+    expected_classes file (and the same map as little-endian uint16, the format above 256 classes) give
+    the app's Kotlin code the agreement the bundle's own Python self-test reports; a wrong model fails."""
+    require_module("executorch")
+    from PIL import Image
+
+    from hrvit_mobile.bundle import build_bundle, run_self_test
+    from hrvit_mobile.exporters import ExportSpec, export, open_artifact
+    from hrvit_mobile.exporters.testing import TinySegmenter
+
+    spec = ExportSpec(target="executorch", bits=32, img_size=(64, 96), num_classes=8, out_dir=tmp_path / "ex",
+                      model_name="tiny", run_parity=False)
+    artifact = export(TinySegmenter(num_classes=8).eval(), spec).artifact.path
+    bundle = build_bundle("android", [artifact], tmp_path / "bundle").path
+    manifest = json.loads((bundle / "model_info.json").read_text())
+    entry = manifest["self_test"]
+    expected = bundle / entry["expected_classes"]
+    if dtype == "uint16le":
+        wide = tmp_path / "expected.u16"
+        wide.write_bytes(np.frombuffer(expected.read_bytes(), np.uint8).astype("<u2").tobytes())
+        expected = wide
+    with Image.open(bundle / entry["image"]) as im:
+        golden = np.asarray(im.convert("RGB"))
+
+    def kotlin_agreement(model: Path) -> float:
+        logits = open_artifact(model).predict(golden)[0]
+        (tmp_path / "logits.f32").write_bytes(np.ascontiguousarray(logits, "<f4").tobytes())
+        _, k, h, w = logits.shape
+        args = ["self-test", str(tmp_path / "logits.f32"), k, h, w, str(expected), dtype, *entry["shape"]]
+        run = subprocess.run(["java", "-cp", str(class_maps_jar), "ClassMapsMainKt", *map(str, args)],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return float(run.stdout)
+
+    python = run_self_test(bundle)["model.pte"]
+    assert python["passed"]
+    assert kotlin_agreement(bundle / "model.pte") == pytest.approx(python["agreement"], abs=1e-3)
+    other = ExportSpec(target="executorch", bits=32, img_size=(64, 96), num_classes=8,
+                       out_dir=tmp_path / "other", model_name="other", run_parity=False)
+    swapped = export(TinySegmenter(num_classes=8, seed=1).eval(), other).artifact.path
+    assert kotlin_agreement(swapped) < entry["min_agreement"]["model.pte"]

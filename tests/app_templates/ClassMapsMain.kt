@@ -1,6 +1,6 @@
 // Runs the Android demo's ClassMaps.kt on arrays written by tests/test_app_templates.py and writes the
 // results back, so that the template's own code is compared with the Python implementation.
-// args: DIR CLASSES HEIGHT WIDTH OUT_HEIGHT OUT_WIDTH IN_HEIGHT IN_WIDTH
+// args: DIR CLASSES HEIGHT WIDTH OUT_HEIGHT OUT_WIDTH IN_HEIGHT IN_WIDTH, or self-test ... (see selfTest)
 import org.hrvitmobile.demo.ClassMapper
 import org.hrvitmobile.demo.InputContract
 import org.hrvitmobile.demo.Logits
@@ -33,7 +33,18 @@ fun writeInts(file: File, values: IntArray) {
     file.writeBytes(out.array())
 }
 
+/** args: self-test LOGITS CLASSES HEIGHT WIDTH EXPECTED DTYPE OUT_HEIGHT OUT_WIDTH: prints the agreement. */
+fun selfTest(args: List<String>) {
+    val (k, h, w) = listOf(args[1], args[2], args[3]).map { it.toInt() }
+    val logits = Logits(floats(File(args[0])), k, h, w, channelsLast = false)
+    val outH = args[6].toInt()
+    val outW = args[7].toInt()
+    val expected = expectedClasses(File(args[4]).readBytes(), args[5], outH * outW)
+    println(agreement(upsampledClassMap(logits, outH, outW), expected))
+}
+
 fun main(args: Array<String>) {
+    if (args[0] == "self-test") return selfTest(args.drop(1))
     val dir = File(args[0])
     val (k, h, w, outH, outW, inH, inW) = args.drop(1).map { it.toInt() }
     val nchw = Logits(floats(File(dir, "nchw.f32")), k, h, w, channelsLast = false)
