@@ -198,7 +198,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.report:
         from hrvit_mobile.report.cli import report_after_export
 
-        report_after_export(reports, deployed, args, calib)
+        report_after_export(reports, deployed, args, calib, images)
     return 0 if all(r.ok for r in reports) else 1
 
 

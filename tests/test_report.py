@@ -229,6 +229,7 @@ def test_export_writes_its_report(model, tmp_path: Path) -> None:
     data = json.loads((folder / "report.json").read_text())
     # the export's parity and the report's come from the same runtime on the same images
     assert data["artifacts"][0]["parity"]["cosine_min"] == pytest.approx(rep.parity.cosine, abs=1e-9)
+    assert data["images_source"] == "the export's 2 synthetic parity images"
     assert (folder / "report.html").exists() and (folder / "report.md").exists()
 
 
@@ -338,6 +339,9 @@ def test_default_verification_set_is_the_demo_val_split_for_the_demo_model() -> 
         other = Namespace(**{**vars(args), **change})
         assert verification_set(other, (64, 96), num_classes=8)[1] is None
     assert verification_set(args, (64, 96), num_classes=150)[1] is None
+    # there, like the export's parity, the shipped sample photos
+    photos, _, source = verification_set(args, (64, 96), num_classes=150)
+    assert photos.shape == (2, 64, 96, 3) and source.startswith("2 shipped sample images")
 
 
 def test_per_layer_simulation_calibrates_like_the_export(model, tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ def verification_set(
     args: argparse.Namespace, size: tuple[int, int], num_classes: int
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(images, labels, description) from --images/--labels; without them the demo checkpoint's held-out
-    synthetic val images (with labels) when the demo checkpoint is the model, else the export's
-    synthetic parity images."""
+    synthetic val images (with labels) when the demo checkpoint is the model, else the export's parity
+    set for such a model: the shipped sample photos, or synthetic images where those are not installed."""
     from hrvit_mobile.demo import demo_checkpoint_for, demo_verification_set
     from hrvit_mobile.exporters import synthetic_images
     from hrvit_mobile.metrics import IGNORE_INDEX
@@ -38,6 +38,12 @@ def verification_set(
         demo = None if args.checkpoint else demo_checkpoint_for(args.model)
         if demo is not None and num_classes == demo.num_classes:
             return demo_verification_set(args.samples, size)
+        from hrvit_mobile.selftest import sample_photos
+
+        photos = sample_photos(size, 2)
+        if len(photos):
+            return photos, None, (f"{len(photos)} shipped sample images (demo_app_assets/samples/*.jpg, the "
+                                  "export's parity set)")
         return synthetic_images(2, size, seed=1000), None, "2 synthetic images (the export's parity set)"
     images, labels = load_verification_set(
         args.images, size, args.labels, args.samples, args.reduce_zero_label
@@ -89,8 +95,9 @@ def summary_line(entries: Sequence[Any], html: Path) -> str:
 
 
 def report_after_export(reports: Sequence[Any], deployed: torch.nn.Module, args: argparse.Namespace,
-                        calib: np.ndarray | None) -> None:
-    """The report ``export`` writes beside its artifacts (``<out>/<artifact stem>_report/``).
+                        calib: np.ndarray | None, images: np.ndarray | None = None) -> None:
+    """The report ``export`` writes beside its artifacts (``<out>/<artifact stem>_report/``), on the images
+    its parity ran on (``images``; None: the exporter's synthetic ones).
 
     A report that cannot be written is a warning: the export itself succeeded and stays as it is.
     """
@@ -109,8 +116,9 @@ def report_after_export(reports: Sequence[Any], deployed: torch.nn.Module, args:
         calib_t = calibration_tensors(spec, calib) if calib is not None else None
         # per-layer error re-runs the quantization with loggers (minutes on a full model): it stays
         # in `hrvit-mobile report` / `bench`, so that an export's report costs seconds
-        files = build_report([r.artifact.path for r in reports], deployed, parity_inputs(spec), out,
-                             images_source="the export's 2 synthetic parity images", calib=calib_t,
+        source = spec.parity_source or f"the export's {spec.parity_samples} synthetic parity images"
+        files = build_report([r.artifact.path for r in reports], deployed, parity_inputs(spec, images), out,
+                             images_source=source, calib=calib_t,
                              layer_error=False)
     except Exception as e:
         log.warning("report not written: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
