@@ -123,7 +123,7 @@ def test_fp32_matches_pytorch(nano_fp32, images: np.ndarray, nano_refs: list[np.
     assert details["op_counts"]["layer_norm"] == details["native_layer_norms"]
     assert "rsqrt" not in details["op_counts"]
     # small constants are immediate values in the description, larger ones in the weight file
-    from hrvit_mobile.exporters.coreml import INLINE_CONSTANT_MAX_ELEMENTS
+    from hrvit_mobile.exporters.patches.coreml_weights import INLINE_CONSTANT_MAX_ELEMENTS
 
     spec = ct.models.MLModel(str(nano_fp32.artifact.path), skip_model_load=True).get_spec()
     sizes = {True: [], False: []}
