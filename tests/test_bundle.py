@@ -337,3 +337,15 @@ def test_refuses_labels_other_than_the_models_own(tmp_path: Path, capsys, target
     assert err.startswith(f"hrvit-mobile: error: {artifact.name} carries other labels")
     assert "class 3: 'triangle' in the model, 'lozenge' in the bundle" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_bundle_target_runs_parity_on_the_exports_images(tmp_path: Path) -> None:
+    """`bundle --target` exports as `export` does: for a user model without --calib, parity on the shipped
+    sample photos, named in the sidecar the bundle carries."""
+    require_module("executorch")
+    argv = ["bundle", "--app", "android", "--target", "executorch", "--model", "hrvit_nano", "--img-size",
+            "64x64", "--out", str(tmp_path / "bundle"), "--export-dir", str(tmp_path / "ex")]
+    assert main(argv) == 0
+    sidecar = json.loads((tmp_path / "bundle" / "model.pte.json").read_text())
+    assert sidecar["parity_images"] == "2 shipped sample images (demo_app_assets/samples/*.jpg)"
+    assert sidecar["parity"]["passed"]
