@@ -16,7 +16,7 @@ import torch
 from conftest import require_module
 
 import hrvit_mobile
-from hrvit_mobile.quant import native, recipes
+from hrvit_mobile.quant import native
 from hrvit_mobile.quant.recipes import (
     CoreMLW8A8,
     CoreMLWeightOnly,
@@ -25,9 +25,12 @@ from hrvit_mobile.quant.recipes import (
     PT2ERecipe,
     XNNPACKInt8,
     apply_keep_float,
+    calibration,
     fast_pattern_capture,
     get_qat_recipe,
+    patches,
 )
+from hrvit_mobile.quant.recipes import coreml as coreml_recipes
 from hrvit_mobile.quant.sensitivity import agreement, analyze, auto_keep_float, module_groups
 from hrvit_mobile.weights import load_recipe_weights
 
@@ -119,7 +122,7 @@ def test_indexed_attr_names_hand_out_the_stock_names(recipe) -> None:
     """Every observer and quantization-parameter name prepare and convert ask for is the one the stock
     search from index 0 finds (checked name by name), and the quantized graph is the same without the
     shortcut."""
-    from hrvit_mobile.quant.recipes import indexed_attr_names
+    from hrvit_mobile.quant.recipes.patches import indexed_attr_names
 
     model, calib = _deployed(), _calib()
     with indexed_attr_names(verify=True) as handed:
@@ -217,7 +220,7 @@ def test_fast_fake_quantize_gives_the_kernels_bits() -> None:
                                          1e30, -1e30, -1e-30, 1e-30, -0.4 * s])
             scale, zp = torch.tensor([s]), torch.tensor([zero_point], dtype=torch.int32)
             stock = torch.fake_quantize_per_tensor_affine(y, scale, zp, quant_min, quant_max)
-            fast = recipes.fake_quantize_per_tensor(y, scale, zp, quant_min, quant_max)
+            fast = calibration.fake_quantize_per_tensor(y, scale, zp, quant_min, quant_max)
             assert torch.equal(stock.view(torch.int32), fast.view(torch.int32)), (zero_point, s)
 
 
@@ -340,7 +343,7 @@ def test_fast_fake_quantize_modules_end_as_the_stock_ones() -> None:
                 stock_modules[0].disable_observer()
             w = torch.randn(4, 8, generator=g)
             expected = [stock_modules[0](x), stock_modules[1](w), stock_modules[2](x)]
-            with recipes.fast_fake_quantize():
+            with patches.fast_fake_quantize():
                 got = [activation(x), weight(w), histogram(x)]
             for e, o in zip(expected, got):
                 assert torch.equal(e.view(torch.int32), o.view(torch.int32)) and e.stride() == o.stride(), i
@@ -402,7 +405,7 @@ def test_histc_in_range_gives_the_kernels_bins(
         x = torch.stack([values, values.flip(0)]).t()  # non-contiguous
         x_min, x_max = torch.aminmax(x)
         for bins, bounds in ((2048, (x_min, x_max)), (256, (low, high)), (7, (x_min, x_max))):
-            counts = recipes.histc_in_range(x, bins, *bounds)
+            counts = calibration.histc_in_range(x, bins, *bounds)
             if x_min == x_max or bounds[0] == bounds[1]:
                 assert counts is None
                 continue
@@ -413,7 +416,7 @@ def test_histc_in_range_gives_the_kernels_bins(
     assert len(binning_path) == (compared if "native" in request.node.name else 0)
     x = torch.randn(1000, generator=g)
     lo, hi = torch.aminmax(x)
-    assert recipes.histc_in_range(x, 64, lo, hi) is not None
+    assert calibration.histc_in_range(x, 64, lo, hi) is not None
     declined = {
         "value above the range": (x, lo, hi - 0.5),
         "NaN": (torch.cat([x, torch.tensor([float("nan")])]), lo, hi),
@@ -424,7 +427,7 @@ def test_histc_in_range_gives_the_kernels_bins(
         "empty": (x[:0], lo, hi),
     }
     for why, (values, low, high) in declined.items():
-        assert recipes.histc_in_range(values, 64, low, high) is None, why
+        assert calibration.histc_in_range(values, 64, low, high) is None, why
 
 
 def test_native_binning_split_over_threads_counts_the_same() -> None:
@@ -458,7 +461,7 @@ def test_native_binning_falls_back_without_a_working_build(
     try:
         assert not native.available() and not native.available_if_inside()
         x = torch.rand(1000)
-        assert torch.equal(recipes.histc_in_range(x, 64, 0.0, 1.0), torch.histc(x, 64, 0.0, 1.0))
+        assert torch.equal(calibration.histc_in_range(x, 64, 0.0, 1.0), torch.histc(x, 64, 0.0, 1.0))
     finally:
         monkeypatch.delenv("HRVIT_MOBILE_NATIVE")
         native.clear_caches()
@@ -523,7 +526,7 @@ def test_fast_histograms_aminmax_of_permuted_tensors_is_the_stock_one() -> None:
     with_nan[0, 3, 2, 5] = float("nan")
     with_nan = with_nan.permute(0, 2, 1, 3)
     stock = [torch.aminmax(t) for t in (x, with_nan)] + [torch.aminmax(x, dim=1)]
-    with recipes.fast_histograms():
+    with patches.fast_histograms():
         fast = [torch.aminmax(t) for t in (x, with_nan)] + [torch.aminmax(x, dim=1)]
     for a, b in zip(stock, fast):
         assert torch.equal(a[0], b[0]) or (a[0].isnan().all() and b[0].isnan().all())
@@ -558,10 +561,10 @@ def test_fast_histograms_keep_histogram_observers_state(
     stock_histc, stock_aminmax = torch.histc, torch.aminmax
     stock_forward, stock_upscale = HistogramObserver.forward, HistogramObserver._upscale_histogram
     states = []
-    recipes.HISTOGRAM_FAST_PATH.clear()
+    patches.HISTOGRAM_FAST_PATH.clear()
     for fast in (False, True):
         observer = HistogramObserver()
-        with recipes.fast_histograms() if fast else contextlib.nullcontext():
+        with patches.fast_histograms() if fast else contextlib.nullcontext():
             for x in batches:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # stock warns about the infinities
@@ -572,12 +575,12 @@ def test_fast_histograms_keep_histogram_observers_state(
     assert HistogramObserver.forward is stock_forward
     assert HistogramObserver._upscale_histogram is stock_upscale
     in_range = "in range, one pass" if one_pass else "in range"
-    assert recipes.HISTOGRAM_FAST_PATH[in_range] >= 4 and recipes.HISTOGRAM_FAST_PATH["stock"] >= 6
+    assert patches.HISTOGRAM_FAST_PATH[in_range] >= 4 and patches.HISTOGRAM_FAST_PATH["stock"] >= 6
     (h0, lo0, hi0, q0), (h1, lo1, hi1, q1) = states
     assert torch.equal(h0, h1) and torch.equal(lo0, lo1) and torch.equal(hi0, hi1)
     assert torch.equal(q0[0], q1[0]) and torch.equal(q0[1], q1[1])
     for fast in (False, True):  # a NaN takes the stock path, which refuses it
-        with recipes.fast_histograms() if fast else contextlib.nullcontext(), pytest.raises(RuntimeError):
+        with patches.fast_histograms() if fast else contextlib.nullcontext(), pytest.raises(RuntimeError):
             observer(with_nan)
 
 
@@ -588,7 +591,7 @@ def test_fast_histograms_reuse_extrema_only_of_the_unchanged_tensor() -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 1000, generator=g)
     original = x.clone()
-    with recipes.fast_histograms():
+    with patches.fast_histograms():
         torch.aminmax(x)
         reused = torch.histc(x, 64, min=-5.0, max=5.0)
         torch.aminmax(x)
@@ -699,12 +702,12 @@ def test_coreml_activation_patterns_call_the_op_named_after_the_activation() -> 
 
     cu = importlib.import_module(_COREML_UTILS)
     checked = 0
-    with recipes.fast_pattern_capture(_COREML_UTILS):
+    with patches.fast_pattern_capture(_COREML_UTILS):
         for act in cu._supported_activations + cu._supported_activations_no_inplace:
             for in_place in (True, False) if act in cu._supported_activations else (False,):
                 pattern = cu.get_binary_op_act_pattern(torch.add, act, in_place)
                 expected = act.__name__ + ("_" if in_place else "")
-                assert recipes._aten_op_names(pattern.graph) == {"add", expected}, act
+                assert patches._aten_op_names(pattern.graph) == {"add", expected}, act
                 checked += 1
     assert checked == 26
 
@@ -717,7 +720,7 @@ def test_present_activation_patterns_keeps_the_graphs_activations_only() -> None
 
     class Quantizer:
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            for name in recipes._ACTIVATION_TUPLES:
+            for name in patches._ACTIVATION_TUPLES:
                 seen[name] = tuple(a.__name__ for a in getattr(cu, name))
             return model
 
@@ -725,11 +728,11 @@ def test_present_activation_patterns_keeps_the_graphs_activations_only() -> None
     Quantizer.__module__ = _COREML_UTILS
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(inplace=True), torch.nn.GELU())
     model = torch.export.export(net.eval(), (torch.randn(1, 3, 4, 4),)).module()
-    stock = {name: getattr(cu, name) for name in recipes._ACTIVATION_TUPLES}
-    with recipes.present_activation_patterns(Quantizer, _COREML_UTILS):
+    stock = {name: getattr(cu, name) for name in patches._ACTIVATION_TUPLES}
+    with patches.present_activation_patterns(Quantizer, _COREML_UTILS):
         Quantizer().annotate(model)
     assert seen == {"_supported_activations": ("relu",), "_supported_activations_no_inplace": ("gelu",)}
-    assert {name: getattr(cu, name) for name in recipes._ACTIVATION_TUPLES} == stock  # restored
+    assert {name: getattr(cu, name) for name in patches._ACTIVATION_TUPLES} == stock  # restored
     assert Quantizer.annotate.__qualname__.endswith("<locals>.Quantizer.annotate")  # restored too
 
 
@@ -761,7 +764,7 @@ def test_coreml_w8a8_speedups_keep_the_quantization(monkeypatch) -> None:
     from hrvit_mobile.exporters.testing import TinySegmenter
 
     frozen: list[int] = []
-    real = recipes.weights_observed_once
+    real = patches.weights_observed_once
 
     @contextlib.contextmanager
     def counting(prepared):
@@ -772,7 +775,7 @@ def test_coreml_w8a8_speedups_keep_the_quantization(monkeypatch) -> None:
                                   if hasattr(m, "observer_enabled")))
             yield first_batch_done
 
-    monkeypatch.setattr(recipes, "weights_observed_once", counting)
+    monkeypatch.setattr(coreml_recipes, "weights_observed_once", counting)
     _assert_same_quantization(_coreml_w8a8_both_ways(TinySegmenter(num_classes=5, channels=32), (64, 64)))
     assert frozen == [6]  # the six conv/linear weights observed the first batch only
 
@@ -792,7 +795,7 @@ def test_weights_fake_quantized_once_until_something_changes() -> None:
                and hasattr(prepared.get_submodule(n.target), "observer_enabled")]
     node, module = weights[0]
     weight = attrgetter(node.args[0].target)(prepared)
-    with torch.no_grad(), recipes.weights_observed_once(prepared) as first_batch_done:
+    with torch.no_grad(), patches.weights_observed_once(prepared) as first_batch_done:
         prepared(example)
         first_batch_done()
         first = module(weight)
@@ -831,7 +834,7 @@ def test_histograms_observed_in_background_end_as_observed_inline(torch_threads,
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(1, 3, *SIZE, generator=g) * (1 + i) for i in range(3)]
     captured = PT2ERecipe.capture(_deployed(), calib[0])
-    assert not recipes._mutates_in_place(captured.graph)
+    assert not patches._mutates_in_place(captured.graph)
     stock, threads_seen = HistogramObserver.forward, set()
 
     def recording(self, x):
@@ -878,7 +881,7 @@ def test_graphs_that_write_in_place_are_observed_inline() -> None:
     with_relu_ = torch.fx.Graph()
     x = with_relu_.placeholder("x")
     with_relu_.output(with_relu_.call_function(torch.ops.aten.relu_.default, (x,)))
-    assert recipes._mutates_in_place(with_relu_)
+    assert patches._mutates_in_place(with_relu_)
 
 
 def test_cycle_check_up_to_the_match_is_the_stock_check() -> None:
@@ -903,7 +906,7 @@ def test_cycle_check_up_to_the_match_is_the_stock_check() -> None:
     compute = [n for n in gm.graph.nodes if n.op == "call_function"]
     stock = fuser_utils.validate_partition
     answers = []
-    with recipes.cycle_checks_up_to_the_match():
+    with patches.cycle_checks_up_to_the_match():
         assert fuser_utils.validate_partition is not stock
         for size in (1, 2, 3):
             for part in itertools.combinations(compute, size):
@@ -943,3 +946,4 @@ def test_upscaled_histograms_are_the_stock_ones() -> None:
     assert native.rebinned(mid, weights, bounds) is None  # not sorted
     assert native.rebinned(torch.tensor([0.1, float("nan")]), torch.ones(2), bounds) is None
     assert native.rebinned(mid.sort().values, weights, bounds) is not None
+
