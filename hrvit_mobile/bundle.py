@@ -9,7 +9,8 @@ permissions, JSON with sorted keys, and nothing time- or host-dependent is recor
 
 :func:`verify_bundle` is what refuses a bad bundle before an app sees it: a hash that does not match,
 a file missing or not listed, labels whose count differs from the model's classes, a path that leaves
-the bundle folder (``..``, absolute, or a symlink pointing out).
+the bundle folder (``..``, absolute, or a symlink pointing out), and manifest fields (img_size, input
+and output shapes, each model entry) that disagree with the model files, one line per field.
 """
 
 from __future__ import annotations
@@ -505,7 +506,85 @@ def _verify(path: Path | str) -> dict[str, Any]:
             )
     if not manifest.get("models"):
         raise BundleError(f"{MANIFEST} lists no models")
+    mismatches = _field_mismatches(root, manifest)
+    if mismatches:
+        raise BundleError("\n".join(mismatches))
     return manifest
+
+
+def _artifact_io(path: Path, runtime: str) -> tuple[list[int], list[int]] | None:
+    """(input shape, logits shape) as the model file itself declares them; None where its runtime's
+    package is not installed (the hashes still hold the file to the manifest)."""
+    try:
+        if runtime == "executorch":
+            from executorch.runtime import Runtime
+
+            meta = Runtime.get().load_program(path).load_method("forward").metadata
+            return list(meta.input_tensor_meta(0).sizes()), list(meta.output_tensor_meta(0).sizes())
+        if runtime == "tflite":
+            from ai_edge_litert.interpreter import Interpreter
+
+            it = Interpreter(model_path=str(path))
+            return it.get_input_details()[0]["shape"].tolist(), it.get_output_details()[0]["shape"].tolist()
+        if runtime == "coreml":
+            from coremltools.models.utils import load_spec
+
+            desc = load_spec(str(path)).description
+            return _coreml_shape(desc.input[0].type), _coreml_shape(desc.output[0].type)
+    except ImportError:
+        return None
+    return None
+
+
+def _coreml_shape(feature_type: Any) -> list[int]:
+    if feature_type.WhichOneof("Type") == "imageType":
+        return [1, 3, int(feature_type.imageType.height), int(feature_type.imageType.width)]
+    return [int(d) for d in feature_type.multiArrayType.shape]
+
+
+def _as_nchw(inp: list[int], out: list[int]) -> tuple[list[int], list[int]]:
+    """Input and logits shapes in NCHW order: a model whose image input is channels-last (the .tflite's)
+    has channels-last logits too."""
+    if len(inp) == len(out) == 4 and inp[1] != 3 and inp[3] == 3:
+        return [inp[0], inp[3], inp[1], inp[2]], [out[0], out[3], out[1], out[2]]
+    return inp, out
+
+
+def _field_mismatches(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """Every manifest field that disagrees with the model files or their bundled sidecars, one line each
+    naming the field: img_size, input/output shapes, num_classes, model, and each model entry."""
+    lines = []
+
+    def differ(field: str, says: Any, actual: Any, source: str) -> None:
+        if says != actual:
+            lines.append(f"{MANIFEST} {field} is {says!r}, but {source} has {actual!r}")
+
+    for i, model in enumerate(manifest["models"]):
+        path = root / model["file"]
+        side = json.loads((root / model["sidecar"]).read_text(encoding="utf-8"))
+        differ("model", manifest["model"], side.get("model"), model["sidecar"])
+        for key in ("variant", "bits", "activations", "input", "outputs"):
+            differ(f"models[{i}].{key}", model.get(key), side.get(key), model["sidecar"])
+        if path.is_file():
+            differ(f"models[{i}].size_bytes", model.get("size_bytes"), path.stat().st_size, model["file"])
+        try:
+            shapes = _artifact_io(path, model["runtime"])
+        except Exception as exc:  # not a model its runtime reads (and its hash rewritten to match)
+            lines.append(f"{MANIFEST} models[{i}].file: the {model['runtime']} runtime cannot read "
+                         f"{model['file']} ({type(exc).__name__})")
+            continue
+        if shapes is None:
+            continue
+        inp, out = shapes
+        differ(f"models[{i}].input.shape", model["input"].get("shape"), inp, model["file"])
+        differ(f"models[{i}].outputs[0].shape", model["outputs"][0].get("shape"), out, model["file"])
+        nchw_in, nchw_out = _as_nchw(inp, out)
+        differ("img_size", manifest["img_size"], nchw_in[2:], model["file"])
+        differ("input.shape", manifest["input"].get("shape"), nchw_in, model["file"])
+        if len(out) == 4:  # an ML program may leave its output shape undeclared
+            differ("output.shape", manifest["output"].get("shape"), nchw_out, model["file"])
+            differ("num_classes", manifest["num_classes"], nchw_out[1], model["file"])
+    return list(dict.fromkeys(lines))
 
 
 def bundled_model(bundle: Path | str, runtimes: tuple[str, ...] | None = None) -> Path:
@@ -536,11 +615,9 @@ def check_targets(app: str, targets: list[str]) -> list[str]:
     return out
 
 
-def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None,
-                     images: np.ndarray | None = None) -> list[Path]:
-    """Export ``model`` once per spec (the ``hrvit-mobile export`` code path) for a bundle, parity on
-    ``images`` (None: the exporter's synthetic ones); returns the artifact paths. Refuses a target the app
-    cannot load before exporting anything."""
+def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None) -> list[Path]:
+    """Export ``model`` once per spec (the ``hrvit-mobile export`` code path) for a bundle; returns the
+    artifact paths. Refuses a target the app cannot load before exporting anything."""
     import dataclasses
 
     from hrvit_mobile.exporters import check_dependencies, export, resolve
@@ -551,7 +628,7 @@ def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None,
         check_dependencies(spec.target)
     paths = []
     for spec in specs:
-        report = export(model, dataclasses.replace(spec), calib, images)
+        report = export(model, dataclasses.replace(spec), calib)
         if not report.ok:
             reason = report.parity.reason if report.parity else ""
             raise BundleError(f"{report.artifact.path.name} failed parity ({reason}); not bundled")

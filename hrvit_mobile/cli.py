@@ -233,14 +233,13 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
             for t in targets
         ]
         calib, source = _calibration(args, size, demo_model=class_names is not None)
-        images, parity_source = _parity_images(args, size, class_names is not None, specs[0].parity_samples)
         model = _build_model(args, size)
         for spec in specs:
-            spec.calib_source, spec.parity_source = source, parity_source
+            spec.calib_source = source
             if args.calib_samples is not None:
                 spec.calib_samples = args.calib_samples
         reference = deploy(model, img_size=size)  # the float model: exported, and the self-test's reference
-        artifacts = bundle.export_artifacts(args.app, reference, specs, calib, images)
+        artifacts = bundle.export_artifacts(args.app, reference, specs, calib)
     result = bundle.build_bundle(args.app, artifacts, args.out, labels=args.labels,
                                  allow_failed_parity=args.allow_failed_parity, reference=reference)
     print(f"{result.path}: {args.app} bundle, {len(result.manifest['models'])} model(s), "
@@ -292,7 +291,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     output_folder(args.out)
     config = TrainConfig(
         data=args.data, out=args.out, model=args.model, img_size=_size(args.img_size),
-        crop_size=_size(args.crop), ratio_range=(args.ratio_min, args.ratio_max), steps=args.steps,
+        crop_size=_size(args.crop, "--crop"), ratio_range=(args.ratio_min, args.ratio_max), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup, eval_every=args.eval_every, eval_samples=args.eval_samples or None,
         seed=args.seed, workers=args.workers, threads=args.threads,
@@ -402,10 +401,19 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(text: str) -> tuple[int, int]:
-    from hrvit_mobile.sizes import parse_img_size, validate_img_size
+# the largest side the CLI builds a model for: Cityscapes' full 1024x2048 frames fit, while a typo such as
+# 51200 is refused before a network of that size is allocated
+MAX_IMG_SIDE = 2048
 
-    return validate_img_size(parse_img_size(text))
+
+def _size(text: str, option: str = "--img-size") -> tuple[int, int]:
+    from hrvit_mobile.sizes import InvalidImageSizeError, parse_img_size, validate_img_size
+
+    height, width = validate_img_size(parse_img_size(text))
+    if max(height, width) > MAX_IMG_SIDE:
+        raise InvalidImageSizeError(f"{option} {height}x{width} is too large: at most {MAX_IMG_SIDE} on a "
+                                    f"side (multiples of 32 from 32 to {MAX_IMG_SIDE})")
+    return height, width
 
 
 def _add_report_args(parser: argparse.ArgumentParser, with_model: bool) -> None:
@@ -666,7 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HRViTMobileError as exc:
-        print(f"hrvit-mobile: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # a check that finds several faults names each on its own line
+            print(f"hrvit-mobile: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hrvit-mobile: interrupted", file=sys.stderr)

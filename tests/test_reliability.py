@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -287,6 +288,60 @@ def test_bad_img_size_is_one_line(tmp_path: Path, size: str) -> None:
     assert not out.exists()
 
 
+def _subcommands(parser, prefix: tuple[str, ...] = ()):
+    """(words, parser) of every subcommand, nested ones (``data synthetic``) included."""
+    for action in parser._actions:
+        if isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def _commands_taking(option: str) -> dict[str, list[str]]:
+    """Every subcommand with ``option``, and the arguments it requires (the first choice, an int, a name)."""
+    from hrvit_mobile.cli import build_parser
+
+    out = {}
+    for words, command in _subcommands(build_parser()):
+        if option not in command._option_string_actions:
+            continue
+        argv = []
+        for action in command._actions:
+            if action.required or (not action.option_strings and action.nargs != 0):
+                value = (str(next(iter(action.choices))) if action.choices else "1" if action.type is int
+                         else f"missing-{action.dest}")
+                argv += [action.option_strings[0], value] if action.option_strings else [value]
+        if words == ("bundle",):  # --img-size applies when the bundle exports
+            argv += ["--app", "android", "--target", "executorch"]
+        out[" ".join(words)] = argv
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(_commands_taking("--img-size")))
+@pytest.mark.parametrize("size", ["2080x64", "64x4096", "51200"])
+def test_img_size_above_the_limit_is_one_line(tmp_path: Path, command: str, size: str) -> None:
+    argv = _commands_taking("--img-size")[command]
+    out = tmp_path / "out"
+    if command in _commands_taking("--out"):
+        argv = [*argv, "--out", str(out)]
+    code, lines = run_cli(*command.split(), *argv, "--img-size", size)
+    h, _, w = size.partition("x")
+    assert_refused(code, lines, f"--img-size {h}x{w or h} is too large: at most 2048 on a side")
+    assert not out.exists()
+
+
+def test_crop_above_the_limit_is_one_line(tmp_path: Path) -> None:
+    code, lines = run_cli("train", "--data", tmp_path, "--img-size", "64", "--crop", "4096", "--out",
+                          tmp_path / "out")
+    assert_refused(code, lines, "--crop 4096x4096 is too large: at most 2048 on a side")
+
+
+def test_img_size_at_the_limit_is_taken() -> None:
+    from hrvit_mobile.cli import _size
+
+    assert _size("2048x1024") == (2048, 1024)
+
+
 @CHEAP
 @given(bits=st.one_of(st.integers().filter(lambda b: b not in (32, 16, 8, 6, 4)).map(str),
                       st.text(max_size=6).filter(lambda t: t.strip() not in ("32", "16", "8", "6", "4"))))
@@ -496,16 +551,40 @@ def test_export_into_a_read_only_folder(tmp_path: Path) -> None:
     assert list(out.iterdir()) == []
 
 
-def test_export_into_a_full_disk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", [
+    "executorch",
+    # the two exporters below hand the write to a library: reported, not yet handled
+    pytest.param("tflite", marks=pytest.mark.xfail(strict=True, reason=(
+        "litert_torch's serializer aborts the process on EFBIG ('LLVM ERROR: IO failure on output stream: "
+        "File too large', exit 1): no Python handler runs, its staging folder stays until the next export"))),
+    pytest.param("coreml", marks=pytest.mark.xfail(strict=True, reason=(
+        "coremltools' MLModel.save raises RuntimeError('[MIL FileWriter]: Unknown error occurred while "
+        "writing data to the file'), not an OSError: a traceback and exit 1 instead of one line"))),
+])
+def test_export_into_a_full_disk(tmp_path: Path, target: str) -> None:
     """RLIMIT_FSIZE stands for a full disk: the 1.6 MB artifact cannot be written (EFBIG)."""
+    require_module({"executorch": "executorch.runtime", "tflite": "litert_torch",
+                    "coreml": "coremltools"}[target])
     out = tmp_path / "exports"
-    run = _cli_process(["export", "--target", "executorch", *NANO, "--out", str(out), "--no-parity",
+    run = _cli_process(["export", "--target", target, *NANO, "--out", str(out), "--no-parity",
                         "--no-report"], file_size_limit=256 * 1024)
     assert run.returncode == 2, run.stderr
     lines = _error_lines(run.stderr)
     assert len(lines) == 1 and lines[0].startswith(f"hrvit-mobile: error: cannot write into {out}: file size "
                                                    "limit exceeded; nothing was written"), run.stderr
     assert list(out.iterdir()) == []
+
+
+def test_bundle_onto_a_full_disk(tiny_pte, tmp_path: Path) -> None:
+    """The 34 kB .pte does not fit under a 16 kB file size limit: no bundle, no staging left."""
+    out = tmp_path / "bundles"
+    run = _cli_process(["bundle", "--app", "ios", "--artifact", str(tiny_pte), "--out", str(out / "app")],
+                       file_size_limit=16 * 1024)
+    assert run.returncode == 2, run.stderr
+    lines = _error_lines(run.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"hrvit-mobile: error: cannot write into {out}: file size "
+                                                   "limit exceeded; nothing was written"), run.stderr
+    assert files_under(out) == []
 
 
 def test_predict_onto_a_full_disk_leaves_neither_picture(tiny_pte, tmp_path: Path) -> None:
@@ -583,9 +662,10 @@ def test_a_tampered_bundle_fails_verification_in_one_line(tiny_bundle, tmp_path:
         doc = json.loads(manifest.read_text())
         doc[sorted(doc)[index % len(doc)]] = value
         manifest.write_text(json.dumps(doc))
-        # fields the verifier does not check (img_size, input, ...) may pass; nothing may crash
+        # a field that holds nothing the verifier checks may pass; a mismatch is one line per field
         code, lines = run_cli("bundle", "--verify", bundle)
-        assert code == 0 or (code == 2 and len(lines) == 1), lines
+        assert code == 0 or (code == 2 and lines), lines
+        assert all(re.match(r"hrvit-mobile: error: \S", line) for line in lines), lines
         return
     else:
         (victim.parent / f"{name}.link").symlink_to(tmp_path.parent)
@@ -593,21 +673,144 @@ def test_a_tampered_bundle_fails_verification_in_one_line(tiny_bundle, tmp_path:
     assert_refused(code, lines)
 
 
+def _edit_manifest(bundle: Path, edit) -> None:
+    doc = json.loads((bundle / MANIFEST).read_text())
+    edit(doc)
+    (bundle / MANIFEST).write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("field", "edit", "line"), [
+    ("img_size", lambda d: d.update(img_size=[32, 64]),
+     "img_size is [32, 64], but model.pte has [64, 64]"),
+    ("input", lambda d: d["input"].update(shape=[1, 3, 64, 32]),
+     "input.shape is [1, 3, 64, 32], but model.pte has [1, 3, 64, 64]"),
+    ("output", lambda d: d["output"].update(shape=[1, 5, 32, 32]),
+     "output.shape is [1, 5, 32, 32], but model.pte has [1, 5, 16, 16]"),
+    ("model", lambda d: d.update(model="hrvit_b1"), "model is 'hrvit_b1', but model.pte.json has 'tiny'"),
+    ("bits", lambda d: d["models"][0].update(bits=8), "models[0].bits is 8, but model.pte.json has 32"),
+    ("size", lambda d: d["models"][0].update(size_bytes=1), "models[0].size_bytes is 1, but model.pte has "),
+    ("model input", lambda d: d["models"][0]["input"].update(shape=[1, 3, 32, 32]),
+     "models[0].input.shape is [1, 3, 32, 32], but model.pte has [1, 3, 64, 64]"),
+])
+def test_a_manifest_field_that_disagrees_with_the_model_is_named(tiny_bundle, tmp_path: Path, field, edit,
+                                                                  line) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    _edit_manifest(bundle, edit)
+    code, lines = run_cli("bundle", "--verify", bundle)
+    assert code == 2 and any(line in x for x in lines), lines
+    assert all(x.startswith("hrvit-mobile: error: model_info.json ") for x in lines), lines
+
+
+def test_every_mismatch_is_its_own_line(tiny_bundle, tmp_path: Path) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    _edit_manifest(bundle, lambda d: (d.update(img_size=[32, 32]), d["models"][0].update(bits=4)))
+    code, lines = run_cli("bundle", "--verify", bundle)
+    assert code == 2 and lines == [
+        "hrvit-mobile: error: model_info.json models[0].bits is 4, but model.pte.json has 32",
+        "hrvit-mobile: error: model_info.json img_size is [32, 32], but model.pte has [64, 64]",
+    ]
+
+
+def test_a_swapped_model_with_rewritten_hashes_is_named(tiny_bundle, tmp_path: Path) -> None:
+    """Another model's .pte put in with the manifest's hashes updated: its own shapes give it away."""
+    from hrvit_mobile.exporters.artifacts import sha256_file
+
+    other = export(TinySegmenter(num_classes=5), ExportSpec(
+        target="executorch", bits=32, img_size=(32, 32), num_classes=5, out_dir=tmp_path / "other",
+        model_name="tiny", run_parity=False)).artifact.path
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    shutil.copy(other, bundle / "model.pte")
+
+    def rehash(doc: dict) -> None:
+        for f in doc["files"]:
+            if f["path"] == "model.pte":
+                f["sha256"], f["size_bytes"] = sha256_file(bundle / "model.pte"), other.stat().st_size
+        doc["models"][0]["size_bytes"] = other.stat().st_size
+
+    _edit_manifest(bundle, rehash)
+    code, lines = run_cli("bundle", "--verify", bundle)
+    assert code == 2 and "hrvit-mobile: error: model_info.json img_size is [64, 64], but model.pte has " \
+        "[32, 32]" in lines, lines
+
+    (bundle / "model.pte").write_bytes(b"not a program" * 100)  # no runtime reads it
+    other = bundle / "model.pte"
+    _edit_manifest(bundle, rehash)
+    code, lines = run_cli("bundle", "--verify", bundle)
+    assert code == 2 and any("models[0].file: the executorch runtime cannot read model.pte" in x
+                             for x in lines), lines
+
+
 # --------------------------------------------------------------------------------------------------
-# a QAT run killed outright, then resumed
+# training and QAT runs killed outright, then resumed
+
+
+def _kill_after_a_random_step_and_resume(command, out: Path, read_checkpoint, steps: int) -> dict:
+    """Run ``command(out)``, SIGKILL it (no chance to save) once its checkpoint holds a random step in
+    the first half, then ``command(out, "--resume")`` to the end; returns the final checkpoint."""
+    import random
+
+    kill_after = random.randint(1, steps // 2)
+    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(Exception):  # not written yet
+            if read_checkpoint(out / "last.pt")["step"] >= kill_after:
+                break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert read_checkpoint(out / "last.pt")["step"] < steps, "the run ended before it was killed"
+    resumed = subprocess.run(command(out, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _staging(out) == []
+    return read_checkpoint(out / "last.pt")
+
+
+def _assert_same_run(a: dict, b: dict, steps: int) -> None:
+    """Same step, the same bytes of every weight and optimizer state, the same losses."""
+    assert a["step"] == b["step"] == steps
+    assert a["model"].keys() == b["model"].keys()
+    different = [k for k in b["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert different == [], f"{len(different)} tensors differ, first {different[:3]}"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_training_killed_at_a_random_step_resumes_bit_identical(tmp_path: Path) -> None:
+    """Random resize, crop, flip and colour on every sample: a resumed run draws the same ones."""
+    from hrvit_mobile.data.synthetic import write_synthetic
+
+    data = write_synthetic(tmp_path / "data", 4, 1, (64, 64), 0, progress=False)
+    steps = 12
+
+    def train(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "hrvit_mobile.cli", "train", "--data", str(data), "--model",
+                "hrvit_nano", "--img-size", "64x64", "--crop", "32x32", "--steps", str(steps), "--batch-size",
+                "3", "--warmup", "2", "--eval-every", "1", "--eval-samples", "1", "--threads", "1", "--out",
+                str(out), *extra]
+
+    def read(path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    whole = subprocess.run(train(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr
+    resumed = _kill_after_a_random_step_and_resume(train, tmp_path / "killed", read, steps)
+    _assert_same_run(resumed, read(tmp_path / "whole" / "last.pt"), steps)
 
 
 @pytest.mark.slow
 def test_qat_killed_at_a_random_step_resumes_bit_identical(tmp_path: Path) -> None:
-    """SIGKILL (no chance to save) after a random checkpointed step; ``--resume`` continues from the last
-    checkpoint and ends with the same bytes of weights and optimizer state as an uninterrupted run."""
-    import random
-
+    """As training: ``--resume`` continues from the last checkpoint and ends with the same bytes of
+    weights, observer state and optimizer state as an uninterrupted run."""
     from hrvit_mobile.data.synthetic import write_synthetic
     from hrvit_mobile.quant.qat import load_qat_checkpoint
 
     data = write_synthetic(tmp_path / "data", 2, 2, (64, 64), 0, progress=False)
-    steps, kill_after = 4, random.randint(1, 3)
+    steps = 4
 
     def qat(out: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "hrvit_mobile.cli", "qat", "--data", str(data), "--target",
@@ -616,25 +819,5 @@ def test_qat_killed_at_a_random_step_resumes_bit_identical(tmp_path: Path) -> No
 
     whole = subprocess.run(qat(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
     assert whole.returncode == 0, whole.stderr
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(qat(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(Exception):  # not written yet
-            if load_qat_checkpoint(killed / "last.pt")["step"] >= kill_after:
-                break
-        time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    assert load_qat_checkpoint(killed / "last.pt")["step"] < steps, "the run ended before it was killed"
-    resumed = subprocess.run(qat(killed, "--resume"), capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_qat_checkpoint(killed / "last.pt"), load_qat_checkpoint(tmp_path / "whole" / "last.pt")
-    assert a["step"] == b["step"] == steps
-    assert a["model"].keys() == b["model"].keys()
-    different = [k for k in b["model"] if not torch.equal(a["model"][k], b["model"][k])]
-    assert different == [], f"killed after step {kill_after}: {len(different)} differ, first {different[:3]}"
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sb)
-    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
-    assert _staging(killed) == []
+    resumed = _kill_after_a_random_step_and_resume(qat, tmp_path / "killed", load_qat_checkpoint, steps)
+    _assert_same_run(resumed, load_qat_checkpoint(tmp_path / "whole" / "last.pt"), steps)
