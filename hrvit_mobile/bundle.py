@@ -615,9 +615,11 @@ def check_targets(app: str, targets: list[str]) -> list[str]:
     return out
 
 
-def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None) -> list[Path]:
-    """Export ``model`` once per spec (the ``hrvit-mobile export`` code path) for a bundle; returns the
-    artifact paths. Refuses a target the app cannot load before exporting anything."""
+def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None,
+                     images: np.ndarray | None = None) -> list[Path]:
+    """Export ``model`` once per spec (the ``hrvit-mobile export`` code path) for a bundle, parity on
+    ``images`` (None: the exporter's synthetic ones); returns the artifact paths. Refuses a target the app
+    cannot load before exporting anything."""
     import dataclasses
 
     from hrvit_mobile.exporters import check_dependencies, export, resolve
@@ -628,7 +630,7 @@ def export_artifacts(app: str, model: Any, specs: list[Any], calib: Any = None) 
         check_dependencies(spec.target)
     paths = []
     for spec in specs:
-        report = export(model, dataclasses.replace(spec), calib)
+        report = export(model, dataclasses.replace(spec), calib, images)
         if not report.ok:
             reason = report.parity.reason if report.parity else ""
             raise BundleError(f"{report.artifact.path.name} failed parity ({reason}); not bundled")

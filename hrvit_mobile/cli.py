@@ -233,13 +233,14 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
             for t in targets
         ]
         calib, source = _calibration(args, size, demo_model=class_names is not None)
+        images, parity_source = _parity_images(args, size, class_names is not None, specs[0].parity_samples)
         model = _build_model(args, size)
         for spec in specs:
-            spec.calib_source = source
+            spec.calib_source, spec.parity_source = source, parity_source
             if args.calib_samples is not None:
                 spec.calib_samples = args.calib_samples
         reference = deploy(model, img_size=size)  # the float model: exported, and the self-test's reference
-        artifacts = bundle.export_artifacts(args.app, reference, specs, calib)
+        artifacts = bundle.export_artifacts(args.app, reference, specs, calib, images)
     result = bundle.build_bundle(args.app, artifacts, args.out, labels=args.labels,
                                  allow_failed_parity=args.allow_failed_parity, reference=reference)
     print(f"{result.path}: {args.app} bundle, {len(result.manifest['models'])} model(s), "
