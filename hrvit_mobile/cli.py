@@ -266,6 +266,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from hrvit_mobile.arm64.verify import run_verify
+
+    _setup_logging(args.verbose)
+    return run_verify(args, _build_model)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from hrvit_mobile.report.cli import run_bench_command
 
@@ -568,6 +575,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_args(report, with_model=True)
     report.add_argument("--out", required=True, help="output folder")
     report.set_defaults(func=_cmd_report)
+
+    verify = commands.add_parser(
+        "verify",
+        help="parity of .pte/.tflite artifacts on ARM64 kernels (natively, or under qemu emulation)",
+        description="Runs each artifact on the ARM64 kernels phones use (natively on an ARM64 host, else "
+        "under qemu user-mode emulation of a named CPU model), compares the output with the float PyTorch "
+        "model and with this host's run, applies the export's thresholds and records the figures in the "
+        "sidecar (verification.arm64). Exit 1 when an artifact misses a threshold.",
+    )
+    verify.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".pte or .tflite (with its sidecar)")
+    verify.add_argument("--arch", required=True, choices=["arm64"])
+    verify.add_argument("--cpu", action="append", metavar="MODEL",
+                        help="emulated CPU model, repeatable (default: cortex-a76; cortex-a53: no FEAT_FP16)")
+    verify.add_argument("--model", help="default: the sidecar's")
+    verify.add_argument("--checkpoint", help="the float weights the artifacts came from (default: embedded)")
+    verify.add_argument("--threads", type=int, help="runtime threads (default: all cores)")
+    verify.add_argument("--samples", type=int, help="only the first N of the export's parity images")
+    verify.add_argument("-v", "--verbose", action="store_true")
+    verify.set_defaults(func=_cmd_verify)
 
     bench = commands.add_parser(
         "bench",

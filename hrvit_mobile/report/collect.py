@@ -71,6 +71,7 @@ class ArtifactEntry:
     masks: list[str] = field(default_factory=list)  # file names under masks/
     layers: dict[str, Any] | None = None
     layers_note: str = ""
+    arm64: dict[str, Any] = field(default_factory=dict)  # `hrvit-mobile verify --arch arm64`, per CPU model
 
 
 @dataclass
@@ -265,6 +266,7 @@ def _measure(
         thresholds=dataclasses.asdict(thresholds),
         export_seconds=meta.get("export_seconds"),
         tool_versions={**(meta.get("tool_versions") or {})},
+        arm64=(meta.get("verification") or {}).get("arm64") or {},
     )
     entry.delegation, entry.delegation_details = _delegation(meta, path)
     try:

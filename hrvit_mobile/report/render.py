@@ -48,7 +48,19 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
             f"{lat['median_ms']:.1f} / {lat['p90_ms']:.1f}" if lat else "not measured",
             verdict,
         ])
+        rows += [arm64_row(a, v) for v in (a.get("arm64") or {}).values()]
     return rows
+
+
+def arm64_row(a: dict[str, Any], v: dict[str, Any]) -> list[str]:
+    """A row of its own for the artifact's run on an ARM64 CPU model (``hrvit-mobile verify``), vs float."""
+    f = v.get("vs_float") or {}
+    verdict = "pass" if v.get("passed") else "FAIL: " + (v.get("error") or f.get("reason") or "")
+    return [f"{a['target']}/{a['variant']} on ARM64 {v['cpu']}", v["runtime"], "measured" if f else "error",
+            "-", "-", _f(f.get("max_abs_err"), ".2e"), _f(f.get("mean_abs_err"), ".2e"),
+            _f(f.get("cosine"), ".6f"), "-", _pct(f.get("argmax_agreement")) if f else "-", "-", "-",
+            "not measured (emulated)" if v.get("execution", "").startswith("qemu") else "not measured",
+            verdict]
 
 
 def _intro(report: dict[str, Any]) -> list[str]:
