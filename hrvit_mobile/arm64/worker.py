@@ -86,7 +86,7 @@ def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     threads = int(job.get("threads") or os.cpu_count() or 1)
     kinds = sorted({item["kind"] for item in job["artifacts"]})
-    say(f"importing the runtimes for {', '.join(kinds)} (under emulation this takes a minute or two)")
+    say(f"importing the runtimes for {', '.join(kinds)} (under emulation: minutes)")
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     for item in job["artifacts"]:
