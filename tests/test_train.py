@@ -104,3 +104,36 @@ def test_cli_train_then_eval(tiny_data: Path, tmp_path: Path, capsys: pytest.Cap
     best = torch.load(out / "best.pt", weights_only=True)
     assert report["miou"] == pytest.approx(_val_miou(best["model"], tiny_data), abs=1e-9)
     assert report["runtime"] == "PyTorch (float)"
+
+
+def test_ctrl_c_saves_the_last_step_and_resume_is_bit_identical(tiny_data: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while step 4's batch loads: last.pt holds step 3 (saved on the way out, not by the
+    periodic save), and --resume ends with the bytes of a run that never stopped (random resize,
+    crop, flip and colour on every sample)."""
+    import hrvit_mobile.training as training
+
+    def config(out: Path) -> TrainConfig:
+        return TrainConfig(data=str(tiny_data), out=str(out), model="hrvit_nano", img_size=(64, 64),
+                           crop_size=(32, 32), steps=6, batch_size=2, warmup_steps=1, eval_every=5,
+                           eval_samples=1, threads=1)
+
+    train(config(tmp_path / "whole"), progress=False)
+    load = training._StepSamples.__getitem__
+
+    def interrupted(self, sample: int):
+        if sample == 3 * 2:  # the first sample of the fourth step (0-based step 3)
+            raise KeyboardInterrupt
+        return load(self, sample)
+
+    monkeypatch.setattr(training._StepSamples, "__getitem__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "stopped"), progress=False)
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(training._StepSamples, "__getitem__", load)
+    train(config(tmp_path / "stopped"), resume=True, progress=False)
+    a = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    assert [k for k in b["model"] if not torch.equal(a["model"][k], b["model"][k])] == []
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
