@@ -71,6 +71,7 @@ class Arm64Result:
     versions: dict[str, str]
     vs_float: ParityResult | None = None
     vs_x86: ParityResult | None = None
+    x86_vs_float: ParityResult | None = None  # the same images on this x86 host, for scale
     seconds_per_image: list[float] = field(default_factory=list)
     error: str = ""
 
@@ -346,7 +347,9 @@ def _result(host: Arm64Host, cpu: str, path: Path, meta: dict[str, Any], refs: l
     outs = [to_nchw(meta, np.load(p)) for p in r["outputs"]]
     th = thresholds_of(meta)
     res.vs_float = compare(outs, refs, th, res.runtime)
-    res.vs_x86 = compare(outs, x86, th, res.runtime) if x86 is not None else None
+    if x86 is not None:
+        res.vs_x86 = compare(outs, x86, th, res.runtime)
+        res.x86_vs_float = compare(x86, refs, th, "x86")
     res.seconds_per_image = r["seconds_per_image"]
     return res
 
@@ -376,8 +379,9 @@ def _record(path: Path, res: Arm64Result, run: dict[str, Any], host: Arm64Host, 
     else:
         assert res.vs_float is not None
         entry.update(vs_float=_figures(res.vs_float), seconds_per_image=res.seconds_per_image)
-        if res.vs_x86 is not None:
+        if res.vs_x86 is not None and res.x86_vs_float is not None:
             entry["vs_x86"] = _figures(res.vs_x86, verdict=False)
+            entry["x86_vs_float"] = _figures(res.x86_vs_float, verdict=False)
     meta.setdefault("verification", {}).setdefault(ARCH, {})[res.cpu] = entry
     atomic_write(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
 
