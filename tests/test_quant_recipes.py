@@ -947,3 +947,86 @@ def test_upscaled_histograms_are_the_stock_ones() -> None:
     assert native.rebinned(torch.tensor([0.1, float("nan")]), torch.ones(2), bounds) is None
     assert native.rebinned(mid.sort().values, weights, bounds) is not None
 
+
+class _AttentionHead(torch.nn.Module):
+    """A segmenter with an attention-like tail: a batch matmul of two activations and a softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from hrvit_mobile.exporters.testing import TinySegmenter
+
+        self.body = TinySegmenter(num_classes=8, channels=16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        tokens = y.flatten(2)  # (B, C, N)
+        attn = torch.softmax(tokens @ tokens.transpose(1, 2), dim=-1)  # (B, C, C)
+        return (attn @ tokens).reshape(y.shape)
+
+
+def test_litert_static_int8_keeps_the_named_ops_float(tmp_path: Path) -> None:
+    """float_ops leaves those TFLite op types float (their inputs float32), the rest int8; () quantizes
+    every op; the default keeps XNNPACK_FLOAT_OPS float; an unknown op name or a non-static variant is one
+    clear error."""
+    require_module("ai_edge_quantizer")
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from hrvit_mobile.exporters.litert import INPUT_NAME, _ImageIO
+    from hrvit_mobile.normalization import Normalization
+    from hrvit_mobile.quant.recipes import QuantRecipeError
+    from hrvit_mobile.quant.recipes.litert import XNNPACK_FLOAT_OPS
+
+    torch.manual_seed(0)
+    calib = [torch.rand(1, 32, 32, 3) * 255 for _ in range(3)]
+    converted = litert_torch.convert(_ImageIO(_AttentionHead().eval(), Normalization()).eval(),
+                                     sample_kwargs={INPUT_NAME: calib[0]})
+    converted.export(str(tmp_path / "float.tflite"))
+    data = (tmp_path / "float.tflite").read_bytes()
+
+    def input_types(model: bytes) -> dict[str, set[str]]:
+        interp = Interpreter(model_content=model)
+        tensors = {t["index"]: t["dtype"].__name__ for t in interp.get_tensor_details()}
+        types: dict[str, set[str]] = {}
+        for op in interp._get_ops_details():
+            types.setdefault(op["op_name"], set()).add(tensors[op["inputs"][0]])
+        return types
+
+    every, _ = LiteRTPostTraining(variant="int8", float_ops=()).apply(data, calib)
+    kept, info = LiteRTPostTraining(variant="int8", float_ops=("BATCH_MATMUL",)).apply(data, calib)
+    default, default_info = LiteRTPostTraining(variant="int8").apply(data, calib)
+    assert input_types(every)["BATCH_MATMUL"] == {"int8"} and input_types(every)["SOFTMAX"] == {"int8"}
+    types = input_types(kept)
+    assert types["BATCH_MATMUL"] == {"float32"} and types["SOFTMAX"] == {"int8"}
+    assert types["CONV_2D"] == {"int8"} and info["float_ops"] == ["BATCH_MATMUL"]
+    types = input_types(default)  # XNNPACK_FLOAT_OPS: the ops the delegate has no int8 kernel for
+    assert types["BATCH_MATMUL"] == {"float32"} and types["SOFTMAX"] == {"float32"}
+    assert types["CONV_2D"] == {"int8"} and default_info["float_ops"] == list(XNNPACK_FLOAT_OPS)
+    with pytest.raises(QuantRecipeError, match="MATMUL_PLEASE: allowed for the int8 variant"):
+        LiteRTPostTraining(variant="int8", float_ops=("MATMUL_PLEASE",))
+    with pytest.raises(QuantRecipeError, match="allowed for the int8 variant"):
+        LiteRTPostTraining(variant="int8dr", float_ops=("SOFTMAX",))
+
+
+def test_xnnpack_float_depthwise_leaves_only_the_depthwise_convs_float() -> None:
+    """float_depthwise: the depthwise convs' weights are not quantized (no int8 weight feeds them), every
+    other conv and linear still is; the default quantizes them all."""
+
+    def weight_quantized_convs(recipe: XNNPACKInt8) -> dict[bool, int]:
+        model, calib = _deployed(), _calib(1)
+        prepared = recipe.prepare(model, calib[0])
+        counts = {True: 0, False: 0}  # depthwise? -> convs whose weight passes an observer
+        for node in prepared.graph.nodes:
+            if node.target is not torch.ops.aten.conv2d.default:
+                continue
+            weight = node.args[1]
+            observed = weight.op == "call_module" and "activation_post_process" in str(weight.target)
+            if observed:
+                counts[len(node.args) > 6 and node.args[6] > 1] += 1
+        return counts
+
+    stock = weight_quantized_convs(XNNPACKInt8())
+    kept = weight_quantized_convs(XNNPACKInt8(float_depthwise=True))
+    assert stock[True] > 0 and stock[False] > 0
+    assert kept == {True: 0, False: stock[False]}
+    assert XNNPACKInt8(float_depthwise=True).describe()["float_depthwise"] is True

@@ -97,6 +97,10 @@ class PT2ERecipe(QuantRecipe):
         """A numerically identical rewrite of ``model`` that the target's quantized ops need (in place)."""
         return model
 
+    def float_names_in(self, graph: torch.fx.GraphModule) -> list[str]:
+        """Names of modules of the captured ``graph`` this recipe leaves float besides ``keep_float``."""
+        return []
+
     @staticmethod
     def capture(model: nn.Module, example: torch.Tensor, strict: bool = False) -> torch.fx.GraphModule:
         """The graph PT2E works on; capture once and pass copies to :meth:`prepare` to try many recipes."""
@@ -111,8 +115,10 @@ class PT2ERecipe(QuantRecipe):
 
         t0 = time.perf_counter()
         gm = model if captured else self.capture(self.adapt(model), example, strict)
+        extra = self.float_names_in(gm)
+        recipe = self.with_keep_float(extra) if extra else self
         with self._annotation_context(), indexed_attr_names():
-            prepared = (prepare_qat_pt2e if self.qat else prepare_pt2e)(gm, self.quantizer())
+            prepared = (prepare_qat_pt2e if self.qat else prepare_pt2e)(gm, recipe.quantizer())
         log.debug("[%s] prepared (%s) in %.1f s", self.target, self.name, time.perf_counter() - t0)
         return prepared
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from .base import PT2ERecipe
@@ -26,6 +27,23 @@ class XNNPACKInt8(PT2ERecipe):
     # (hrvit_mobile.deploy.fold.BroadcastNearest, what XNNPACK runs fastest) or "transposed_conv" (the
     # deploy form's own, what QAT checkpoints from before this was recorded were trained with)
     upsampler: str = "broadcast"
+    # depthwise convs left float. On x86 (AVX2) XNNPACK's int8 (QC8) 5x5 depthwise kernel takes ~1.7x
+    # its fp32 one, but the converts around float convs took the gain back (benchmarks/int8_profile.py,
+    # docs/quantization.md): off by default, for CPUs where the balance differs (aarch64 int8 kernels)
+    float_depthwise: bool = False
+
+    def float_names_in(self, graph: torch.fx.GraphModule) -> list[str]:
+        """The depthwise convs' module names when ``float_depthwise`` (from each conv's module stack)."""
+        if not self.float_depthwise:
+            return []
+        names = []
+        for node in graph.graph.nodes:
+            if node.target is not torch.ops.aten.conv2d.default or len(node.args) < 7 or node.args[6] == 1:
+                continue
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                names.append(list(stack.values())[-1][0])
+        return names
 
     def adapt(self, model: nn.Module) -> nn.Module:
         """The token-layout deploy form switched to ``layout`` and ``upsampler`` (in place; numerically
@@ -42,7 +60,8 @@ class XNNPACKInt8(PT2ERecipe):
         return model
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "layout": self.layout, "upsampler": self.upsampler}
+        return {**super().describe(), "layout": self.layout, "upsampler": self.upsampler,
+                **({"float_depthwise": True} if self.float_depthwise else {})}
 
     def quantizer(self) -> Any:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

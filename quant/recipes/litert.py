@@ -104,6 +104,14 @@ def _statistics_in_tensor_rank(statistics: dict[str, Any], float_model: bytes) -
     return out
 
 
+# Static int8 ops the LiteRT interpreter's XNNPACK delegate has no int8 kernel for on HRViT's graph:
+# quantized, they run in the interpreter's builtin kernels, and every one splits the delegated graph
+# (b1 256x256: 478 ops outside XNNPACK, 156 partitions; the int8 BATCH_MATMULs alone were half the
+# ops' time). Left float, XNNPACK runs them in fp32 between DEQUANTIZE/QUANTIZE it also runs:
+# 13 ops outside (the nearest resizes, outside in fp32 too). `benchmarks/int8_profile.py` measures both.
+XNNPACK_FLOAT_OPS: tuple[str, ...] = ("BATCH_MATMUL", "SOFTMAX", "HARD_SWISH", "GELU", "RSQRT")
+
+
 @dataclass
 class LiteRTPostTraining(PostConversionRecipe):
     """``ai_edge_quantizer`` on the float .tflite: it quantizes exactly the ops the runtime will run.
@@ -126,16 +134,33 @@ class LiteRTPostTraining(PostConversionRecipe):
     signature: str = "serving_default"
     input_name: str = "image"
     calibration: str = "profiler"
+    # static int8 only: TFLite op types left float (``ai_edge_quantizer``'s NO_QUANTIZE); None: the
+    # int8 variant's XNNPACK_FLOAT_OPS, () quantizes every op the quantizer can
+    float_ops: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in ("fp16", "int8dr", "int8"):
             raise QuantRecipeError(
                 f"LiteRT post-training variant {self.variant!r}; allowed: fp16, int8dr, int8"
             )
+        if self.float_ops is None:
+            self.float_ops = XNNPACK_FLOAT_OPS if self.variant == "int8" else ()
+        elif self.float_ops:
+            self._check_float_ops()
         if self.calibration not in LITERT_CALIBRATION_MODES:
             raise QuantRecipeError(
                 f"LiteRT calibration mode {self.calibration!r}; "
                 f"allowed: {', '.join(LITERT_CALIBRATION_MODES)}"
+            )
+
+    def _check_float_ops(self) -> None:
+        from ai_edge_quantizer.qtyping import TFLOperationName
+
+        unknown = [op for op in self.float_ops if not hasattr(TFLOperationName, op)]
+        if unknown or self.variant != "int8":
+            raise QuantRecipeError(
+                f"LiteRT float_ops {', '.join(unknown or self.float_ops)}: allowed for the int8 variant, "
+                "TFLite op names ai_edge_quantizer knows (e.g. BATCH_MATMUL, SOFTMAX)"
             )
 
     @property
@@ -166,15 +191,19 @@ class LiteRTPostTraining(PostConversionRecipe):
             q.load_quantization_recipe(recipe.static_wi8_ai8())
             # Keep the graph's input and output float32: the converter then puts QUANTIZE/DEQUANTIZE
             # at the boundary instead of making the app feed int8.
-            for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+            kept_float = (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT,
+                          *(getattr(qtyping.TFLOperationName, op) for op in self.float_ops))
+            for op in kept_float:
                 q.update_quantization_recipe(
-                    regex=".*", operation_name=io, algorithm_key=AlgorithmName.NO_QUANTIZE
+                    regex=".*", operation_name=op, algorithm_key=AlgorithmName.NO_QUANTIZE
                 )
             info = {
                 "scheme": "ai_edge_quantizer static_wi8_ai8: int8 per-channel weights, int8 activations "
                 "(per-tensor, calibrated); float32 graph input/output",
                 "calibration_samples": len(calib),
             }
+            if self.float_ops:
+                info["float_ops"] = list(self.float_ops)
         calibration = None
         if q.need_calibration:
             calibration = self.calibrate(q, float_model, calib)
@@ -199,4 +228,5 @@ class LiteRTPostTraining(PostConversionRecipe):
         out = super().describe()
         if self.needs_calibration:
             out["calibration_mode"] = self.calibration
+            out["float_ops"] = list(self.float_ops)
         return out
