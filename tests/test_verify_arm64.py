@@ -121,8 +121,10 @@ def test_report_shows_arm64_rows_of_their_own():
 # the real thing: qemu cortex-a76, the cached sysroot, ExecuTorch and LiteRT
 
 
-VARIANTS = (("executorch", "32", None), ("executorch", "16", None), ("executorch", "8", None),
-            ("tflite", "32", None), ("tflite", "8", "8"))
+# hrvit_nano's untrained recipe weights calibrated on synthetic images miss LiteRT full int8's default
+# thresholds already on x86 (cosine 0.946): that export carries looser ones, which verify then applies
+VARIANTS = (("executorch", "32", []), ("executorch", "16", []), ("executorch", "8", []), ("tflite", "32", []),
+            ("tflite", "8", ["--activations", "8", "--min-cosine", "0.9", "--min-argmax", "0.75"]))
 
 
 @pytest.mark.slow
@@ -132,10 +134,10 @@ def test_emulated_run_of_small_artifacts(tmp_path, capsys):
     if not (sysroot.cache_root() / sysroot.sysroot_key() / "manifest.json").exists():
         pytest.fail("no ARM64 sysroot: `python3 -m hrvit_mobile.arm64.sysroot` prepares it (.ci/run does)")
     out = tmp_path / "exports"
-    for target, bits, activations in VARIANTS:
+    for target, bits, extra in VARIANTS:
         argv = ["export", "--target", target, "--bits", bits, "--model", "hrvit_nano", "--img-size", "64x64",
-                "--num-classes", "5", "--out", str(out), "--no-report"]
-        assert main(argv + (["--activations", activations] if activations else [])) == 0
+                "--num-classes", "5", "--out", str(out), "--no-report", *extra]
+        assert main(argv) == 0
     artifacts = sorted(p for p in out.iterdir() if p.suffix in (".pte", ".tflite"))
     assert len(artifacts) == 5
     # the same fp16 program held to the fp32 limits: a real miss the command must name
@@ -170,6 +172,9 @@ def test_emulated_run_of_small_artifacts(tmp_path, capsys):
     assert figures[f"{et}_fp32.pte"]["vs_x86"]["max_abs_err"] < 1e-4
     assert figures["hrvit_nano_64x64_tflite_fp32.tflite"]["vs_x86"]["max_abs_err"] < 1e-4
     assert figures[f"{et}_fp16.pte"]["vs_x86"]["max_abs_err"] > 1e-3
+    # the a76's native fp16 arithmetic lands further from float than x86's fp32 arithmetic does
+    fp16 = figures[f"{et}_fp16.pte"]
+    assert fp16["vs_float"]["mean_abs_err"] > fp16["x86_vs_float"]["mean_abs_err"]
     strict_arm = json.loads(strict.with_name("strict_fp16.pte.json").read_text())["verification"]["arm64"]
     assert strict_arm["cortex-a76"]["passed"] is False
     assert "max_abs_err" in strict_arm["cortex-a76"]["vs_float"]["reason"]
