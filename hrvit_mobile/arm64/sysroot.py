@@ -239,9 +239,20 @@ def _wheels(root: Path, progress: Progress) -> dict[str, str]:
     progress(f"  pip: aarch64 wheels ({', '.join(w for w in WHEELS[:4])}, ...) into {SITE}")
     platforms = [a for p in WHEEL_PLATFORMS for a in ("--platform", p)]
     # --no-deps: torch's CUDA dependencies (GBs of NVIDIA libraries) are exactly what is not wanted
-    _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:", *platforms,
-          "--python-version", "3.11", "--implementation", "cp", "--target", str(target), *WHEELS],
-         "pip install (aarch64 wheels)")
+    cmd = [sys.executable, "-m", "pip", "install", "--progress-bar", "off", "--no-deps",
+           "--only-binary=:all:", *platforms, "--python-version", "3.11", "--implementation", "cp",
+           "--target", str(target), *WHEELS]
+    # pip's own lines (which wheel it fetches, then the install) are the progress of a minutes-long step
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    last = "no output"
+    for line in proc.stdout:
+        line = line.strip()
+        if line.startswith(("Collecting", "Installing collected", "Successfully installed")):
+            progress(f"    {line[:100]}")
+        last = line or last
+    if proc.wait() != 0:
+        raise EmulationUnavailable(f"pip install (aarch64 wheels) failed: {last}")
     return {w.split("==")[0]: w.split("==")[1] for w in WHEELS}
 
 
