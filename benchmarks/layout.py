@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     size = 128 >> args.branch
     tokens = DeployAttentionBlock(stage.branches[args.branch][0], size, size).eval()
     layouts = {"tokens": _Blocks(tokens, args.repeat, True),
-               "channels_first": _Blocks(ChannelsFirstAttentionBlock(tokens), args.repeat, False)}
+               "channels_first": _Blocks(ChannelsFirstAttentionBlock.from_tokens(tokens), args.repeat, False)}
     x = torch.randn(1, tokens.dim, size, size, generator=torch.Generator().manual_seed(0))
     reference = layouts["tokens"](x).numpy()
     results = []

@@ -17,7 +17,6 @@ compressed as requested).
 
 from __future__ import annotations
 
-import copy
 import json
 import platform
 import time
@@ -29,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrvit_mobile.deploy.channels_first import in_export_layout
-from hrvit_mobile.models.norm import DelegableLayerNorm, use_native_layer_norm
+from hrvit_mobile.deploy import with_options
+from hrvit_mobile.deploy.channels_first import layout_of
+from hrvit_mobile.models.norm import NativeLayerNorm
 from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD
 from hrvit_mobile.quant.recipes import (
     PAL4_SMALL_TENSORS_INT8,
@@ -207,15 +207,10 @@ def convert(
     inputs = conversion_inputs(TARGET, spec, calib)
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
     ios = _ios_target(spec.min_ios)
-    given = model
-    model, layout = in_export_layout(model.eval(), BACKEND.layout_for(variant, spec.layout))
     # Core ML has a LayerNorm op: one op per norm instead of the delegable form's six and its mean row
-    if any(type(m) is DelegableLayerNorm for m in model.modules()):
-        if model is given:  # the caller's module stays as it is
-            model = copy.deepcopy(model)
-        native_norms = use_native_layer_norm(model)
-    else:
-        native_norms = 0
+    model = with_options(model.eval(), BACKEND.deploy_options(variant, spec.layout))
+    layout = layout_of(model)
+    native_norms = sum(type(m) is NativeLayerNorm for m in model.modules())
     scale, bias, factor = image_preprocessing(spec.normalization.mean, spec.normalization.std)
 
     def build(stage: Path) -> Built:
@@ -494,6 +489,7 @@ BACKEND = register(Backend(
     ),
     # Core ML keeps the token layout: its speed cannot be measured off macOS
     layout="tokens",
+    norm="native",
     app_file="model.mlpackage",
     apps=("ios",),
     app_entry={"compiled_name": "model.mlmodelc"},  # what Xcode makes of model.mlpackage in an app

@@ -14,7 +14,6 @@ writer carries the labels (:mod:`.mediapipe_metadata`). ``validate`` runs the fi
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections import Counter
@@ -25,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrvit_mobile.deploy.channels_first import in_export_layout
-from hrvit_mobile.deploy.fold import use_resize_nearest
+from hrvit_mobile.deploy import with_options
+from hrvit_mobile.deploy.channels_first import layout_of
+from hrvit_mobile.deploy.fold import NearestUpsample
 from hrvit_mobile.normalization import Normalization
 from hrvit_mobile.quant.recipes import LiteRTInt8, LiteRTPostTraining, Prequantized
 
@@ -345,7 +345,7 @@ def convert(
     """Convert ``model`` (deploy form, fp32, eval) to a .tflite in ``spec.out_dir``, with its sidecar."""
     inputs = conversion_inputs(TARGET, spec, calib)
     spec, variant, example, calib_t = inputs.spec, inputs.variant, inputs.example, inputs.calib
-    model, layout = in_export_layout(model.eval(), BACKEND.layout_for(variant, spec.layout))
+    model = model.eval()
 
     def build(stage: Path) -> Built:
         import litert_torch
@@ -357,11 +357,13 @@ def convert(
             from litert_torch.quantize.quant_config import QuantConfig
 
             kwargs["quant_config"] = QuantConfig(pt2e_quantizer=LiteRTInt8().quantizer())
-        details: dict[str, Any] = {"quantization": None, "layout": layout}
         graph = model
         if not prequantized:  # LiteRT has a nearest resize; the deploy form's upsampler is for XNNPACK
-            graph = copy.deepcopy(model)
-            details["nearest_upsamplers_as_resize"] = use_resize_nearest(graph)
+            graph = with_options(model, BACKEND.deploy_options(variant, spec.layout))
+        details: dict[str, Any] = {"quantization": None, "layout": layout_of(graph)}
+        if not prequantized:
+            details["nearest_upsamplers_as_resize"] = sum(
+                isinstance(m, NearestUpsample) and m.mode == "resize" for m in graph.modules())
         with (
             step(TARGET, "litert_torch.convert"), torch.no_grad(), arange_int32_in_place() as aranges,
             layout_callables_traced_once() as inlined,
@@ -514,6 +516,7 @@ BACKEND = register(Backend(
     # LiteRT runs the channels-first form in 1.17x the token layout's time (litert-torch moves NCHW
     # graphs to NHWC with transposes of its own; `python3 benchmarks/layout.py --runtimes tflite`)
     layout="tokens",
+    upsampler="resize",
     app_file="model.tflite",
     apps=("android", "web"),
     app_entry={"signature": SIGNATURE},

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hrvit_mobile.deploy.options import DeployOptions
+
 from .errors import UnsupportedExportError
 from .spec import normalize_activations
 
@@ -75,6 +77,9 @@ class Backend:
     verify_hint: str = ""  # where the artifact's own runtime runs, when not on every host
     app_entry: dict[str, str] = field(default_factory=dict)  # extra keys of its bundle manifest entry
     app_note: str = ""  # a paragraph for the bundle README, for the app developer
+    # the deploy form's upsampler and norm form its runtime runs best (hrvit_mobile.deploy.DeployOptions)
+    upsampler: str = "transposed_conv"
+    norm: str = "delegable"
 
     @property
     def suffix(self) -> str:
@@ -109,6 +114,11 @@ class Backend:
     def layout_for(self, variant: str, requested: str | None = None) -> str:
         """The deploy layout to lower ``variant`` in: ``requested`` (``--layout``) or the measured choice."""
         return requested or self.variant_named(variant).layout or self.layout
+
+    def deploy_options(self, variant: str, requested_layout: str | None = None) -> DeployOptions:
+        """The deploy form ``variant`` is lowered in: its layout (:meth:`layout_for`), upsampler and norm."""
+        return DeployOptions(layout=self.layout_for(variant, requested_layout), upsampler=self.upsampler,
+                             norm=self.norm)
 
     def describe(self) -> str:
         """e.g. ``32, 16, 8 (activations float), 8 --activations 8``"""

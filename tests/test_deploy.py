@@ -144,16 +144,9 @@ def test_create_model_rejects_bad_size_and_name() -> None:
 
 @pytest.mark.parametrize("form", ["resize", "broadcast"])
 def test_upsampler_forms_equal_the_transposed_conv(nano_model, form: str) -> None:
-    from hrvit_mobile.deploy.fold import (
-        BroadcastNearest,
-        NearestUpsample,
-        ResizeNearest,
-        use_broadcast_nearest,
-        use_resize_nearest,
-    )
+    from hrvit_mobile.deploy import DeployOptions, with_options
+    from hrvit_mobile.deploy.fold import NearestUpsample, set_upsampler
 
-    switch, kind = {"resize": (use_resize_nearest, ResizeNearest),
-                    "broadcast": (use_broadcast_nearest, BroadcastNearest)}[form]
     up = NearestUpsample(6, 4)
     x = torch.randn(2, 6, 5, 7)
     y = up(x)
@@ -164,14 +157,53 @@ def test_upsampler_forms_equal_the_transposed_conv(nano_model, form: str) -> Non
     image = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         before = deployed(image)
-        count = sum(type(m) is NearestUpsample for m in deployed.modules())
-        assert count > 0 and switch(deployed) == count
-        assert all(type(m) is not NearestUpsample for m in deployed.modules())
-        assert sum(type(m) is kind for m in deployed.modules()) == count
-        torch.testing.assert_close(deployed(image), before, rtol=0, atol=0)
-        assert switch(deployed) == 0  # already switched
+        modes = [m.mode for m in deployed.modules() if isinstance(m, NearestUpsample)]
+        assert modes and set(modes) == {"transposed_conv"}
+        other = with_options(deployed, DeployOptions(upsampler=form))
+        assert [m.mode for m in deployed.modules() if isinstance(m, NearestUpsample)] == modes  # untouched
+        assert {m.mode for m in other.modules() if isinstance(m, NearestUpsample)} == {form}
+        assert other.options.upsampler == form
+        torch.testing.assert_close(other(image), before, rtol=0, atol=0)
+        built = hrvit_mobile.deploy(nano_model, img_size=(64, 96), options=DeployOptions(upsampler=form))
+        torch.testing.assert_close(built(image), before, rtol=0, atol=0)
+        assert with_options(other, DeployOptions(upsampler=form)) is other  # already in that form
+        assert set_upsampler(other, form) == 0
     # the same parameters and names: checkpoints of either form load into the other
-    assert deployed.state_dict().keys() == state.keys()
+    assert other.state_dict().keys() == state.keys() == built.state_dict().keys()
+
+
+def test_deploy_options_refuse_unknown_choices(nano_model) -> None:
+    from hrvit_mobile.deploy import DeployOptions
+
+    with pytest.raises(ValueError, match="unknown deploy upsampler 'bilinear'; allowed: transposed_conv"):
+        DeployOptions(upsampler="bilinear")
+    with pytest.raises(ValueError, match="unknown deploy layout"):
+        DeployOptions(layout="nhwc")
+    options = DeployOptions(layout="channels_first", upsampler="broadcast", factored_des_from=None)
+    assert DeployOptions.from_dict(options.as_dict()) == options
+    with pytest.raises(ValueError, match="unknown deploy option"):
+        DeployOptions.from_dict({"layout": "tokens", "colour": "red"})
+    with pytest.raises(ValueError, match="factored_des_from in the options"):
+        hrvit_mobile.deploy(nano_model, options=options, factored_des_from=64)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64)])
+def test_deploy_builds_each_form_directly(nano_model, size) -> None:
+    """A form built by deploy(options) equals the default form switched by with_options: the same state
+    dict, the same outputs."""
+    from hrvit_mobile.deploy import DeployOptions, with_options
+
+    x = torch.randn(1, 3, *size)
+    tokens = hrvit_mobile.deploy(nano_model, img_size=size)
+    for options in (DeployOptions(layout="channels_first", upsampler="broadcast"),
+                    DeployOptions(norm="native", upsampler="resize")):
+        built = hrvit_mobile.deploy(nano_model, img_size=size, options=options)
+        switched = with_options(tokens, options)
+        assert built.options == switched.options == options
+        assert list(built.state_dict()) == list(switched.state_dict())
+        with torch.no_grad():
+            assert torch.equal(built(x), switched(x))
+            assert (built(x) - tokens(x)).abs().max() <= 1e-5
 
 
 def _channels_first(deployed: nn.Module) -> tuple[nn.Module, int]:
@@ -197,7 +229,7 @@ def test_channels_first_layout_computes_the_same_network(nano_model, size) -> No
 
 
 def test_channels_first_layout_batch_two_and_key_mask(nano_model) -> None:
-    from hrvit_mobile.deploy.channels_first import ChannelsFirstStripeAttention
+    from hrvit_mobile.deploy.modules import StripeAttention
 
     torch.manual_seed(4)
     x = torch.randn(2, 3, 64, 96)
@@ -205,7 +237,7 @@ def test_channels_first_layout_batch_two_and_key_mask(nano_model) -> None:
     with torch.no_grad():
         assert (switched(x) - nano_model(x)).abs().max() <= 1e-4
         masked = [m for m in switched.modules()
-                  if isinstance(m, ChannelsFirstStripeAttention) and m.attend.key_mask is not None]
+                  if isinstance(m, StripeAttention) and m.channels_first and m.attend.key_mask is not None]
         assert masked  # 64x96 does not tile into every stripe width
         for m in masked:
             m.attend.key_mask.zero_()  # dropping the mask changes the result: it is load-bearing
@@ -269,7 +301,7 @@ def test_factored_des_computes_the_same_network(nano_model, factored_from: int) 
 def test_b1_deploy_factors_the_wide_des_maps(b1_reference) -> None:
     """The default keeps DES factored from FACTORED_DES_MIN_CHANNELS channels (b1: the 128- and
     256-channel branches, 24 of 35 blocks); the narrower ones are dense."""
-    from hrvit_mobile.deploy.modules import FACTORED_DES_MIN_CHANNELS
+    from hrvit_mobile.deploy import FACTORED_DES_MIN_CHANNELS
 
     deployed = hrvit_mobile.deploy(b1_reference, img_size=(224, 224))
     blocks = [m for m in deployed.modules() if hasattr(m, "des_factors")]
@@ -281,25 +313,35 @@ def test_b1_deploy_factors_the_wide_des_maps(b1_reference) -> None:
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_native_layer_norm_computes_the_delegable_form(affine: bool) -> None:
-    from hrvit_mobile.models.norm import (
-        ChannelLayerNorm,
-        DelegableLayerNorm,
-        NativeLayerNorm,
-        use_native_layer_norm,
-    )
+    from hrvit_mobile.models.norm import DelegableLayerNorm, NativeLayerNorm
 
     torch.manual_seed(0)
     norm = nn.LayerNorm(48, eps=1e-6)
     nn.init.normal_(norm.weight)
     nn.init.normal_(norm.bias)
     delegable = DelegableLayerNorm.from_layer_norm(norm, affine=affine)
-    model = nn.Sequential(delegable, ChannelLayerNorm(48, 1e-6))
+    native = NativeLayerNorm.from_delegable(delegable)
     x = 3 * torch.randn(2, 17, 48) + 1
-    expected = delegable(x)
-    keys = list(model.state_dict())
-    assert use_native_layer_norm(model) == 1
-    assert type(model[0]) is NativeLayerNorm and type(model[1]) is ChannelLayerNorm  # exact type only
-    assert list(model.state_dict()) == keys
-    torch.testing.assert_close(model[0](x), expected, rtol=1e-5, atol=1e-5)
+    assert list(native.state_dict()) == list(delegable.state_dict())
+    torch.testing.assert_close(native(x), delegable(x), rtol=1e-5, atol=1e-5)
     if affine:
-        torch.testing.assert_close(model[0](x), norm(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(native(x), norm(x), rtol=1e-5, atol=1e-5)
+
+
+def test_native_norm_option_switches_the_token_norms_only(nano_model) -> None:
+    """norm="native": every token-layout norm is one F.layer_norm; a channels-first form keeps its
+    1x1-conv norms; the caller's module is not changed."""
+    from hrvit_mobile.deploy import DeployOptions, with_options
+    from hrvit_mobile.models.norm import ChannelLayerNorm, DelegableLayerNorm, NativeLayerNorm
+
+    def kinds(model: nn.Module) -> set[type]:
+        return {type(m) for m in model.modules() if isinstance(m, DelegableLayerNorm)}
+
+    tokens = hrvit_mobile.deploy(nano_model, img_size=(64, 96))
+    native = with_options(tokens, DeployOptions(norm="native"))
+    assert kinds(tokens) == {DelegableLayerNorm} and kinds(native) == {NativeLayerNorm}
+    channels_first = with_options(tokens, DeployOptions(layout="channels_first", norm="native"))
+    assert kinds(channels_first) == {ChannelLayerNorm}
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert (native(x) - tokens(x)).abs().max() <= 1e-5

@@ -53,15 +53,27 @@ def fold_affine_into_linear(
     return plain, fused
 
 
+def linear_as_conv1x1(linear: nn.Linear) -> nn.Conv2d:
+    """The same map on (B, C, H, W): a 1x1 conv holding the linear's weight and bias."""
+    conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight[:, :, None, None])
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+    return conv
+
+
 class NearestUpsample(nn.ConvTranspose2d):
     """Nearest-neighbour upsampling by an integer factor as a depthwise transposed conv of ones.
 
     Exact (each input pixel fills its factor x factor block) and what every PyTorch consumer takes
-    (Core ML's converter included). Exporters switch it to the form their runtime runs fastest, with the
-    same parameters and names (state dicts and QAT checkpoints are unchanged):
-    :class:`ResizeNearest` for LiteRT (:func:`use_resize_nearest`), :class:`BroadcastNearest` for
-    XNNPACK (:func:`use_broadcast_nearest`).
+    (Core ML's converter included). Two subclasses compute the same with other ops, for the runtimes
+    that run those faster (:data:`UPSAMPLERS`); every form holds the same parameters under the same
+    names, so state dicts and QAT checkpoints are the same. Each form is its own class because LiteRT
+    names its tensors after the module's class: one class with a mode would rename them.
     """
+
+    mode = "transposed_conv"
 
     def __init__(self, channels: int, factor: int) -> None:
         super().__init__(channels, channels, factor, stride=factor, groups=channels, bias=False)
@@ -71,18 +83,20 @@ class NearestUpsample(nn.ConvTranspose2d):
 
 
 class ResizeNearest(NearestUpsample):
-    """The same module computing ``F.interpolate(mode="nearest")``: equal outputs, one resize op.
+    """The same map as ``F.interpolate(mode="nearest")``: equal outputs, one resize op.
 
     For LiteRT, which has RESIZE_NEAREST_NEIGHBOR; litert-torch splits a grouped transposed conv into
     one slice + TRANSPOSE_CONV per channel (640 of each on b1).
     """
+
+    mode = "resize"
 
     def forward(self, x: Tensor) -> Tensor:
         return F.interpolate(x, scale_factor=self.factor, mode="nearest")
 
 
 class BroadcastNearest(NearestUpsample):
-    """The same module as a broadcast multiply by ones: (B, C, H, 1, W, 1) * (1, 1, 1, f, 1, f).
+    """The same map as a broadcast multiply by ones: (B, C, H, 1, W, 1) * (1, 1, 1, f, 1, f).
 
     For XNNPACK, which has no nearest resize and runs the depthwise transposed conv as one tiny GEMM
     per channel: on b1 at 512x512 the fusion upsamplers took ~100 of ~540 ms of the ExecuTorch fp32
@@ -90,7 +104,13 @@ class BroadcastNearest(NearestUpsample):
     1/4 to 1/8 of the time. ``x * 1`` is exact, so outputs are bit-identical.
     """
 
+    mode = "broadcast"
     ones: Tensor
+
+    def __init__(self, channels: int, factor: int) -> None:
+        super().__init__(channels, factor)
+        f = factor
+        self.register_buffer("ones", torch.ones(1, 1, 1, f, 1, f), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -98,29 +118,49 @@ class BroadcastNearest(NearestUpsample):
         return (x.reshape(b, c, h, 1, w, 1) * self.ones).reshape(b, c, h * f, w * f)
 
 
-def _switch_upsamplers(model: nn.Module, kind: type[NearestUpsample]) -> int:
-    switched = 0
-    for module in model.modules():
-        if isinstance(module, NearestUpsample) and type(module) is not kind:
-            module.__class__ = kind
-            if kind is BroadcastNearest and not hasattr(module, "ones"):
-                f = module.factor
-                ones = torch.ones(1, 1, 1, f, 1, f, dtype=module.weight.dtype, device=module.weight.device)
-                module.register_buffer("ones", ones, persistent=False)
-            switched += 1
-    return switched
+# the forms of the fusion paths' nearest upsampler; each backend's variant picks the one its runtime
+# runs fastest (hrvit_mobile.deploy.DeployOptions.upsampler)
+UPSAMPLER_FORMS: dict[str, type[NearestUpsample]] = {
+    "transposed_conv": NearestUpsample, "resize": ResizeNearest, "broadcast": BroadcastNearest,
+}
+UPSAMPLERS = tuple(UPSAMPLER_FORMS)
+
+
+def nearest_upsample(channels: int, factor: int, mode: str = "transposed_conv") -> NearestUpsample:
+    """A nearest upsampler in the ``mode`` form (one of :data:`UPSAMPLERS`)."""
+    if mode not in UPSAMPLER_FORMS:
+        raise ValueError(f"unknown upsampler {mode!r}; allowed: {', '.join(UPSAMPLERS)}")
+    return UPSAMPLER_FORMS[mode](channels, factor)
+
+
+@torch.no_grad()
+def upsampler_in_form(up: NearestUpsample, mode: str) -> NearestUpsample:
+    """A new upsampler in the ``mode`` form with ``up``'s parameters (``up`` itself when already in it)."""
+    if up.mode == mode:
+        return up
+    other = nearest_upsample(up.out_channels, up.factor, mode).to(up.weight.device, up.weight.dtype)
+    other.weight.copy_(up.weight)
+    return other.requires_grad_(up.weight.requires_grad)
+
+
+def set_upsampler(model: nn.Module, mode: str) -> int:
+    """Replace every :class:`NearestUpsample` in ``model`` not in the ``mode`` form by one that is (in
+    place: the same names and parameters); returns how many."""
+    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, NearestUpsample) and child.mode != mode]
+    for parent, name, child in found:
+        setattr(parent, name, upsampler_in_form(child, mode))
+    return len(found)
 
 
 def use_resize_nearest(model: nn.Module) -> int:
-    """Switch every :class:`NearestUpsample` in ``model`` to :class:`ResizeNearest` (in place); returns
-    how many. Parameters and names are unchanged."""
-    return _switch_upsamplers(model, ResizeNearest)
+    """:func:`set_upsampler` to ``"resize"`` (LiteRT's form)."""
+    return set_upsampler(model, "resize")
 
 
 def use_broadcast_nearest(model: nn.Module) -> int:
-    """Switch every :class:`NearestUpsample` in ``model`` to :class:`BroadcastNearest` (in place);
-    returns how many. Parameters and names are unchanged (the ``ones`` buffer is not persistent)."""
-    return _switch_upsamplers(model, BroadcastNearest)
+    """:func:`set_upsampler` to ``"broadcast"`` (XNNPACK's form)."""
+    return set_upsampler(model, "broadcast")
 
 
 def merge_mixconv(mix: MixConv2d) -> nn.Conv2d:

@@ -79,21 +79,15 @@ class NativeLayerNorm(DelegableLayerNorm):
     For runtimes with a LayerNorm of their own: Core ML turns it into one ``layer_norm`` op where the
     delegable form costs two linears, four elementwise ops (two more with the affine part) and a stored
     mean row per norm (b1: 104 ``layer_norm`` ops replace 692 ops; the w8 package 9.00 -> 8.92 MB).
-    Same buffers and parameters, so
-    a module switched in place keeps its state dict; the mean row is simply not read.
+    Same buffers and parameters as the delegable form it is made from (:meth:`from_delegable`), so the
+    state dict is the same; the mean row is simply not read.
     """
+
+    @classmethod
+    def from_delegable(cls, norm: DelegableLayerNorm) -> NativeLayerNorm:
+        native = cls(norm.mean_row.shape[-1], norm.eps, norm.weight, norm.bias)
+        return native.requires_grad_(any(p.requires_grad for p in norm.parameters()))
 
     def forward(self, x: Tensor) -> Tensor:
         dim = self.mean_row.shape[-1]
         return F.layer_norm(x, (dim,), self.weight, self.bias, self.eps)
-
-
-def use_native_layer_norm(model: nn.Module) -> int:
-    """Switch every :class:`DelegableLayerNorm` (exact type: not the channels-first twin, which
-    normalizes dim 1) in ``model`` to :class:`NativeLayerNorm` in place; returns how many."""
-    switched = 0
-    for module in model.modules():
-        if type(module) is DelegableLayerNorm:
-            module.__class__ = NativeLayerNorm
-            switched += 1
-    return switched
