@@ -66,8 +66,8 @@ WHEELS = (
 )
 LAYOUT_VERSION = 1  # bump when the way the sysroot is built changes
 
-# MIDR_EL1 of the CPU models qemu-user emulates (qemu's target/arm/cpu64.c); `max` is refused: it has no
-# real counterpart, and qemu 7.2's computes ExecuTorch int8 wrongly
+# MIDR_EL1 of the CPU models qemu-user emulates (qemu's target/arm/cpu64.c). `max` is refused: no phone has
+# it, its features change with the qemu version, and qemu 7.2's was seen computing ExecuTorch int8 wrongly
 CPU_MIDR = {
     "cortex-a35": 0x411FD040,
     "cortex-a53": 0x410FD034,
