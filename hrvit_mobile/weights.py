@@ -1,18 +1,28 @@
-"""Deterministic, non-degenerate weights for any HRViT layout.
+"""The weights a model gets: a checkpoint, the embedded demo checkpoint, or the recipe's.
 
-This is the weight recipe under which the official implementation's golden outputs were produced
-(``tests/data``; see shared/reference/README.md), so it serves twice: the faithfulness tests load
-it, and the CLI uses it as the embedded default when no checkpoint is given. The weights are
-untrained: figures measured with them are parity figures, not accuracy.
+:func:`create_model_with_weights` is the one place that decides what a command runs when no checkpoint
+is given. The recipe (:func:`load_recipe_weights`) gives deterministic, non-degenerate weights for any
+HRViT layout; it is the recipe under which the official implementation's golden outputs were produced
+(``tests/data``; see shared/reference/README.md), so it serves twice: the faithfulness tests load it,
+and it is the embedded default of a variant without a demo checkpoint. Those weights are untrained:
+figures measured with them are parity figures, not accuracy.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from hrvit_mobile.checkpoint import load_checkpoint
+from hrvit_mobile.demo import demo_checkpoint_for
+from hrvit_mobile.models import HRViTSegmentor, create_model
+
+log = logging.getLogger("hrvit_mobile")
 
 
 def recipe_tensor(key: str, shape: tuple[int, ...]) -> Tensor:
@@ -43,3 +53,25 @@ def load_recipe_weights(model: nn.Module) -> nn.Module:
     layout = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     model.load_state_dict(recipe_state_dict(layout))
     return model
+
+
+def create_model_with_weights(
+    name: str,
+    num_classes: int,
+    img_size: tuple[int, int] | str | int,
+    checkpoint: Path | str | None = None,
+) -> tuple[HRViTSegmentor, str]:
+    """The training form of ``name`` (eval mode) with the weights a command runs on, and where they came
+    from: ``checkpoint`` when given; else the embedded demo checkpoint when it was trained for ``name``
+    with ``num_classes`` classes; else the deterministic, untrained recipe weights (with a warning)."""
+    model = create_model(name, num_classes=num_classes, img_size=img_size)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+        return model.eval(), str(checkpoint)
+    demo = demo_checkpoint_for(name)
+    if demo is not None and demo.num_classes == num_classes:
+        load_checkpoint(model, demo.path)
+        return model.eval(), f"the embedded demo checkpoint {demo.path.name}"
+    log.warning("no checkpoint: %s gets the embedded default, deterministic untrained weights (parity "
+                "figures are meaningful, predictions are not)", name)
+    return load_recipe_weights(model).eval(), "deterministic untrained recipe weights"

@@ -345,3 +345,25 @@ def test_native_norm_option_switches_the_token_norms_only(nano_model) -> None:
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert (native(x) - tokens(x)).abs().max() <= 1e-5
+
+
+def test_one_decision_for_the_weights_without_a_checkpoint(tmp_path) -> None:
+    """A checkpoint when given; else the demo checkpoint for the variant and classes it was trained for;
+    else the recipe's deterministic weights."""
+    from hrvit_mobile.demo import demo_checkpoint, load_demo_model
+    from hrvit_mobile.weights import create_model_with_weights, load_recipe_weights
+
+    demo = demo_checkpoint()
+    model, source = create_model_with_weights(demo.model, demo.num_classes, (64, 64))
+    assert demo.path.name in source and not model.training
+    expected = load_demo_model((64, 64)).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    other, source = create_model_with_weights(demo.model, demo.num_classes + 1, (64, 64))  # not its classes
+    assert source.startswith("deterministic")
+    recipe = load_recipe_weights(hrvit_mobile.create_model(demo.model, demo.num_classes + 1, (64, 64)))
+    assert all(torch.equal(v, recipe.state_dict()[k]) for k, v in other.state_dict().items())
+    path = tmp_path / "own.pth"
+    torch.save(other.state_dict(), path)
+    mine, source = create_model_with_weights(demo.model, demo.num_classes + 1, (64, 64), checkpoint=path)
+    assert source == str(path)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in mine.state_dict().items())
