@@ -17,11 +17,13 @@ compressed as requested).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import torch
 
 from hrvit_mobile.deploy import with_options
 from hrvit_mobile.deploy.channels_first import layout_of
+from hrvit_mobile.files import OutputError
 from hrvit_mobile.models.norm import NativeLayerNorm
 from hrvit_mobile.normalization import IMAGENET_MEAN, IMAGENET_STD
 from hrvit_mobile.quant.recipes import (
@@ -198,6 +201,22 @@ def _set_metadata(mlmodel: Any, spec: ExportSpec, variant: str, scale: float, bi
     )
 
 
+@contextlib.contextmanager
+def _write_failures_named(spec: ExportSpec) -> Iterator[None]:
+    """coremltools' weight writer (used while converting, into a temporary folder, and while saving)
+    reports a failed write as a RuntimeError without its errno: one line naming the likely causes."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "FileWriter" not in str(exc):
+            raise
+        raise OutputError(
+            f"cannot write into {spec.out_dir}: coremltools could not write its weight file there or in "
+            f"{tempfile.gettempdir()} (a full disk or a file size limit); nothing was written (free space "
+            "or choose another output folder)"
+        ) from None
+
+
 def convert(
     model: torch.nn.Module,
     spec: ExportSpec,
@@ -238,8 +257,8 @@ def convert(
         if compression is not None:
             details["quantization"] = compression
             convert_step += f" (compressing: {compression['scheme']})"
-        with step(TARGET, convert_step), validate_once_per_pipeline(), small_constants_inline(), \
-                nonreplaceable_vars_as_bits(), propagation_after_changes_only(), \
+        with step(TARGET, convert_step), _write_failures_named(spec), validate_once_per_pipeline(), \
+                small_constants_inline(), nonreplaceable_vars_as_bits(), propagation_after_changes_only(), \
                 passes_without_program_dumps():
             mlmodel = ct.convert(
                 ep,
@@ -267,7 +286,7 @@ def convert(
         details["minimum_deployment_target"] = f"iOS{spec.min_ios}"
         details["op_counts"] = dict(_op_counts(mlmodel.get_spec()))
         out = stage / f"{spec.name}.mlpackage"
-        with step(TARGET, "save .mlpackage"):
+        with step(TARGET, "save .mlpackage"), _write_failures_named(spec):
             mlmodel.save(str(out))
         # coremltools writes ExecuTorch's Core ML-delegate debug map beside a program converted from an
         # ExportedProgram (1.2 MB on b1); a standalone app never reads it, so it is not shipped

@@ -375,11 +375,11 @@ def convert(
             )
         details["aranges_int32_in_place"] = aranges["arange"]
         details["layout_callables_traced_once"] = dict(inlined)
-        float_path = stage / "float.tflite"
-        edge.export(str(float_path))
+        # serialized in memory: the file writer of litert-torch aborts the whole process on a full disk,
+        # where a Python write of the final file raises an OSError the staging turns into one line
+        data = edge.model_content()
         del edge  # the converted model and its MLIR state are not needed past this point
         out = stage / f"{spec.name}.tflite"
-        data = float_path.read_bytes()
         if prequantized:
             data, changed = float_io(data)
             details["quantization"] = {**recipe.describe(), "calibration_samples": 0,

@@ -15,13 +15,15 @@ import; everything else is mediapipe's code. Where the module exists, it is used
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import importlib.util
 import io
 import sys
 import types
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import ExportError
@@ -142,15 +144,23 @@ def write_segmenter_metadata(model: bytes, labels: Sequence[str]) -> tuple[bytes
     from mediapipe.tasks.python.metadata import metadata
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
 
-    writer = image_segmenter.MetadataWriter.create(
-        bytearray(model),
-        input_norm_mean=[0.0],
-        input_norm_std=[1.0],
-        labels=metadata_writer.Labels().add(list(labels)),
-        activation=getattr(image_segmenter.Activation, SEGMENTER_ACTIVATION),
-    )
-    data, _ = writer.populate()
-    del writer  # its temporary folder is removed now, not by a finalizer at interpreter exit
+    failure = None
+    with _quiet_half_built_writers():
+        try:
+            writer = image_segmenter.MetadataWriter.create(
+                bytearray(model),
+                input_norm_mean=[0.0],
+                input_norm_std=[1.0],
+                labels=metadata_writer.Labels().add(list(labels)),
+                activation=getattr(image_segmenter.Activation, SEGMENTER_ACTIVATION),
+            )
+            data, _ = writer.populate()
+            del writer  # its temporary folder is removed now, not by a finalizer at interpreter exit
+        except OSError as exc:  # the writer's temporary model file did not fit (a full disk)
+            failure = OSError(exc.errno, exc.strerror, exc.filename)
+        if failure is not None:
+            gc.collect()
+            raise failure
     from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
 
     data = bytes(data)
@@ -165,6 +175,24 @@ def write_segmenter_metadata(model: bytes, labels: Sequence[str]) -> tuple[bytes
     })
     return data, info
 
+
+
+@contextlib.contextmanager
+def _quiet_half_built_writers() -> Iterator[None]:
+    """While the writer runs, drop the tracebacks the finalizers of writer objects that a failed write left
+    half-built print: they look up attributes their constructors never set. Other unraisable errors pass."""
+    stock = sys.unraisablehook
+
+    def quiet(unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, AttributeError)
+                and (getattr(unraisable.object, "__module__", None) or "").startswith("mediapipe.")):
+            stock(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        yield
+    finally:
+        sys.unraisablehook = stock
 
 
 def with_associated_files(model: bytes, written: bytes) -> bytes:
