@@ -49,27 +49,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _build_model(args: argparse.Namespace, size: tuple[int, int]):
-    """Training form from --model/--checkpoint, or the embedded default: the demo checkpoint for
-    hrvit_b1 (trained on the synthetic dataset), deterministic recipe weights for the others."""
-    import hrvit_mobile
-    from hrvit_mobile.demo import demo_checkpoint, load_demo_model
-    from hrvit_mobile.weights import load_recipe_weights
+    """Training form from --model/--checkpoint, or the embedded default
+    (``hrvit_mobile.weights.create_model_with_weights`` decides which)."""
+    from hrvit_mobile.weights import create_model_with_weights
 
-    if _default_classes(args) is not None:  # class names are known only for the demo checkpoint
-        demo = demo_checkpoint()
-        _log().info("no --checkpoint: using the embedded demo checkpoint %s (%d synthetic classes, "
-                    "val mIoU %.3f)", demo.path.name, demo.num_classes, demo.val_miou)
-        return load_demo_model(size).eval()
-    model = hrvit_mobile.create_model(args.model, num_classes=args.num_classes, img_size=size)
-    if args.checkpoint:
-        hrvit_mobile.load_checkpoint(model, args.checkpoint)
-    else:
-        _log().warning(
-            "no --checkpoint: using the embedded default %s with deterministic untrained weights "
-            "(parity figures are meaningful, predictions are not)", args.model,
-        )
-        load_recipe_weights(model)
-    return model.eval()
+    _default_classes(args)  # fixes args.num_classes first
+    model, source = create_model_with_weights(args.model, args.num_classes, size, args.checkpoint)
+    if args.checkpoint is None and "untrained" not in source:  # untrained weights were warned about
+        _log().info("%s runs on %s", args.model, source)
+    return model
 
 
 def _default_classes(args: argparse.Namespace) -> list[str] | None:

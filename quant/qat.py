@@ -166,23 +166,13 @@ def _broadcast_state(model: nn.Module, dist: _Dist) -> None:
 
 
 def _float_model(cfg: QATConfig, num_classes: int) -> nn.Module:
-    """The trained float weights QAT starts from: --checkpoint, else the demo checkpoint when it fits."""
-    import hrvit_mobile
-    from hrvit_mobile.demo import demo_checkpoint_for
-    from hrvit_mobile.weights import load_recipe_weights
+    """The trained float weights QAT starts from (``hrvit_mobile.weights.create_model_with_weights``
+    decides: --checkpoint, else the demo checkpoint when it fits, else untrained recipe weights)."""
+    from hrvit_mobile.weights import create_model_with_weights
 
-    model = hrvit_mobile.create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size)
-    demo = None if cfg.checkpoint else demo_checkpoint_for(cfg.model)
-    if cfg.checkpoint:
-        hrvit_mobile.load_checkpoint(model, cfg.checkpoint)
-    elif demo is not None and demo.num_classes == num_classes:
-        log.info("qat: no --checkpoint, starting from the embedded demo checkpoint %s", demo.path.name)
-        hrvit_mobile.load_checkpoint(model, demo.path)
-    else:
-        log.warning("qat: no --checkpoint, starting from the embedded default %s (untrained recipe weights); "
-                    "QAT is meant to start from trained weights", cfg.model)
-        load_recipe_weights(model)
-    return model.eval()
+    model, source = create_model_with_weights(cfg.model, num_classes, cfg.img_size, cfg.checkpoint)
+    log.info("qat: %s starts from %s", cfg.model, source)
+    return model
 
 
 def build_qat_model(
