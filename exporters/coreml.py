@@ -487,6 +487,21 @@ def _weight_only(bits: int, mode: str, **options: Any) -> Callable[[ExportSpec],
     return lambda spec: CoreMLWeightOnly(bits=bits, mode=mode, min_ios=spec.min_ios, **options)
 
 
+def declared_io(path: Path) -> tuple[list[int], list[int]]:
+    """(input shape, output shape) as the package's model description declares them (an image input as
+    NCHW)."""
+    from coremltools.models.utils import load_spec
+
+    desc = load_spec(str(path)).description
+    return _feature_shape(desc.input[0].type), _feature_shape(desc.output[0].type)
+
+
+def _feature_shape(feature_type: Any) -> list[int]:
+    if feature_type.WhichOneof("Type") == "imageType":
+        return [1, 3, int(feature_type.imageType.height), int(feature_type.imageType.width)]
+    return [int(d) for d in feature_type.multiArrayType.shape]
+
+
 BACKEND = register(Backend(
     name=TARGET,
     aliases=("mlpackage",),
@@ -519,5 +534,6 @@ BACKEND = register(Backend(
     validate=validate,
     open_runner=open_runner,
     delegation=delegation,
+    declared_io=declared_io,
     verify_hint="on a Mac (Core ML runtime)",
 ))

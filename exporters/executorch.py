@@ -329,6 +329,19 @@ def delegation(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
     return text, {k: details.get(k) for k in keys}
 
 
+def embedded_labels(path: Path) -> list[str] | None:
+    """The class names of the .pte's ``labels`` constant method (None in a .pte without one)."""
+    return read_contract(path).get("labels")
+
+
+def declared_io(path: Path) -> tuple[list[int], list[int]]:
+    """(input shape, output shape) of the .pte's ``forward``, as its program declares them."""
+    from executorch.runtime import Runtime
+
+    meta = Runtime.get().load_program(path).load_method("forward").metadata
+    return list(meta.input_tensor_meta(0).sizes()), list(meta.output_tensor_meta(0).sizes())
+
+
 BACKEND = register(Backend(
     name=TARGET,
     aliases=("pte",),
@@ -358,4 +371,6 @@ BACKEND = register(Backend(
     validate=validate,
     open_runner=open_runner,
     delegation=delegation,
+    embedded_labels=embedded_labels,
+    declared_io=declared_io,
 ))

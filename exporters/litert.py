@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -493,6 +494,26 @@ def delegation(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
     )
 
 
+LABELS_FILE = "labels.txt"  # the name MediaPipe's metadata writer gives the labels file
+
+
+def embedded_labels(path: Path) -> list[str] | None:
+    """The labels file of the .tflite's MediaPipe metadata, zipped behind the flatbuffer (None without)."""
+    try:
+        with zipfile.ZipFile(path) as packed:
+            return packed.read(LABELS_FILE).decode("utf-8").splitlines()
+    except (zipfile.BadZipFile, KeyError):
+        return None
+
+
+def declared_io(path: Path) -> tuple[list[int], list[int]]:
+    """(input shape, output shape) as the .tflite declares them (NHWC)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    return it.get_input_details()[0]["shape"].tolist(), it.get_output_details()[0]["shape"].tolist()
+
+
 BACKEND = register(Backend(
     name=TARGET,
     aliases=("litert",),
@@ -529,4 +550,6 @@ BACKEND = register(Backend(
     validate=validate,
     open_runner=open_runner,
     delegation=delegation,
+    embedded_labels=embedded_labels,
+    declared_io=declared_io,
 ))

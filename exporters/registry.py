@@ -80,6 +80,10 @@ class Backend:
     # the deploy form's upsampler and norm form its runtime runs best (hrvit_mobile.deploy.DeployOptions)
     upsampler: str = "transposed_conv"
     norm: str = "delegable"
+    # the class names a model file carries itself (None where it carries none)
+    embedded_labels: Callable[[Path], list[str] | None] | None = None
+    # (input shape, output shape) as a model file declares them; ImportError without its runtime package
+    declared_io: Callable[[Path], tuple[list[int], list[int]]] | None = None
 
     @property
     def suffix(self) -> str:

@@ -371,21 +371,9 @@ def build_bundle(
 
 
 def _embedded_labels(target: str, path: Path) -> list[str] | None:
-    """The class names a model file carries itself (the .pte's ``labels`` constant method, the labels file
-    of the .tflite's MediaPipe metadata, zipped behind the flatbuffer); None where it carries none."""
-    if target == "executorch":
-        from hrvit_mobile.exporters.executorch import read_contract
-
-        return read_contract(path).get("labels")
-    if target == "tflite":
-        import zipfile
-
-        try:
-            with zipfile.ZipFile(path) as packed:
-                return packed.read(LABELS_TXT).decode("utf-8").splitlines()
-        except (zipfile.BadZipFile, KeyError):
-            return None
-    return None
+    """The class names a model file carries itself (the backend knows where); None where it carries none."""
+    read = get_backend(target).embedded_labels
+    return read(path) if read is not None else None
 
 
 def _check_embedded_labels(target: str, path: Path, label_set: LabelSet) -> None:
@@ -515,31 +503,13 @@ def _verify(path: Path | str) -> dict[str, Any]:
 def _artifact_io(path: Path, runtime: str) -> tuple[list[int], list[int]] | None:
     """(input shape, logits shape) as the model file itself declares them; None where its runtime's
     package is not installed (the hashes still hold the file to the manifest)."""
+    declared = get_backend(runtime).declared_io if runtime in target_names() else None
+    if declared is None:
+        return None
     try:
-        if runtime == "executorch":
-            from executorch.runtime import Runtime
-
-            meta = Runtime.get().load_program(path).load_method("forward").metadata
-            return list(meta.input_tensor_meta(0).sizes()), list(meta.output_tensor_meta(0).sizes())
-        if runtime == "tflite":
-            from ai_edge_litert.interpreter import Interpreter
-
-            it = Interpreter(model_path=str(path))
-            return it.get_input_details()[0]["shape"].tolist(), it.get_output_details()[0]["shape"].tolist()
-        if runtime == "coreml":
-            from coremltools.models.utils import load_spec
-
-            desc = load_spec(str(path)).description
-            return _coreml_shape(desc.input[0].type), _coreml_shape(desc.output[0].type)
+        return declared(path)
     except ImportError:
         return None
-    return None
-
-
-def _coreml_shape(feature_type: Any) -> list[int]:
-    if feature_type.WhichOneof("Type") == "imageType":
-        return [1, 3, int(feature_type.imageType.height), int(feature_type.imageType.width)]
-    return [int(d) for d in feature_type.multiArrayType.shape]
 
 
 def _as_nchw(inp: list[int], out: list[int]) -> tuple[list[int], list[int]]:

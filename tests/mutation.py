@@ -32,8 +32,7 @@ DEFAULT_NAMES = [
     "hrvit_mobile.exporters.parity.*",
     "hrvit_mobile.exporters.coreml_eval.weights.*",
     *(f"hrvit_mobile.bundle.x_{f}__mutmut_*" for f in ("verify_bundle", "_verify", "_inside",
-                                                       "_field_mismatches", "_artifact_io", "_coreml_shape",
-                                                       "_as_nchw")),
+                                                       "_field_mismatches", "_artifact_io", "_as_nchw")),
 ]
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 

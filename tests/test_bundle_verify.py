@@ -263,7 +263,7 @@ def test_core_ml_shapes_from_the_spec() -> None:
     require_module("coremltools")
     from coremltools.proto import FeatureTypes_pb2
 
-    from hrvit_mobile.bundle import _coreml_shape
+    from hrvit_mobile.exporters.coreml import _feature_shape as _coreml_shape
 
     image = FeatureTypes_pb2.FeatureType()
     image.imageType.width, image.imageType.height = 48, 32
