@@ -206,7 +206,10 @@ def test_staging_into_a_file_is_one_line_for_the_api_too(tmp_path: Path) -> None
 def _export_process(out: Path, *extra: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "hrvit_mobile.cli", "export", "--target", "executorch", *NANO,
             "--out", str(out), "--no-parity", "--no-report", *extra]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as in a terminal: a suite started as a background job inherits SIGINT ignored, and so would
+    # the export, which Python then leaves ignored
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _staging(out: Path) -> list[Path]:
