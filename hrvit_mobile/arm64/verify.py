@@ -44,6 +44,7 @@ from hrvit_mobile.exporters.parity import (
     synthetic_images,
     to_tensors,
 )
+from hrvit_mobile.exporters.registry import backends
 from hrvit_mobile.files import atomic_write
 
 from . import sysroot as sysroot_mod
@@ -54,8 +55,8 @@ log = logging.getLogger("hrvit_mobile.arm64")
 ARCH = "arm64"
 DEFAULT_CPU = "cortex-a76"
 WORKER = Path(__file__).with_name("worker.py")
-# how each runtime takes the input and gives the output, as the exporters' runners call them
-KINDS = {".pte": "pte", ".tflite": "tflite"}
+# the files that run on ARM64 CPU kernels here, and what runs them
+ENGINES = {".pte": "executorch.runtime (XNNPACK)", ".tflite": "ai_edge_litert.interpreter"}
 TFLITE_SIGNATURE = "serving_default"
 # the float model for one artifact: its sidecar -> the deploy form it was exported from
 ModelFor = Callable[[dict[str, Any]], Any]
@@ -110,7 +111,7 @@ def check_artifacts(paths: Sequence[Path | str]) -> list[tuple[Path, dict[str, A
                 f"{p.name} is a Core ML package: Core ML runs only on Apple platforms and cannot run on ARM "
                 f"Linux; check its parity with the MIL evaluator (`hrvit-mobile report {p.name}`), or on a "
                 "Mac (macOS), where the same command runs Core ML itself")
-        if p.suffix not in KINDS:
+        if p.suffix not in ENGINES:
             raise HRViTMobileError(
                 f"{p.name}: verify --arch arm64 runs .pte and .tflite files, got {p.suffix!r}")
         if not p.is_file():
@@ -311,9 +312,10 @@ def verify_arm64(
             for k, x in enumerate(runtime_inputs(meta, images)):
                 np.save(work / f"in_{i}_{k}.npy", x)
                 inputs.append(str(work / f"in_{i}_{k}.npy"))
-            item = {"id": str(i), "path": str(path.resolve()), "kind": KINDS[path.suffix], "inputs": inputs,
+            item = {"id": str(i), "path": str(path.resolve()), "kind": path.suffix, "inputs": inputs,
                     "outputs_dir": str(work / f"out_{i}")}
-            if item["kind"] == "tflite":
+            item["package"] = _runtime_package(path)
+            if path.suffix == ".tflite":
                 item.update(signature=TFLITE_SIGNATURE, input_name=meta["input"]["name"],
                             output_name=meta["outputs"][0]["name"])
             items.append(item)
@@ -330,17 +332,22 @@ def verify_arm64(
     return results
 
 
-def _runtime_name(host: Arm64Host, cpu: str, package: str, versions: dict[str, str]) -> str:
-    engine = "executorch.runtime (XNNPACK)" if package == "executorch" else "ai_edge_litert.interpreter"
-    return f"{engine} {versions.get(package, '?')}, ARM64 {host.describe(cpu)}"
+def _runtime_package(path: Path) -> str:
+    """The distribution whose version names the runtime of ``path`` (its backend's, by file suffix)."""
+    return next(b.runtime_package for b in backends() if b.suffix == path.suffix)
+
+
+def _runtime_name(host: Arm64Host, cpu: str, path: Path, versions: dict[str, str]) -> str:
+    package = _runtime_package(path)
+    return f"{ENGINES[path.suffix]} {versions.get(package, '?')}, ARM64 {host.describe(cpu)}"
 
 
 def _result(host: Arm64Host, cpu: str, path: Path, meta: dict[str, Any], refs: list[np.ndarray],
             x86: list[np.ndarray] | None, run: dict[str, Any], item_id: str) -> Arm64Result:
     r = run["results"][item_id]
-    package = "executorch" if path.suffix == ".pte" else "ai-edge-litert"
+    package = _runtime_package(path)
     versions = {k: v for k, v in run["versions"].items() if k in (package, "numpy", "python", "machine")}
-    res = Arm64Result(path, cpu, _runtime_name(host, cpu, package, run["versions"]), versions)
+    res = Arm64Result(path, cpu, _runtime_name(host, cpu, path, run["versions"]), versions)
     if "error" in r:
         res.error = r["error"]
         return res

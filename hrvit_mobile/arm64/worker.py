@@ -59,11 +59,12 @@ def tflite_runner(item: dict, threads: int):
     return run
 
 
-RUNNERS = {"pte": (pte_runner, "executorch"), "tflite": (tflite_runner, "ai-edge-litert")}
+# by file suffix; the job names each artifact's runtime package (the host asks the backend registry)
+RUNNERS = {".pte": pte_runner, ".tflite": tflite_runner}
 
 
 def run_item(item: dict, threads: int) -> dict:
-    make, package = RUNNERS[item["kind"]]
+    make, package = RUNNERS[item["kind"]], item["package"]
     t0 = time.perf_counter()
     run = make(item, threads)
     result = {"load_seconds": round(time.perf_counter() - t0, 2), "seconds_per_image": [], "outputs": []}
@@ -97,7 +98,7 @@ def main(job_path: str) -> int:
             results[item["id"]] = {"error": f"{type(exc).__name__}: {first}",
                                    "traceback": traceback.format_exc()[-2000:]}
             say(f"{Path(item['path']).name}: {results[item['id']]['error']}")
-    packages = sorted({RUNNERS[k][1] for k in kinds} | {"numpy", "torch"})
+    packages = sorted({item["package"] for item in job["artifacts"]} | {"numpy", "torch"})
     summary = {"versions": versions(packages), "seconds": round(time.perf_counter() - t0, 1),
                "results": results}
     tmp = Path(job_path).with_name("result.json.partial")
