@@ -3,6 +3,7 @@ converted float .tflite (post-training export)."""
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,11 +26,27 @@ def _on_rank_three(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
 
 
 class RankThreeLinear(nn.Linear):
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> RankThreeLinear:
+        """The same parameters (shared, under the same names), the rank-3 forward."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                  device=linear.weight.device, dtype=linear.weight.dtype)
+        new.weight, new.bias = linear.weight, linear.bias
+        return new
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _on_rank_three(super().forward, x)
 
 
 class RankThreeLayerNorm(DelegableLayerNorm):
+    @classmethod
+    def from_delegable(cls, norm: DelegableLayerNorm) -> RankThreeLayerNorm:
+        """The same buffers and parameters, the rank-3 forward."""
+        new = cls(norm.mean_row.shape[-1], norm.eps)
+        new.mean_row, new.eps_bias = norm.mean_row, norm.eps_bias
+        new.weight, new.bias = norm.weight, norm.bias
+        return new
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _on_rank_three(super().forward, x)
 
@@ -55,11 +72,14 @@ class LiteRTInt8(PT2ERecipe):
         """Linears (and the LayerNorm's mean linears) on (B, H, W, C) tokens run on (B, H*W, C): LiteRT's
         quantized batch_matmul takes rank 3 only (float conversion reshapes by itself; the quantized
         path fails with "tfl.batch_matmul ... expected 3 but got 4")."""
-        swaps = {nn.Linear: RankThreeLinear, DelegableLayerNorm: RankThreeLayerNorm}
-        for module in model.modules():
-            if type(module) in swaps:
-                module.__class__ = swaps[type(module)]  # same parameters and names, another forward
-        return model
+        adapted = copy.deepcopy(model)  # the caller's module stays as it was
+        for parent in list(adapted.modules()):
+            for name, child in parent.named_children():
+                if type(child) is nn.Linear:
+                    setattr(parent, name, RankThreeLinear.from_linear(child))
+                elif type(child) is DelegableLayerNorm:
+                    setattr(parent, name, RankThreeLayerNorm.from_delegable(child))
+        return adapted
 
     def quantizer(self) -> Any:
         from litert_torch.quantize import pt2e_quantizer as pt2eq
