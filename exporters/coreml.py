@@ -487,6 +487,14 @@ def _weight_only(bits: int, mode: str, **options: Any) -> Callable[[ExportSpec],
     return lambda spec: CoreMLWeightOnly(bits=bits, mode=mode, min_ios=spec.min_ios, **options)
 
 
+def embedded_labels(path: Path) -> list[str] | None:
+    """The class names in the package's metadata (``labels``, as written at export; None without)."""
+    from coremltools.models.utils import load_spec
+
+    labels = load_spec(str(path)).description.metadata.userDefined.get("labels")
+    return json.loads(labels) if labels else None
+
+
 def declared_io(path: Path) -> tuple[list[int], list[int]]:
     """(input shape, output shape) as the package's model description declares them (an image input as
     NCHW)."""
@@ -534,6 +542,7 @@ BACKEND = register(Backend(
     validate=validate,
     open_runner=open_runner,
     delegation=delegation,
+    embedded_labels=embedded_labels,
     declared_io=declared_io,
     verify_hint="on a Mac (Core ML runtime)",
 ))

@@ -311,12 +311,13 @@ def test_sample_photos_are_the_parity_fallback() -> None:
     np.testing.assert_array_equal(images[0], first)
 
 
-@pytest.mark.parametrize("target", ["executorch", "tflite"])
+@pytest.mark.parametrize("target", ["executorch", "tflite", "coreml"])
 def test_refuses_labels_other_than_the_models_own(tmp_path: Path, capsys, target: str) -> None:
-    """The .pte's labels method and the .tflite's MediaPipe labels file name the classes; a bundle whose
-    labels differ is refused in one line (exit 2) and nothing is written. Placeholder names (class_<i>)
-    name nothing, so any label set of the right size goes (the tiny artifacts above)."""
-    require_module({"executorch": "executorch", "tflite": "ai_edge_litert"}[target])
+    """The .pte's labels method, the .tflite's MediaPipe labels file and the .mlpackage's metadata name the
+    classes; a bundle whose labels differ is refused in one line (exit 2) and nothing is written.
+    Placeholder names (class_<i>) name nothing, so any label set of the right size goes (the tiny
+    artifacts above)."""
+    require_module({"executorch": "executorch", "tflite": "ai_edge_litert", "coreml": "coremltools"}[target])
     from hrvit_mobile.exporters import ExportSpec, export
     from hrvit_mobile.exporters.testing import TinySegmenter
 
@@ -324,7 +325,7 @@ def test_refuses_labels_other_than_the_models_own(tmp_path: Path, capsys, target
     spec = ExportSpec(target=target, bits=32, img_size=(64, 64), num_classes=8, out_dir=tmp_path / "ex",
                       model_name="named", class_names=list(synthetic.classes), run_parity=False)
     artifact = export(TinySegmenter(num_classes=8).eval(), spec).artifact.path
-    app = "android"
+    app = "ios" if target == "coreml" else "android"
     assert build_bundle(app, [artifact], tmp_path / "ok").manifest["classes"] == list(synthetic.classes)
 
     renamed = dict(synthetic.as_json())
