@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import NP_DTYPES, dtype_name
+from .dtypes import NP_DTYPES, declared_shape, dtype_name
 from .errors import MILEvaluationError, UnsupportedOpError
 from .ops_conv import CONV_OPS
 from .ops_layout import LAYOUT_OPS
 from .ops_math import MATH_OPS
-from .values import Blobs, declared_shape, load_value
+from .values import Blobs, load_value
 from .weights import CONSTEXPR_OPS
 
 # runtime ops by op type, one table per op family

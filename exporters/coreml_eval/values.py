@@ -8,20 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .dtypes import NP_DTYPES, SUB_BYTE_BITS, dtype_name
+from .dtypes import NP_DTYPES, SUB_BYTE_BITS, declared_shape, dtype_name
 from .errors import MILEvaluationError
 from .weights import unpack_bits
-
-
-def declared_shape(value_type: Any) -> tuple[int, ...] | None:
-    """The static shape of a tensor type, or None when any dimension is unknown."""
-    tt = value_type.tensorType
-    dims = []
-    for d in tt.dimensions:
-        if d.WhichOneof("dimension") != "constant":
-            return None
-        dims.append(int(d.constant.size))
-    return tuple(dims)
 
 
 class Blobs:
